@@ -1,0 +1,62 @@
+"""Every event type, its schema version and its payload schema, in one place."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError
+
+from contracts.errors import ContractViolation, ValidationFailed
+
+_EVENT_SCHEMAS: dict[tuple[str, int], Schema] = {}
+_EVENT_SOURCES: dict[str, str] = {}
+
+
+def event(source: str, event_type: str, version: int = 1):
+    """Class decorator: register a marshmallow schema as the payload of `event_type`."""
+
+    def register(schema_class: type[Schema]) -> type[Schema]:
+        _EVENT_SCHEMAS[(event_type, version)] = schema_class()
+        _EVENT_SOURCES[event_type] = source
+        schema_class.event_type = event_type
+        return schema_class
+
+    return register
+
+
+def _load_all() -> None:
+    # importing the modules registers their schemas
+    from contracts import orders  # noqa: F401
+
+
+def event_schema(event_type: str, version: int = 1) -> Schema:
+    if not _EVENT_SCHEMAS:
+        _load_all()
+    try:
+        return _EVENT_SCHEMAS[(event_type, version)]
+    except KeyError:
+        raise ContractViolation(
+            f"unknown event type {event_type!r} version {version}",
+            {"event_type": [f"not in contracts: {event_type} v{version}"]},
+        ) from None
+
+
+def event_types(source: str | None = None) -> list[str]:
+    if not _EVENT_SCHEMAS:
+        _load_all()
+    return sorted(t for t, s in _EVENT_SOURCES.items() if source is None or s == source)
+
+
+def validate_event(event_type: str, version: int, payload: dict) -> None:
+    """Raise ContractViolation unless `payload` is a valid `event_type` payload."""
+    errors = event_schema(event_type, version).validate(payload)
+    if errors:
+        raise ContractViolation(f"payload of {event_type} breaks its contract", errors)
+
+
+def load(schema: Schema, data: object) -> dict:
+    """Load an RPC/HTTP payload, turning marshmallow's errors into ValidationFailed."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("payload must be an object", {"_schema": ["expected an object"]})
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        raise ValidationFailed("invalid input", error.normalized_messages()) from None

@@ -1,0 +1,43 @@
+"""`serviceloop`: one console script with a command group per kind of user."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import eventlet
+
+eventlet.monkey_patch()
+
+from contracts.errors import ServiceError  # noqa: E402
+from serviceloop.cli import operations, orders  # noqa: E402
+
+GROUPS = (orders, operations)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serviceloop",
+        description="After-sales service orders from the first call to the last settled cent.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ServiceError as error:
+        print(json.dumps({"error": error.as_dict()}, ensure_ascii=False, indent=2),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

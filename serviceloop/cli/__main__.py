@@ -1,0 +1,5 @@
+import sys
+
+from serviceloop.cli import main
+
+sys.exit(main())

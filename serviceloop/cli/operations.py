@@ -1,0 +1,123 @@
+"""Operators' commands: run the system, migrate, relay, demo data, parked messages, rebuild."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serviceloop.cli.output import emit, table
+from serviceloop.config import PROJECT_ROOT, var_dir
+from serviceloop.services import IMPLEMENTED
+
+SERVICE_CLASSES = {"orders": "services.orders.service:OrdersService"}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("up", help="run every built service and its relay (Ctrl-C stops)")
+    p.add_argument("--services", nargs="*", default=list(IMPLEMENTED))
+    p.set_defaults(run=_up)
+
+    p = commands.add_parser("migrate", help="upgrade every database; declare broker queues")
+    p.add_argument("--services", nargs="*", default=list(IMPLEMENTED))
+    p.add_argument("--no-broker", action="store_true", help="databases only")
+    p.set_defaults(run=_migrate)
+
+    p = commands.add_parser("relay", help="publish one service's committed events")
+    p.add_argument("service", choices=IMPLEMENTED)
+    p.set_defaults(run=_relay)
+
+    p = commands.add_parser("seed", help="fill the system with realistic demo customers")
+    p.add_argument("--customers", type=int, default=100)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(run=_seed)
+
+    p = commands.add_parser("parked", help="messages a consumer gave up on")
+    p.add_argument("service", choices=IMPLEMENTED)
+    p.add_argument("--replay", type=int, metavar="ID", help="hand a parked message back")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_parked)
+
+
+def _up(args: argparse.Namespace) -> int:
+    """A small supervisor: restarts a process that dies; stops them all on Ctrl-C/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s up: %(message)s")
+    bin_dir = Path(sys.executable).parent
+    commands = {}
+    for service in args.services:
+        commands[service] = [str(bin_dir / "nameko"), "run", "--config",
+                             str(PROJECT_ROOT / "config.yaml"), SERVICE_CLASSES[service]]
+        commands[f"{service}-relay"] = [str(bin_dir / "serviceloop"), "relay", service]
+    processes: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.info("databases under %s unless DATABASE_URL_<SERVICE> is set", var_dir())
+    while not stopping:
+        for name, command in commands.items():
+            process = processes.get(name)
+            if process is None or process.poll() is not None:
+                if process is not None:
+                    logging.warning("%s exited with %s: restarting", name, process.returncode)
+                processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT)
+                logging.info("started %s (pid %d)", name, processes[name].pid)
+        time.sleep(0.5)
+    for process in processes.values():
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for process in processes.values():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from serviceloop.migrate import migrate_all
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    migrate_all(tuple(args.services), broker=not args.no_broker)
+
+
+def _relay(args: argparse.Namespace) -> None:
+    from serviceloop.relay import run_relay
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    run_relay(args.service)
+
+
+def _seed(args: argparse.Namespace) -> None:
+    from serviceloop.seeding import seed_customers
+
+    started = time.monotonic()
+    created, existing = seed_customers(args.customers, seed=args.seed,
+                                       concurrency=args.concurrency)
+    print(f"{created} customers registered, {existing} already there, "
+          f"in {time.monotonic() - started:.1f} s")
+
+
+def _parked(args: argparse.Namespace) -> None:
+    from serviceloop.client import cluster
+
+    with cluster() as rpc:
+        service = getattr(rpc, args.service)
+        if args.replay is not None:
+            print(service.replay_parked(args.replay))
+            return
+        emit(service.parked_messages(), args.json,
+             lambda rows: table(rows, ["id", "consumer", "event_type", "event_id", "attempts",
+                                       "parked_at", "error"]))

@@ -1,0 +1,178 @@
+"""Consuming other services' events: idempotent inbox, bounded retries, parking.
+
+nameko acknowledges and drops a message whose handler raised, and with
+`requeue_on_error` alone it redelivers in a hot loop. `consumes` gives every
+handler an explicit policy instead:
+
+* the envelope is checked against contracts/ (a malformed one is parked at once);
+* the handler runs in one transaction together with the inbox record of the
+  event_id, so a redelivered or late-committing duplicate changes nothing;
+* a failing handler is retried with exponential back-off, a bounded number of
+  times, then the message is parked in `parked_messages` where an operator sees
+  it and can replay it;
+* only if even parking fails (the database is gone) is the message returned to
+  the broker, to be delivered again later.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import eventlet
+from marshmallow import ValidationError
+from nameko.events import event_handler
+from nameko.rpc import rpc
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
+
+from contracts.envelope import ENVELOPE
+from contracts.errors import NotFound
+from contracts.registry import validate_event
+from serviceloop.clock import isoformat
+from serviceloop.eventstore import Envelope
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTEMPTS = 5
+DEFAULT_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+
+
+class RetryLater(Exception):
+    """A handler's way to say 'not yet' (e.g. an event overtook the one before it)."""
+
+
+def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
+    return conn.execute(
+        text("SELECT 1 FROM inbox WHERE consumer = :c AND event_id = :e"),
+        {"c": consumer, "e": event_id},
+    ).first() is not None
+
+
+def record_handled(conn: Connection, consumer: str, source: str, envelope: Envelope,
+                   now: str) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
+            "VALUES (:c, :e, :s, :t, :h)"
+        ),
+        {"c": consumer, "e": envelope.event_id, "s": source, "t": envelope.event_type, "h": now},
+    )
+
+
+def park(db, consumer: str, source: str, body: dict, error: str, attempts: int,  # noqa: ANN001
+         now: str) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO parked_messages (consumer, event_id, source, event_type, envelope, "
+                "error, attempts, parked_at) VALUES (:c, :e, :s, :t, :b, :err, :a, :p)"
+            ),
+            {
+                "c": consumer, "e": str(body.get("event_id", "?"))[:36], "s": source,
+                "t": str(body.get("event_type", "?"))[:80],
+                "b": json.dumps(body, ensure_ascii=False, default=str),
+                "err": error[:4000], "a": attempts, "p": now,
+            },
+        )
+
+
+def deliver(service, handler, consumer: str, source: str, body: object, *,  # noqa: ANN001
+            attempts: int = DEFAULT_ATTEMPTS, backoff: float = DEFAULT_BACKOFF) -> str:
+    """Run `handler(service, envelope)` under the policy above; returns what happened."""
+    now = isoformat(service.clock.now())
+    try:
+        data = ENVELOPE.load(body)
+        validate_event(data["event_type"], data["schema_version"], data["payload"])
+        envelope = Envelope.from_dict(data)
+    except (ValidationError, Exception) as error:  # malformed: retrying cannot help
+        log.error("%s parked a malformed message: %s", consumer, error)
+        park(service.db, consumer, source, body if isinstance(body, dict) else {"raw": body},
+             f"malformed: {error}", 0, now)
+        return "parked"
+    for attempt in range(1, attempts + 1):
+        try:
+            with service.db.transaction() as conn:
+                if already_handled(conn, consumer, envelope.event_id):
+                    return "duplicate"
+                handler(service, envelope)
+                record_handled(conn, consumer, source, envelope, now)
+            return "handled"
+        except IntegrityError as error:
+            if _is_inbox_duplicate(error):
+                return "duplicate"  # a concurrent delivery of the same event won
+            failure = error
+        except Exception as error:  # noqa: BLE001 - every failure gets the same policy
+            failure = error
+        log.warning("%s attempt %d/%d on %s failed: %s", consumer, attempt, attempts,
+                    envelope.event_id, failure)
+        if attempt < attempts:
+            eventlet.sleep(min(MAX_BACKOFF, backoff * 2 ** (attempt - 1)))
+    park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}", attempts,
+         isoformat(service.clock.now()))
+    log.error("%s parked %s after %d attempts", consumer, envelope.event_id, attempts)
+    return "parked"
+
+
+def _is_inbox_duplicate(error: IntegrityError) -> bool:
+    message = str(error.orig).lower()
+    return "inbox" in message or "inbox_pkey" in message
+
+
+def consumes(source: str, event_type: str, *, attempts: int = DEFAULT_ATTEMPTS,
+             backoff: float = DEFAULT_BACKOFF):  # noqa: ANN201
+    """Decorate `handler(self, envelope)` as a reliable consumer of `source`'s `event_type`.
+
+    The service must have `db` (serviceloop.nameko_deps.Database) and `clock` dependencies,
+    and commit nothing itself: the handler's writes join the inbox transaction.
+    """
+
+    def decorate(handler):  # noqa: ANN001, ANN202
+        @event_handler(source, event_type, reliable_delivery=True, requeue_on_error=True)
+        @functools.wraps(handler)
+        def entrypoint(self, body):  # noqa: ANN001, ANN202
+            consumer = f"{self.name}.{handler.__name__}"
+            deliver(self, handler, consumer, source, body, attempts=attempts, backoff=backoff)
+
+        entrypoint.consumed = (source, event_type)
+        entrypoint.handler = handler
+        return entrypoint
+
+    return decorate
+
+
+def queue_name(source: str, event_type: str, service: str, method: str) -> str:
+    """nameko's name for a service-pool event handler's queue."""
+    return f"evt-{source}-{event_type}--{service}.{method}"
+
+
+class ParkedMessagesRpc:
+    """What an operator sees of a service's parked messages, and how they replay one."""
+
+    @rpc
+    def parked_messages(self, include_replayed: bool = False) -> list[dict]:
+        query = "SELECT id, consumer, event_id, source, event_type, error, attempts, parked_at, " \
+                "replayed_at FROM parked_messages"
+        if not include_replayed:
+            query += " WHERE replayed_at IS NULL"
+        with self.db.reader() as conn:
+            rows = conn.execute(text(query + " ORDER BY id")).mappings().all()
+        return [dict(row) for row in rows]
+
+    @rpc
+    def replay_parked(self, parked_id: int) -> str:
+        with self.db.reader() as conn:
+            row = conn.execute(
+                text("SELECT consumer, source, envelope, replayed_at FROM parked_messages "
+                     "WHERE id = :i"), {"i": parked_id},
+            ).first()
+        if row is None or row.replayed_at is not None:
+            raise NotFound(f"no parked message {parked_id} waiting", {"parked_id": ["unknown"]})
+        method = getattr(type(self), row.consumer.split(".", 1)[1])
+        outcome = deliver(self, method.handler, row.consumer, row.source, json.loads(row.envelope))
+        with self.db.transaction() as conn:
+            conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
+                         {"t": isoformat(self.clock.now()), "i": parked_id})
+        return outcome

@@ -1,0 +1,57 @@
+"""Engines for a service's own database: SQLite files by default, PostgreSQL when configured."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = str(getattr(engine_or_url, "url", engine_or_url))
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 12) -> Engine:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):  # SQLAlchemy 2.1 would pick psycopg 3, which blocks eventlet
+            url = "postgresql+psycopg2://" + url[len(prefix):]
+    if is_sqlite(url):
+        return _sqlite_engine(url)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=4,
+        pool_pre_ping=True,  # a backend killed by pg_terminate_backend is replaced, not reused
+        pool_recycle=1800,
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url,
+        poolclass=NullPool if ":memory:" not in url else None,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection, _record):  # noqa: ANN001
+        # Python's driver begins transactions late, so a read-then-write is not atomic;
+        # we take control of BEGIN ourselves (see _begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):  # noqa: ANN001
+        # Writers take the write lock at the start; readers marked read_only do not.
+        if connection.get_execution_options().get("read_only"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,127 @@
+"""nameko dependency providers shared by every service: database, clock, event log access."""
+
+from __future__ import annotations
+
+import functools
+from weakref import WeakKeyDictionary
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from sqlalchemy import Engine, MetaData
+
+from contracts.errors import ValidationFailed
+from serviceloop.clock import Clock, clock_from_setting
+from serviceloop.config import database_url
+from serviceloop.db import is_sqlite, make_engine
+from serviceloop.eventstore import EventStore
+from serviceloop.unit_of_work import UnitOfWork, read_only
+
+MAX_EVENTS_PER_CALL = 10_000
+
+
+class Database(DependencyProvider):
+    """Gives each worker one `UnitOfWork` on the service's own database.
+
+    The engine is built once in `setup()`; the pool is at least `max_workers` wide.
+    A worker's transaction is rolled back at teardown unless the entrypoint committed
+    it (nameko sends an RPC reply before `worker_result`, so commit must happen inside
+    the entrypoint: see `transactional`).
+    """
+
+    def __init__(self, service: str, metadata: MetaData) -> None:
+        self.service = service
+        self.metadata = metadata
+        self.engine: Engine | None = None
+        self.store: EventStore | None = None
+        self._units: WeakKeyDictionary = WeakKeyDictionary()
+        self._write_gate = None
+
+    def setup(self) -> None:
+        config = self.container.config
+        max_workers = int(config.get("max_workers", 10))
+        self.engine = make_engine(database_url(self.service, config), pool_size=max_workers + 2)
+        self.store = EventStore(self.metadata.tables["events"])
+        if is_sqlite(self.engine):
+            from eventlet.semaphore import Semaphore
+
+            self._write_gate = Semaphore(1)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def kill(self) -> None:
+        self.stop()
+
+    def get_dependency(self, worker_ctx) -> WorkerDatabase:  # noqa: ANN001
+        unit = WorkerDatabase(self.engine, self.store, self._write_gate)
+        self._units[worker_ctx] = unit
+        return unit
+
+    def worker_teardown(self, worker_ctx) -> None:  # noqa: ANN001
+        unit = self._units.pop(worker_ctx, None)
+        if unit is not None:
+            unit.rollback()
+
+
+class WorkerDatabase(UnitOfWork):
+    def __init__(self, engine: Engine, store: EventStore, write_gate=None) -> None:  # noqa: ANN001
+        super().__init__(engine, write_gate)
+        self.store = store
+
+    def reader(self):  # noqa: ANN201
+        return read_only(self.engine)
+
+
+def transactional(method):  # noqa: ANN001, ANN201
+    """Commit the worker's transaction when the entrypoint returns, roll back if it raises."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
+        return result
+
+    return wrapper
+
+
+class ClockProvider(DependencyProvider):
+    """The service's clock: `CLOCK` in config is 'system', 'file:PATH' or a clock object."""
+
+    def setup(self) -> None:
+        self.clock: Clock = clock_from_setting(self.container.config.get("CLOCK", "system"))
+
+    def get_dependency(self, worker_ctx) -> Clock:  # noqa: ANN001
+        return self.clock
+
+
+class EventLogRpc:
+    """The auditor's read access every service offers (mix into the service class)."""
+
+    @rpc
+    def events_since(self, position: int, limit: int = 1000) -> list[dict]:
+        if not isinstance(position, int) or position < 0:
+            raise ValidationFailed("position must be an integer >= 0", {"position": ["invalid"]})
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_EVENTS_PER_CALL:
+            raise ValidationFailed(
+                f"limit must be 1..{MAX_EVENTS_PER_CALL}", {"limit": ["out of range"]}
+            )
+        with self.db.reader() as conn:
+            return [e.to_dict() for e in self.db.store.events_since(conn, position, limit)]
+
+    @rpc
+    def stream(self, stream_id: str) -> list[dict]:
+        if not isinstance(stream_id, str) or not stream_id:
+            raise ValidationFailed("stream_id must be a string", {"stream_id": ["invalid"]})
+        with self.db.reader() as conn:
+            return [e.to_dict() for e in self.db.store.stream(conn, stream_id)]
+
+    @rpc
+    def log_head(self) -> dict:
+        with self.db.reader() as conn:
+            position, digest = self.db.store.head(conn)
+        return {"position": position, "hash": digest}

@@ -1,0 +1,266 @@
+"""The outbox relay: publishes a service's committed events to RabbitMQ, in log order.
+
+The log is the outbox. The relay reads events after its recorded position, publishes
+a window of them with asynchronous publisher confirms (pika), and records the new
+position only once the broker has confirmed the whole window. A crash anywhere
+loses nothing: the unconfirmed window is published again (at least once, in order),
+and consumers are idempotent. Messages are ordinary nameko events: exchange
+`<service>.events`, routing key = event type, JSON body = the whole envelope.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pika
+from pika.spec import Basic
+from sqlalchemy import Engine, text
+
+from serviceloop.clock import Clock, SystemClock, isoformat
+from serviceloop.db import is_sqlite
+from serviceloop.eventstore import EventStore
+from serviceloop.unit_of_work import read_only
+
+log = logging.getLogger(__name__)
+RELAY_LOCK_KEY = 7_420_002
+
+
+def event_exchange(service: str) -> str:
+    return f"{service}.events"
+
+
+def message_properties(envelope: dict) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=2,
+        message_id=envelope["event_id"],
+        correlation_id=envelope["correlation_id"],
+        headers={"nameko.correlation_id": envelope["correlation_id"]},
+    )
+
+
+def relay_position(conn, relay: str) -> int:  # noqa: ANN001
+    value = conn.execute(
+        text("SELECT position FROM relay_positions WHERE relay = :r"), {"r": relay}
+    ).scalar()
+    return value or 0
+
+
+def save_relay_position(conn, relay: str, position: int, now: str) -> None:  # noqa: ANN001
+    updated = conn.execute(
+        text("UPDATE relay_positions SET position = :p, updated_at = :t WHERE relay = :r"),
+        {"p": position, "t": now, "r": relay},
+    ).rowcount
+    if not updated:
+        conn.execute(
+            text("INSERT INTO relay_positions (relay, position, updated_at) VALUES (:r, :p, :t)"),
+            {"r": relay, "p": position, "t": now},
+        )
+
+
+@contextmanager
+def relay_lease(engine: Engine, service: str):  # noqa: ANN201
+    """Only one relay per log publishes: a PostgreSQL session lock, or a file lock for SQLite."""
+    if is_sqlite(engine):
+        db_path = Path(str(engine.url.database))
+        with open(db_path.with_suffix(".relay.lock"), "w") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.5)
+            yield
+        return
+    with engine.connect() as conn:
+        while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({RELAY_LOCK_KEY})").scalar():
+            conn.rollback()
+            time.sleep(0.5)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({RELAY_LOCK_KEY})")
+            conn.commit()
+
+
+class Relay:
+    def __init__(
+        self,
+        service: str,
+        engine: Engine,
+        store: EventStore,
+        amqp_uri: str,
+        *,
+        window: int = 2000,
+        idle_poll: float = 0.02,
+        clock: Clock | None = None,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.name = f"{service}-relay"
+        self.exchange = event_exchange(service)
+        self.engine = engine
+        self.store = store
+        self.amqp_uri = amqp_uri
+        self.window = window
+        self.idle_poll = idle_poll
+        self.clock = clock or SystemClock()
+        self.on_published = on_published
+        self._stopping = False
+        self._connection: pika.SelectConnection | None = None
+        self._channel = None
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._unconfirmed: set[int] = set()
+        self._window_end = 0
+        self._next_tag = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Publish until `stop()`; reconnect with back-off on broker or database trouble."""
+        delay = 0.5
+        with relay_lease(self.engine, self.service):
+            log.info("relay %s holds the lease", self.name)
+            while not self._stopping:
+                started = time.monotonic()
+                try:
+                    self._run_connection()
+                except Exception:  # broker away, database away: wait and try again
+                    log.exception("relay %s lost its connection", self.name)
+                if self._stopping:
+                    break
+                delay = 0.5 if time.monotonic() - started > 10 else min(delay * 2, 10)
+                time.sleep(delay)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._connection is not None:
+            self._connection.ioloop.add_callback_threadsafe(self._close)
+
+    def _close(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        elif self._connection is not None:
+            self._connection.ioloop.stop()
+
+    def _run_connection(self) -> None:
+        self._reset_window()
+        params = pika.URLParameters(self.amqp_uri)
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 60
+        self._connection = pika.SelectConnection(
+            params,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_failed,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._connection.ioloop.start()
+
+    def _on_connection_failed(self, _connection, error) -> None:  # noqa: ANN001
+        log.warning("relay %s could not connect: %s", self.name, error)
+        self._connection.ioloop.stop()
+
+    def _on_connection_closed(self, _connection, reason) -> None:  # noqa: ANN001
+        if not self._stopping:
+            log.warning("relay %s connection closed: %s", self.name, reason)
+        self._connection.ioloop.stop()
+
+    def _on_connection_open(self, connection) -> None:  # noqa: ANN001
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel) -> None:  # noqa: ANN001
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.exchange_declare(
+            self.exchange, exchange_type="topic", durable=True, callback=self._on_exchange_ready
+        )
+
+    def _on_channel_closed(self, _channel, reason) -> None:  # noqa: ANN001
+        if self._connection.is_open:
+            log.warning("relay %s channel closed: %s", self.name, reason)
+            self._connection.close()
+
+    def _on_exchange_ready(self, _frame) -> None:  # noqa: ANN001
+        self._channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._publish_window())
+
+    # -- the work ----------------------------------------------------------------------------
+
+    def _publish_window(self) -> None:
+        if self._stopping:
+            self._close()
+            return
+        try:
+            with read_only(self.engine) as conn:
+                position = relay_position(conn, self.name)
+                batch = self.store.events_since(conn, position, self.window)
+        except Exception:
+            log.exception("relay %s could not read its log", self.name)
+            self._connection.ioloop.call_later(1.0, self._publish_window)
+            return
+        if not batch:
+            self._connection.ioloop.call_later(self.idle_poll, self._publish_window)
+            return
+        for envelope in batch:
+            body = envelope.to_dict()
+            self._channel.basic_publish(
+                self.exchange,
+                envelope.event_type,
+                json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                message_properties(body),
+            )
+            self._next_tag += 1
+            self._unconfirmed.add(self._next_tag)
+        self._window_end = batch[-1].global_position
+
+    def _on_confirm(self, frame) -> None:  # noqa: ANN001
+        method = frame.method
+        if isinstance(method, Basic.Nack):
+            # the broker refused part of the window: publish it again on a fresh channel
+            log.warning("relay %s got a nack for tag %s", self.name, method.delivery_tag)
+            self._channel.close()
+            return
+        if method.multiple:
+            self._unconfirmed = {t for t in self._unconfirmed if t > method.delivery_tag}
+        else:
+            self._unconfirmed.discard(method.delivery_tag)
+        if not self._unconfirmed:
+            self._window_confirmed()
+
+    def _window_confirmed(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                save_relay_position(conn, self.name, self._window_end, isoformat(self.clock.now()))
+        except Exception:
+            log.exception("relay %s could not record its position", self.name)
+            self._channel.close()  # the window will be published again: at least once
+            return
+        if self.on_published:
+            self.on_published(self._window_end)
+        self._connection.ioloop.add_callback_threadsafe(self._publish_window)
+
+
+def run_relay(service: str) -> None:
+    """Entry point of `serviceloop relay SERVICE`."""
+    import signal
+
+    from serviceloop.config import amqp_uri, database_url
+    from serviceloop.db import make_engine
+    from serviceloop.services import service_metadata
+
+    engine = make_engine(database_url(service), pool_size=2)
+    relay = Relay(service, engine, EventStore(service_metadata(service).tables["events"]),
+                  amqp_uri(), window=int(os.environ.get("RELAY_WINDOW", "2000")))
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    relay.run_forever()

@@ -1,0 +1,86 @@
+"""One transaction on a service's database, used by a nameko worker, a relay or a CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+
+
+class UnitOfWork:
+    """Opens its transaction on first use; rolled back unless `commit()` is called.
+
+    `write_gate` (an eventlet semaphore for SQLite) serialises writers inside one
+    process: SQLite's busy wait would otherwise block the whole eventlet hub.
+    """
+
+    def __init__(self, engine: Engine, write_gate=None) -> None:  # noqa: ANN001
+        self.engine = engine
+        self._write_gate = write_gate
+        self._conn: Connection | None = None
+        self._gate_held = False
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            if self._write_gate is not None:
+                self._write_gate.acquire()
+                self._gate_held = True
+            try:
+                self._conn = self.engine.connect()
+                self._conn.begin()
+            except BaseException:
+                self._release()
+                raise
+        return self._conn
+
+    @property
+    def active(self) -> bool:
+        return self._conn is not None
+
+    def commit(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.commit()
+            finally:
+                self._close()
+
+    def rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        finally:
+            self._conn = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._gate_held:
+            self._gate_held = False
+            self._write_gate.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Commit if the block ends normally, roll back if it raises."""
+        try:
+            yield self.conn
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+
+@contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that must not take SQLite's write lock."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(read_only=True)
+        with conn.begin():
+            yield conn

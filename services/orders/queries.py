@@ -1,0 +1,129 @@
+"""Reads of the orders read models, shaped as the contracts' views."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from sqlalchemy import Connection, and_, func, select
+
+from contracts.errors import NotFound
+from contracts.orders import OPEN_STATUSES
+from services.orders.domain import Order, warranty_on
+from services.orders.projections import customers, order_requests, orders, products
+
+
+def customer_by_phone(conn: Connection, phone: str) -> dict | None:
+    row = conn.execute(select(customers).where(customers.c.phone == phone)).mappings().first()
+    return customer_view(row) if row else None
+
+
+def customer(conn: Connection, customer_id: str) -> dict:
+    row = conn.execute(
+        select(customers).where(customers.c.customer_id == customer_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"customer {customer_id} does not exist", {"customer_id": ["unknown"]})
+    return customer_view(row)
+
+
+def customer_view(row) -> dict:  # noqa: ANN001
+    return {
+        "customer_id": row["customer_id"], "name": row["name"], "phone": row["phone"],
+        "address": {k: row[k] for k in ("province", "city", "district", "street", "lat", "lon")},
+        "registered_at": row["registered_at"],
+    }
+
+
+def product(conn: Connection, product_id: str) -> dict:
+    row = conn.execute(
+        select(products).where(products.c.product_id == product_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
+                       code="product_not_found")
+    return {**row, "warranty": json.loads(row["warranty"])}
+
+
+def products_of(conn: Connection, customer_id: str, today: date) -> list[dict]:
+    rows = conn.execute(select(products).where(products.c.customer_id == customer_id)
+                        .order_by(products.c.registered_at, products.c.product_id)).mappings()
+    return [product_view({**row, "warranty": json.loads(row["warranty"])}, today) for row in rows]
+
+
+def product_view(row: dict, today: date) -> dict:
+    terms = warranty_on(row["warranty"], today)
+    unit = next(t for t in terms if t["component"] == "unit")
+    return {
+        "product_id": row["product_id"], "category": row["category"], "model": row["model"],
+        "serial": row["serial"], "purchase_date": row["purchase_date"],
+        "installation_date": row["installation_date"], "warranty_end": unit["parts_until"],
+        "in_warranty_today": unit["parts_covered"], "warranty": terms,
+    }
+
+
+def order_row(conn: Connection, order_id: str) -> dict:
+    row = conn.execute(select(orders).where(orders.c.order_id == order_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"order {order_id} does not exist", {"order_id": ["unknown"]},
+                       code="order_not_found")
+    return order_view(row)
+
+
+def order_view(row) -> dict:  # noqa: ANN001
+    view = dict(row)
+    view["warranty"] = json.loads(view["warranty"])
+    return view
+
+
+def as_aggregate(view: dict) -> Order:
+    """The few facts the domain needs about an existing order, from its read model."""
+    return Order(view["order_id"], version=view["version"], status=view["status"],
+                 order_type=view["order_type"], category=view["category"],
+                 product_id=view["product_id"], fault_code=view["fault_code"])
+
+
+def order_for_request(conn: Connection, request_id: str) -> str | None:
+    return conn.execute(select(order_requests.c.order_id)
+                        .where(order_requests.c.request_id == request_id)).scalar()
+
+
+def open_order_like(conn: Connection, product_id: str, order_type: str,
+                    related_order_id: str | None) -> str | None:
+    """An open order of the same type for the same product (and complaint subject)."""
+    query = select(orders.c.order_id).where(and_(
+        orders.c.product_id == product_id, orders.c.order_type == order_type,
+        orders.c.status.in_(OPEN_STATUSES)))
+    if related_order_id:
+        query = query.where(orders.c.related_order_id == related_order_id)
+    return conn.execute(query.limit(1)).scalar()
+
+
+def orders_of_customer(conn: Connection, customer_id: str) -> list[dict]:
+    rows = conn.execute(select(orders).where(orders.c.customer_id == customer_id)
+                        .order_by(orders.c.created_at.desc())).mappings()
+    return [order_view(row) for row in rows]
+
+
+def list_orders(conn: Connection, filters: dict) -> dict:
+    conditions = []
+    for name in ("status", "phone", "product_id", "customer_id"):
+        if filters.get(name):
+            conditions.append(orders.c[name] == filters[name])
+    if filters.get("created_from"):
+        conditions.append(orders.c.created_at >= filters["created_from"].isoformat())
+    if filters.get("created_to"):
+        # inclusive: everything created before the next day
+        conditions.append(orders.c.created_at < _next_day(filters["created_to"]))
+    where = and_(True, *conditions)
+    total = conn.execute(select(func.count()).select_from(orders).where(where)).scalar()
+    size, page = filters["page_size"], filters["page"]
+    rows = conn.execute(select(orders).where(where)
+                        .order_by(orders.c.created_at.desc(), orders.c.order_id)
+                        .limit(size).offset((page - 1) * size)).mappings()
+    return {"items": [order_view(r) for r in rows], "page": page, "page_size": size,
+            "total": total}
+
+
+def _next_day(day: date) -> str:
+    from datetime import timedelta
+
+    return (day + timedelta(days=1)).isoformat()

@@ -1,0 +1,197 @@
+"""The orders service: what call-centre agents and the CRM desktop reach over nameko RPC."""
+
+from __future__ import annotations
+
+import uuid
+
+from nameko.rpc import rpc
+from sqlalchemy.exc import IntegrityError
+
+from contracts import orders as contract
+from contracts.errors import Conflict, NotFound
+from contracts.registry import load
+from serviceloop.consumer import ParkedMessagesRpc
+from serviceloop.eventstore import NewEvent
+from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from services.orders import domain, queries
+from services.orders.catalog import CATALOG, catalog_as_dict
+from services.orders.projections import metadata, projector
+
+
+class OrdersService(EventLogRpc, ParkedMessagesRpc):
+    name = "orders"
+
+    db = Database("orders", metadata)
+    clock = ClockProvider()
+
+    # -- customers and products ----------------------------------------------------------------
+
+    @rpc
+    @transactional
+    def register_customer(self, payload: dict) -> dict:
+        data = load(contract.RegisterCustomer(), payload)
+        phone = domain.normalise_phone(data["phone"])
+        existing = queries.customer_by_phone(self.db.conn, phone)
+        if existing:
+            raise Conflict(f"a customer with phone {phone} exists: {existing['customer_id']}",
+                           {"phone": [existing["customer_id"]]}, code="customer_exists")
+        customer_id = str(uuid.uuid4())
+        today = self.clock.now().date()
+        events = [domain.register_customer(customer_id, data["name"], phone, data["address"])]
+        events += [domain.register_product(CATALOG, customer_id, str(uuid.uuid4()), p, today)
+                   for p in data["products"]]
+        self._append(f"customer-{customer_id}", 0, events, customer_id, data["agent_id"])
+        return self._lookup(self.db.conn, phone)
+
+    @rpc
+    @transactional
+    def register_product(self, payload: dict) -> dict:
+        data = load(contract.RegisterProduct(), payload)
+        customer = queries.customer(self.db.conn, data["customer_id"])
+        stream = f"customer-{customer['customer_id']}"
+        version = self.db.store.stream_version(self.db.conn, stream)
+        product_id = str(uuid.uuid4())
+        event = domain.register_product(CATALOG, customer["customer_id"], product_id, data,
+                                        self.clock.now().date())
+        self._append(stream, version, [event], customer["customer_id"], data["agent_id"])
+        return queries.product_view(queries.product(self.db.conn, product_id),
+                                    self.clock.now().date())
+
+    @rpc
+    def lookup(self, phone: str) -> dict:
+        """The caller in one answer: customer, address, products with warranty, orders."""
+        normalised = domain.normalise_phone(phone if isinstance(phone, str) else "")
+        with self.db.reader() as conn:
+            return self._lookup(conn, normalised)
+
+    def _lookup(self, conn, phone: str) -> dict:  # noqa: ANN001
+        customer = queries.customer_by_phone(conn, phone)
+        if customer is None:
+            raise NotFound(f"no customer with phone {phone}", {"phone": ["unknown caller"]},
+                           code="customer_not_found")
+        today = self.clock.now().date()
+        return {
+            "customer": customer,
+            "products": queries.products_of(conn, customer["customer_id"], today),
+            "orders": queries.orders_of_customer(conn, customer["customer_id"]),
+        }
+
+    # -- orders --------------------------------------------------------------------------------
+
+    @rpc
+    def create_order(self, payload: dict) -> dict:
+        data = load(contract.CreateOrder(), payload)
+        try:
+            return self._create_order(data)
+        except IntegrityError:
+            # a concurrent retry with the same request id won the race: answer as it did
+            self.db.rollback()
+            with self.db.reader() as conn:
+                existing = queries.order_for_request(conn, data["request_id"] or "")
+                if existing is None:
+                    raise
+                return {**queries.order_row(conn, existing), "created": False}
+
+    @transactional
+    def _create_order(self, data: dict) -> dict:
+        conn = self.db.conn
+        if data["request_id"]:
+            existing = queries.order_for_request(conn, data["request_id"])
+            if existing:
+                return {**queries.order_row(conn, existing), "created": False}
+        product = queries.product(conn, data["product_id"])
+        if conn.dialect.name == "postgresql":  # make the duplicate check below atomic
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                 (product["product_id"],))
+        duplicate = queries.open_order_like(conn, product["product_id"], data["order_type"],
+                                            data["related_order_id"])
+        if duplicate:
+            return {**queries.order_row(conn, duplicate), "created": False}
+        related = None
+        if data["related_order_id"]:
+            related = _maybe(lambda: queries.as_aggregate(
+                queries.order_row(conn, data["related_order_id"])))
+        order_id = str(uuid.uuid4())
+        event = domain.create_order(CATALOG, order_id, data, queries.customer(
+            conn, product["customer_id"]), product, self.clock.now().date(), related)
+        self._append(f"order-{order_id}", 0, [event], order_id, data["agent_id"],
+                     causation_id=data["request_id"])
+        return {**queries.order_row(conn, order_id), "created": True}
+
+    @rpc
+    def file_complaint(self, payload: dict) -> dict:
+        data = load(contract.FileComplaint(), payload)
+        with self.db.reader() as conn:
+            earlier = queries.order_row(conn, data["order_id"])
+        return self.create_order({
+            "request_id": data["request_id"], "product_id": earlier["product_id"],
+            "order_type": "complaint", "channel": data["channel"],
+            "description": data["description"], "related_order_id": earlier["order_id"],
+            "agent_id": data["agent_id"],
+        })
+
+    @rpc
+    @transactional
+    def record_fault(self, payload: dict) -> dict:
+        data = load(contract.RecordFault(), payload)
+        view = queries.order_row(self.db.conn, data["order_id"])
+        event = domain.record_fault(CATALOG, queries.as_aggregate(view), data["fault_code"],
+                                    view["model"])
+        self._append(f"order-{view['order_id']}", view["version"], [event], view["order_id"],
+                     data["agent_id"])
+        return queries.order_row(self.db.conn, view["order_id"])
+
+    @rpc
+    @transactional
+    def cancel_order(self, payload: dict) -> dict:
+        data = load(contract.CancelOrder(), payload)
+        view = queries.order_row(self.db.conn, data["order_id"])
+        event = domain.cancel_order(queries.as_aggregate(view), data["reason"], data["note"])
+        self._append(f"order-{view['order_id']}", view["version"], [event], view["order_id"],
+                     data["agent_id"])
+        return queries.order_row(self.db.conn, view["order_id"])
+
+    @rpc
+    def get_order(self, order_id: str) -> dict:
+        with self.db.reader() as conn:
+            return queries.order_row(conn, str(order_id))
+
+    @rpc
+    def list_orders(self, filters: dict | None = None) -> dict:
+        data = load(contract.ListOrders(), filters or {})
+        if data["phone"]:
+            data["phone"] = domain.normalise_phone(data["phone"])
+        with self.db.reader() as conn:
+            return queries.list_orders(conn, data)
+
+    @rpc
+    def order_history(self, order_id: str) -> list[dict]:
+        with self.db.reader() as conn:
+            queries.order_row(conn, str(order_id))
+            return [e.to_dict() for e in self.db.store.stream(conn, f"order-{order_id}")]
+
+    @rpc
+    def catalog(self) -> dict:
+        return catalog_as_dict(CATALOG)
+
+    # -- the one way events are written --------------------------------------------------------
+
+    def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
+                correlation_id: str, agent_id: str, causation_id: str | None = None) -> None:
+        envelopes = self.db.store.append(
+            self.db.conn, stream_id, expected_version, events,
+            occurred_at=self.clock.now(), correlation_id=correlation_id,
+            causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id))
+        projector.apply(self.db.conn, envelopes)
+
+
+def _actor(agent_id: str) -> str:
+    return "system" if agent_id == "system" else f"agent:{agent_id}"
+
+
+def _maybe(read):  # noqa: ANN001, ANN202
+    try:
+        return read()
+    except NotFound:
+        return None
+
