@@ -131,11 +131,9 @@ def create_order(catalog: Catalog, order_id: str, command: dict, customer: dict,
     """Intake: warranty decided now, a repair waits for its catalogue fault code."""
     order_type = command["order_type"]
     fault_code = command.get("fault_code")
+    check_intake(command)
     if fault_code is not None:
         _check_fault(catalog, fault_code, product["model"])
-    if order_type == "complaint" and not command.get("related_order_id"):
-        raise ValidationFailed("a complaint is about an earlier order",
-                               {"related_order_id": ["required for a complaint"]})
     if command.get("related_order_id") and related is None:
         raise NotFound("the related order does not exist", {"related_order_id": ["unknown"]})
     if related is not None and related.product_id != product["product_id"]:
@@ -166,6 +164,13 @@ def create_order(catalog: Catalog, order_id: str, command: dict, customer: dict,
         "warranty": warranty,
         "in_warranty": unit["parts_covered"],
     })
+
+
+def check_intake(command: dict) -> None:
+    """Rules on the command alone, checked before anything is looked up."""
+    if command["order_type"] == "complaint" and not command.get("related_order_id"):
+        raise ValidationFailed("a complaint is about an earlier order",
+                               {"related_order_id": ["required for a complaint"]})
 
 
 def record_fault(catalog: Catalog, order: Order, fault_code: str, model: str) -> NewEvent:

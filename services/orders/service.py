@@ -81,6 +81,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     def create_order(self, payload: dict) -> dict:
         data = load(contract.CreateOrder(), payload)
+        domain.check_intake(data)
         try:
             return self._create_order(data)
         except IntegrityError:

@@ -26,6 +26,10 @@ def customer(phone: str = "138 0013 8000", **products) -> dict:
     }
 
 
+def water_heater(registered: dict) -> dict:
+    return next(p for p in registered["products"] if p["model"] == "WH-E60A")
+
+
 @pytest.fixture
 def orders(container_factory, service_config, orders_url):
     container = container_factory(OrdersService, service_config(orders=orders_url))
@@ -43,8 +47,7 @@ def log_length(url: str) -> int:
 
 
 def test_a_caller_is_found_by_phone_with_products_warranty_and_orders(orders):
-    registered = orders.register_customer(customer())
-    product = registered["products"][0]
+    product = water_heater(orders.register_customer(customer()))
     order = orders.create_order({"product_id": product["product_id"], "order_type": "install",
                                  "channel": "phone", "agent_id": "a7"})
     found = orders.lookup("+86 138-0013-8000")
@@ -60,7 +63,7 @@ def test_a_caller_is_found_by_phone_with_products_warranty_and_orders(orders):
 
 
 def test_a_repair_without_a_fault_code_waits_until_one_is_recorded(orders):
-    product = orders.register_customer(customer())["products"][0]
+    product = water_heater(orders.register_customer(customer()))
     order = orders.create_order({"product_id": product["product_id"], "order_type": "repair",
                                  "channel": "web", "description": "没有热水", "agent_id": "a7"})
     assert order["status"] == "awaiting_fault"
@@ -74,7 +77,7 @@ def test_a_repair_without_a_fault_code_waits_until_one_is_recorded(orders):
 
 
 def test_create_order_is_safe_to_retry_and_a_second_open_order_returns_the_first(orders):
-    product = orders.register_customer(customer())["products"][0]
+    product = water_heater(orders.register_customer(customer()))
     command = {"product_id": product["product_id"], "order_type": "maintenance",
                "channel": "phone", "agent_id": "a7", "request_id": "req-0000001"}
     first = orders.create_order(command)
@@ -87,7 +90,7 @@ def test_create_order_is_safe_to_retry_and_a_second_open_order_returns_the_first
 
 
 def test_cancel_before_completion_then_a_new_order_may_be_opened(orders):
-    product = orders.register_customer(customer())["products"][0]
+    product = water_heater(orders.register_customer(customer()))
     command = {"product_id": product["product_id"], "order_type": "install",
                "channel": "dealer", "agent_id": "a7"}
     first = orders.create_order(command)
@@ -102,7 +105,7 @@ def test_cancel_before_completion_then_a_new_order_may_be_opened(orders):
 
 
 def test_a_complaint_is_linked_and_routed_to_the_complaint_group(orders):
-    product = orders.register_customer(customer())["products"][0]
+    product = water_heater(orders.register_customer(customer()))
     earlier = orders.create_order({"product_id": product["product_id"], "order_type": "install",
                                    "channel": "phone", "agent_id": "a7"})
     complaint = orders.file_complaint({"order_id": earlier["order_id"], "channel": "phone",
@@ -158,7 +161,7 @@ def test_unknown_things_are_named_not_found(orders):
 
 
 def test_a_fault_code_of_another_category_is_refused(orders):
-    product = orders.register_customer(customer())["products"][0]  # a water heater
+    product = water_heater(orders.register_customer(customer()))  # a water heater
     other = next(f for f in orders.catalog()["faults"] if f["category"] != "water_heater")
     with pytest.raises(ValidationFailed) as caught:
         orders.create_order({"product_id": product["product_id"], "order_type": "repair",
