@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
-import eventlet
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+
+import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 

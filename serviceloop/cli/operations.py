@@ -54,6 +54,7 @@ def _up(args: argparse.Namespace) -> int:
         commands[service] = [str(bin_dir / "nameko"), "run", "--config",
                              str(PROJECT_ROOT / "config.yaml"), SERVICE_CLASSES[service]]
         commands[f"{service}-relay"] = [str(bin_dir / "serviceloop"), "relay", service]
+    child_env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     processes: dict[str, subprocess.Popen] = {}
     stopping = False
 
@@ -70,7 +71,7 @@ def _up(args: argparse.Namespace) -> int:
             if process is None or process.poll() is not None:
                 if process is not None:
                     logging.warning("%s exited with %s: restarting", name, process.returncode)
-                processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT)
+                processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT, env=child_env)
                 logging.info("started %s (pid %d)", name, processes[name].pid)
         time.sleep(0.5)
     for process in processes.values():
