@@ -116,6 +116,13 @@ def define_log_tables(metadata: MetaData) -> Table:
         Column("updated_at", String(32), nullable=False),
     )
     Table(
+        "consumer_positions",
+        metadata,
+        Column("source", String(40), primary_key=True),
+        Column("position", Integer, nullable=False),
+        Column("updated_at", String(32), nullable=False),
+    )
+    Table(
         "inbox",
         metadata,
         Column("consumer", String(120), primary_key=True),

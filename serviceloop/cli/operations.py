@@ -38,6 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.set_defaults(run=_seed)
 
+    p = commands.add_parser("rebuild", help="drop a service's read models, rebuild from its log")
+    p.add_argument("service", choices=IMPLEMENTED)
+    p.set_defaults(run=_rebuild)
+
     p = commands.add_parser("parked", help="messages a consumer gave up on")
     p.add_argument("service", choices=IMPLEMENTED)
     p.add_argument("--replay", type=int, metavar="ID", help="hand a parked message back")
@@ -122,3 +126,24 @@ def _parked(args: argparse.Namespace) -> None:
         emit(service.parked_messages(), args.json,
              lambda rows: table(rows, ["id", "consumer", "event_type", "event_id", "attempts",
                                        "parked_at", "error"]))
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    """Operator's rebuild on the service's own database; equal checksums or exit 1."""
+    from serviceloop.config import database_url
+    from serviceloop.db import make_engine
+    from serviceloop.eventstore import EventStore
+    from serviceloop.services import service_metadata, service_projector
+
+    engine = make_engine(database_url(args.service), pool_size=1)
+    projector = service_projector(args.service)
+    store = EventStore(service_metadata(args.service).tables["events"])
+    with engine.begin() as conn:
+        before = projector.checksums(conn)
+        count = projector.rebuild(conn, store, progress=lambda n: print(f"  {n} events…"))
+        after = projector.checksums(conn)
+    engine.dispose()
+    print(f"replayed {count} events into {', '.join(before)}")
+    for name in before:
+        print(f"  {name:16} {'equal' if before[name] == after[name] else 'DIFFERENT'}")
+    return 0 if before == after else 1

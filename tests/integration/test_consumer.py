@@ -11,6 +11,7 @@ import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
 from sqlalchemy import func, select, text
 
+from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, consumes
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
@@ -135,3 +136,36 @@ def _queue_empty(broker_uri: str, queue: str) -> bool:
         return declared.method.message_count == 0
     finally:
         connection.close()
+
+
+class LateLedger(Ledger, CatchUp):
+    """The same consumer, started only after its producer has published."""
+
+
+def test_a_consumer_started_after_its_producer_published_still_gets_every_event(
+        container_factory, service_config, database_for, backend, broker_uri):
+    from services.orders.service import OrdersService
+
+    orders_url, ledger_url = database_for("orders", backend), database_for("orders", backend)
+    producer = container_factory(OrdersService, service_config(orders=orders_url))
+    producer.start()
+    with ServiceRpcProxy("orders", producer.config, timeout=20) as orders:
+        for n in range(3):
+            orders.register_customer({
+                "name": f"迟到{n}", "phone": f"1360000000{n}", "agent_id": "a1",
+                "address": ADDRESS, "products": []})
+    # no queue existed when these were logged: only the producer's log has them
+    consumer = container_factory(LateLedger, service_config(ledger=ledger_url))
+    consumer.start()
+    engine = make_engine(ledger_url)
+    wait_until(lambda: count_rows(engine, customers) == 3, message="the catch-up")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT position FROM consumer_positions "
+                                 "WHERE source = 'orders'")).scalar() == 3
+    # the same events arriving late through the broker change nothing
+    with ServiceRpcProxy("orders", producer.config, timeout=20) as orders:
+        publish(broker_uri, orders.events_since(0, 10))
+    wait_until(lambda: _queue_empty(broker_uri, "evt-orders-customer_registered--ledger."
+                                                "copy_customer"), message="the queue to drain")
+    assert count_rows(engine, customers) == 3
+    engine.dispose()

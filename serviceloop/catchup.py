@@ -1,0 +1,98 @@
+"""Catching up through a producer's log, so the broker is transport and never the ledger.
+
+An event published before its consumer's queue existed, or lost between broker and
+consumer, is still in the producer's log. A consuming service mixes in `CatchUp`: on a
+timer it reads each producer it subscribes to through that producer's
+`events_since(position, limit)` RPC from where it last got to, hands every subscribed
+event to the same `deliver` policy as broker messages (the inbox makes the second
+sighting a no-op), and records how far it got.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+
+from nameko.extensions import DependencyProvider
+from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.timer import timer
+from sqlalchemy import text
+
+from serviceloop.clock import isoformat
+from serviceloop.consumer import deliver
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_INTERVAL = float(os.environ.get("CATCH_UP_INTERVAL", "2.0"))
+PAGE = 500
+
+
+def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
+    """{source: {event_type: [(method name, handler)]}} from the `consumes` decorators."""
+    found: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for name in dir(service_class):
+        consumed = getattr(getattr(service_class, name), "consumed", None)
+        if consumed:
+            source, event_type = consumed
+            found[source][event_type].append((name, getattr(service_class, name).handler))
+    return found
+
+
+def consumer_position(conn, source: str) -> int:  # noqa: ANN001
+    value = conn.execute(text("SELECT position FROM consumer_positions WHERE source = :s"),
+                         {"s": source}).scalar()
+    return value or 0
+
+
+def save_consumer_position(conn, source: str, position: int, now: str) -> None:  # noqa: ANN001
+    if not conn.execute(text("UPDATE consumer_positions SET position = :p, updated_at = :t "
+                             "WHERE source = :s"), {"p": position, "t": now, "s": source}).rowcount:
+        conn.execute(text("INSERT INTO consumer_positions (source, position, updated_at) "
+                          "VALUES (:s, :p, :t)"), {"s": source, "p": position, "t": now})
+
+
+def catch_up(service, rpc) -> int:  # noqa: ANN001
+    """Deliver every subscribed event the service has not reached yet; returns how many."""
+    delivered = 0
+    for source, by_type in subscribed_handlers(type(service)).items():
+        with service.db.reader() as conn:
+            position = consumer_position(conn, source)
+        while True:
+            page = getattr(rpc, source).events_since(position, PAGE)
+            for body in page:
+                for name, handler in by_type.get(body["event_type"], ()):
+                    deliver(service, handler, f"{service.name}.{name}", source, body)
+                    delivered += 1
+            if page:
+                position = page[-1]["global_position"]
+                with service.db.transaction() as conn:
+                    save_consumer_position(conn, source, position,
+                                           isoformat(service.clock.now()))
+            if len(page) < PAGE:
+                break
+    return delivered
+
+
+class ProducerLogs(DependencyProvider):
+    """Opens an RPC proxy to the producers for one catch-up pass."""
+
+    def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
+        return lambda: ClusterRpcProxy(self.container.config, timeout=10)
+
+
+class CatchUp:
+    """Mix into a consuming service (it needs `db` and `clock` dependencies)."""
+
+    producer_logs = ProducerLogs()
+
+    @timer(interval=CATCH_UP_INTERVAL, eager=True)
+    def catch_up_with_producers(self) -> None:
+        try:
+            with self.producer_logs() as rpc:
+                count = catch_up(self, rpc)
+        except Exception as error:  # a producer down: the next tick tries again
+            log.warning("%s could not catch up: %s", self.name, error)
+            return
+        if count:
+            log.info("%s caught up %d events", self.name, count)
