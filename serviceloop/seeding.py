@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import eventlet
-from services.orders.catalog import CATALOG
 
 from contracts.errors import Conflict
 from serviceloop.client import cluster
 from serviceloop.seed_data import CustomerSeed, generate_customers
+from services.orders.catalog import CATALOG
 
 
 def customer_payload(seed: CustomerSeed) -> dict:
