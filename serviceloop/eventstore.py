@@ -12,8 +12,9 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import (
     Column,
@@ -50,8 +51,10 @@ class NewEvent:
     schema_version: int = 1
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
+    """One logged event. A tuple, so a replay builds millions cheaply; the payload is kept
+    as the canonical JSON it was hashed and stored as, and decoded when asked for."""
+
     global_position: int
     event_id: str
     stream_id: str
@@ -62,29 +65,50 @@ class Envelope:
     correlation_id: str
     causation_id: str
     actor: str
-    payload: dict = field(hash=False)
+    payload_json: str
     prev_hash: str
     hash: str
 
-    HASHED_FIELDS = (
-        "global_position", "event_id", "stream_id", "stream_version", "event_type",
-        "schema_version", "occurred_at", "correlation_id", "causation_id", "actor",
-        "payload", "prev_hash",
-    )
+    @property
+    def payload(self) -> dict:
+        return json.loads(self.payload_json)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in (*self.HASHED_FIELDS, "hash")}
+        data = self._asdict()
+        data["payload"] = json.loads(data.pop("payload_json"))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Envelope:
-        return cls(**{name: data[name] for name in (*cls.HASHED_FIELDS, "hash")})
+        return cls(**{name: data[name] for name in cls._fields if name != "payload_json"},
+                   payload_json=canonical_json(data["payload"]))
 
     def computed_hash(self) -> str:
-        return compute_hash({name: getattr(self, name) for name in self.HASHED_FIELDS})
+        return compute_hash(self[:10], self.payload_json, self.prev_hash)
 
 
-def compute_hash(hashed_fields: dict) -> str:
-    return hashlib.sha256(canonical_json(hashed_fields).encode("utf-8")).hexdigest()
+_HASH_KEYS = ("actor", "causation_id", "correlation_id", "event_id", "event_type",
+              "global_position", "occurred_at", "payload", "prev_hash", "schema_version",
+              "stream_id", "stream_version")
+_ENVELOPE_INDEX = {name: i for i, name in enumerate(Envelope._fields)}
+
+
+def compute_hash(head: Sequence, payload_json: str, prev_hash: str) -> str:
+    """SHA-256 over the canonical JSON of the event's fields (all but `hash`).
+
+    `head` is the envelope's first ten fields; the payload is already canonical JSON, so
+    the document is assembled in sorted-key order without decoding it again.
+    """
+    parts = []
+    for key in _HASH_KEYS:
+        if key == "payload":
+            value = payload_json
+        elif key == "prev_hash":
+            value = json.dumps(prev_hash)
+        else:
+            value = json.dumps(head[_ENVELOPE_INDEX[key]], ensure_ascii=False)
+        parts.append(f'"{key}":{value}')
+    return hashlib.sha256(("{" + ",".join(parts) + "}").encode("utf-8")).hexdigest()
 
 
 def define_log_tables(metadata: MetaData) -> Table:
@@ -178,19 +202,11 @@ _COLUMNS = (
 )
 
 
-def _row_to_envelope(row: Sequence) -> Envelope:
-    return Envelope(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-        json.loads(row[10]), row[11], row[12],
-    )
-
-
 class EventStore:
     """Reads and appends one service's log through a connection the caller's transaction owns."""
 
     def __init__(self, events: Table) -> None:
         self.events = events
-        self._insert = events.insert()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -209,48 +225,49 @@ class EventStore:
         """Append `new_events` to `stream_id`, which must be at `expected_version` (0 = new)."""
         for new in new_events:
             validate_event(new.event_type, new.schema_version, new.payload)
-        self._lock_log(conn)
-        current = self.stream_version(conn, stream_id)
+        position, prev_hash, current = self._lock_and_read_heads(conn, stream_id)
         if current != expected_version:
             raise ConcurrencyConflict(
                 f"stream {stream_id} is at version {current}, expected {expected_version}",
                 {"expected_version": [f"stream is at {current}"]},
             )
-        position, prev_hash = self.head(conn)
         when = isoformat(occurred_at)
-        envelopes, rows = [], []
+        envelopes = []
         for offset, new in enumerate(new_events, start=1):
-            fields_ = {
-                "global_position": position + offset,
-                "event_id": str(uuid.uuid4()),
-                "stream_id": stream_id,
-                "stream_version": expected_version + offset,
-                "event_type": new.event_type,
-                "schema_version": new.schema_version,
-                "occurred_at": when,
-                "correlation_id": correlation_id,
-                "causation_id": causation_id,
-                "actor": actor,
-                "payload": new.payload,
-                "prev_hash": prev_hash,
-            }
-            digest = compute_hash(fields_)
-            envelopes.append(Envelope(**fields_, hash=digest))
-            rows.append({**fields_, "payload": canonical_json(new.payload), "hash": digest})
+            head = (position + offset, str(uuid.uuid4()), stream_id, expected_version + offset,
+                    new.event_type, new.schema_version, when, correlation_id, causation_id, actor)
+            payload_json = canonical_json(new.payload)
+            digest = compute_hash(head, payload_json, prev_hash)
+            envelopes.append(Envelope(*head, payload_json, prev_hash, digest))
             prev_hash = digest
+        p = _param(conn)
         try:
-            conn.execute(self._insert, rows)
+            conn.exec_driver_sql(
+                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join([p] * 13)})",
+                [tuple(e) for e in envelopes] if len(envelopes) > 1 else tuple(envelopes[0]),
+            )
         except IntegrityError as error:
             raise ConcurrencyConflict(
                 f"stream {stream_id} was appended to concurrently", {"stream_id": [str(error.orig)]}
             ) from None
         return envelopes
 
-    def _lock_log(self, conn: Connection) -> None:
-        # SQLite already holds its write lock (BEGIN IMMEDIATE); PostgreSQL serialises
-        # appenders until commit, so positions are handed out in commit order.
+    def _lock_and_read_heads(self, conn: Connection, stream_id: str) -> tuple[int, str, int]:
+        """The log's head (position, hash) and the stream's version, under the append lock.
+
+        SQLite already holds its write lock (BEGIN IMMEDIATE). PostgreSQL takes an advisory
+        lock held to commit, so positions are handed out in commit order; lock and reads go
+        in one round trip.
+        """
+        query = (
+            "SELECT (SELECT global_position FROM events ORDER BY global_position DESC LIMIT 1),"
+            " (SELECT hash FROM events ORDER BY global_position DESC LIMIT 1),"
+            f" (SELECT MAX(stream_version) FROM events WHERE stream_id = {_param(conn)})"
+        )
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+            query = f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); " + query
+        position, digest, version = conn.exec_driver_sql(query, (stream_id,)).one()
+        return position or 0, digest or GENESIS_HASH, version or 0
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -267,32 +284,29 @@ class EventStore:
         return value or 0
 
     def stream(self, conn: Connection, stream_id: str) -> list[Envelope]:
-        rows = conn.exec_driver_sql(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = {_param(conn)} "
-            "ORDER BY stream_version",
-            (stream_id,),
-        )
-        return [_row_to_envelope(row) for row in rows]
+        return self._select(conn, "stream_id = {p} ORDER BY stream_version", (stream_id,))
 
     def by_correlation(self, conn: Connection, correlation_id: str) -> list[Envelope]:
-        rows = conn.exec_driver_sql(
-            f"SELECT {_COLUMNS} FROM events WHERE correlation_id = {_param(conn)} "
-            "ORDER BY global_position",
-            (correlation_id,),
-        )
-        return [_row_to_envelope(row) for row in rows]
+        return self._select(conn, "correlation_id = {p} ORDER BY global_position",
+                            (correlation_id,))
 
     def events_since(self, conn: Connection, position: int, limit: int) -> list[Envelope]:
         """Envelopes with global_position > `position`, in log order, at most `limit`."""
-        p = _param(conn)
-        rows = conn.exec_driver_sql(
-            f"SELECT {_COLUMNS} FROM events WHERE global_position > {p} "
-            f"ORDER BY global_position LIMIT {p}",
-            (int(position), int(limit)),
-        )
-        return [_row_to_envelope(row) for row in rows]
+        return self._select(conn, "global_position > {p} ORDER BY global_position LIMIT {p}",
+                            (int(position), int(limit)))
 
-    def replay(self, conn: Connection, *, after: int = 0, batch: int = 5000) -> Iterator[Envelope]:
+    def _select(self, conn: Connection, where: str, params: tuple) -> list[Envelope]:
+        # straight to the driver's cursor: rows become envelopes without SQLAlchemy's Row
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(f"SELECT {_COLUMNS} FROM events WHERE "
+                           + where.format(p=_param(conn)), params)
+            return list(map(Envelope._make, cursor.fetchall()))
+        finally:
+            cursor.close()
+
+    def replay(self, conn: Connection, *, after: int = 0,
+               batch: int = 10_000) -> Iterator[Envelope]:
         """Every envelope after `after`, in order, read in keyset-paged batches."""
         position = after
         while True:

@@ -1,0 +1,1 @@
+"""serviceloop's benchmark suite: `make bench` runs `python -m bench.run`."""

@@ -1,0 +1,122 @@
+"""Results to `bench/results/latest.json` and a Markdown table in `latest.md`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
+def machine_info() -> dict:
+    info = {"nproc": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpu": _cpu_model()}
+    try:
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def with_target(result: dict) -> dict:
+    """Attach the target (if any) the result is held to, and whether it was met."""
+    target, met = None, None
+    if result["bench"] == "create_order" and result["backend"] == "postgres" \
+            and result["callers"] == 16:
+        target = "≥ 60% of no-op, p99 < 100 ms"
+        met = result["ratio"] >= 0.6 and result["create_order"]["p99_ms"] < 100
+    elif result["bench"] == "replay":
+        target = "≥ 50% of raw SELECT"
+        met = result["ratio"] >= 0.5
+    return {**result, "target": target, "met": met}
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _row(r: dict) -> list[str]:
+    backend = BACKEND_NAMES.get(r["backend"], r["backend"])
+    if r["bench"] == "create_order":
+        ours, noop = r["create_order"], r["noop"]
+        name = f"create_order RPC, {_callers(r['callers'])}"
+        measured = (f"{_num(ours['per_s'])} orders/s, p50 {ours['p50_ms']:.1f} ms, "
+                    f"p99 {ours['p99_ms']:.1f} ms")
+        baseline = (f"no-op RPC {_num(noop['per_s'])} calls/s, p50 {noop['p50_ms']:.1f} ms, "
+                    f"p99 {noop['p99_ms']:.1f} ms")
+    elif r["bench"] == "append":
+        name = f"EventStore.append, {r['batch']} event{'s' if r['batch'] > 1 else ''}/txn"
+        measured = f"{_num(r['value'])} events/s"
+        baseline = f"plain INSERT {_num(r['baseline'])} rows/s"
+    else:
+        name = f"EventStore.replay, {r['events']:,} events"
+        measured = f"{_num(r['value'])} rows/s"
+        baseline = f"raw SELECT+fetchmany {_num(r['baseline'])} rows/s"
+    met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+    return [name, backend, measured, baseline, f"{r['ratio']:.0%}", r["target"] or "—", met]
+
+
+def _callers(count: int) -> str:
+    return f"{count} caller{'s' if count != 1 else ''}"
+
+
+def _cpu(run: dict) -> str:
+    return f"{run['process_cpu_ms_per_call']:.2f} ms ({run['process_cpu_busy']:.0%} busy)"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# serviceloop benchmarks, {report['date']}",
+        "",
+        f"{m['nproc']} CPU ({m['cpu']}), Python {m['python']}, {m['platform']}; "
+        f"load average at start {m.get('loadavg_at_start')}; run took {report['seconds']:.0f} s.",
+        "Ratios are measured vs. the baseline in the same run (medians of "
+        f"{report['repetitions']} alternating repetitions for the event-store rows; "
+        f"medians of {report['settings'].get('rpc_rounds', 1)} interleaved rounds for RPC, "
+        "each figure separately).",
+        "",
+        "| Benchmark | Backend | Measured | Baseline | Ratio | Target | Met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in report["results"]]
+    rpc = [r for r in report["results"] if r["bench"] == "create_order"]
+    if rpc:
+        lines += ["", "RPC rows: services, broker clients and callers share one Python process; "
+                  "its CPU time per call (and how busy it was):", ""]
+        lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, {_callers(r['callers'])}: "
+                  f"create_order {_cpu(r['create_order'])}, no-op {_cpu(r['noop'])}" for r in rpc]
+    if report.get("errors"):
+        lines += ["", "Errors:", ""] + [f"- {e}" for e in report["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: list[dict], *, machine: dict, seconds: float, repetitions: int,
+          errors: list[str], settings: dict) -> str:
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
+              "seconds": seconds, "repetitions": repetitions, "settings": settings,
+              "results": [with_target(r) for r in results], "errors": errors}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    table = markdown(report)
+    (RESULTS_DIR / "latest.md").write_text(table)
+    return table
