@@ -75,6 +75,12 @@ def _row(r: dict) -> list[str]:
     return [name, backend, measured, baseline, f"{r['ratio']:.0%}", r["target"] or "—", met]
 
 
+def _rpc_rounds(rounds: int) -> str:
+    if rounds == 1:
+        return "one run each for RPC, no-op and create_order interleaved"
+    return f"medians of {rounds} interleaved rounds for RPC, each figure separately"
+
+
 def _callers(count: int) -> str:
     return f"{count} caller{'s' if count != 1 else ''}"
 
@@ -92,8 +98,7 @@ def markdown(report: dict) -> str:
         f"load average at start {m.get('loadavg_at_start')}; run took {report['seconds']:.0f} s.",
         "Ratios are measured vs. the baseline in the same run (medians of "
         f"{report['repetitions']} alternating repetitions for the event-store rows; "
-        f"medians of {report['settings'].get('rpc_rounds', 1)} interleaved rounds for RPC, "
-        "each figure separately).",
+        + _rpc_rounds(report["settings"].get("rpc_rounds", 1)) + ").",
         "",
         "| Benchmark | Backend | Measured | Baseline | Ratio | Target | Met |",
         "|---|---|---|---|---|---|---|",
@@ -105,6 +110,10 @@ def markdown(report: dict) -> str:
                   "its CPU time per call (and how busy it was):", ""]
         lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, {_callers(r['callers'])}: "
                   f"create_order {_cpu(r['create_order'])}, no-op {_cpu(r['noop'])}" for r in rpc]
+    lines += ["", "Baselines: plain INSERT = same driver and connection settings, a table with the "
+              "log's columns and primary key only, no validation/hash/lock; raw SELECT = "
+              "`SELECT <log columns> FROM events ORDER BY global_position` on the driver's own "
+              "cursor (psycopg2: client-side), `fetchmany(5000)`, no JSON decoding."]
     if report.get("errors"):
         lines += ["", "Errors:", ""] + [f"- {e}" for e in report["errors"]]
     return "\n".join(lines) + "\n"

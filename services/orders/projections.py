@@ -109,21 +109,26 @@ def _product_registered(conn: Connection, e: Envelope) -> None:
     ))
 
 
-def _order_created(conn: Connection, e: Envelope) -> None:
-    p = e.payload
-    conn.execute(orders.insert().values(
+def order_row(e: Envelope, p: dict) -> dict:
+    """The `orders` row an `order_created` event makes (also the view create_order answers)."""
+    return dict(
         order_id=p["order_id"], order_type=p["order_type"], channel=p["channel"],
         status=p["status"], routed_to=p["routed_to"], customer_id=p["customer_id"],
         product_id=p["product_id"], phone=p["phone"], district=p["address"]["district"],
         category=p["category"], model=p["model"], serial=p["serial"],
         description=p["description"], fault_code=p["fault_code"],
         related_order_id=p["related_order_id"], in_warranty=p["in_warranty"],
-        warranty=json.dumps(p["warranty"], sort_keys=True), created_at=e.occurred_at,
-        updated_at=e.occurred_at, version=e.stream_version,
-    ))
+        warranty=json.dumps(p["warranty"], sort_keys=True), cancel_reason=None,
+        created_at=e.occurred_at, updated_at=e.occurred_at, version=e.stream_version,
+    )
+
+
+def _order_created(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(orders.insert(), order_row(e, p))
     if p["request_id"]:
-        conn.execute(order_requests.insert().values(
-            request_id=p["request_id"], order_id=p["order_id"]))
+        conn.execute(order_requests.insert(),
+                     {"request_id": p["request_id"], "order_id": p["order_id"]})
 
 
 def _order_fault_recorded(conn: Connection, e: Envelope) -> None:

@@ -43,6 +43,20 @@ def product(conn: Connection, product_id: str) -> dict:
     return {**row, "warranty": json.loads(row["warranty"])}
 
 
+def product_and_owner(conn: Connection, product_id: str) -> tuple[dict, dict]:
+    """The product and the customer who owns it, in one query."""
+    row = conn.execute(select(products, *[c.label(f"customer_{c.name}") for c in customers.c])
+                       .join(customers, customers.c.customer_id == products.c.customer_id)
+                       .where(products.c.product_id == product_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
+                       code="product_not_found")
+    product_ = {c.name: row[c.name] for c in products.c}
+    product_["warranty"] = json.loads(product_["warranty"])
+    owner = customer_view({c.name: row[f"customer_{c.name}"] for c in customers.c})
+    return product_, owner
+
+
 def products_of(conn: Connection, customer_id: str, today: date) -> list[dict]:
     rows = conn.execute(select(products).where(products.c.customer_id == customer_id)
                         .order_by(products.c.registered_at, products.c.product_id)).mappings()
@@ -88,13 +102,24 @@ def order_for_request(conn: Connection, request_id: str) -> str | None:
 
 def open_order_like(conn: Connection, product_id: str, order_type: str,
                     related_order_id: str | None) -> str | None:
-    """An open order of the same type for the same product (and complaint subject)."""
-    query = select(orders.c.order_id).where(and_(
-        orders.c.product_id == product_id, orders.c.order_type == order_type,
-        orders.c.status.in_(OPEN_STATUSES)))
+    """An open order of the same type for the same product (and complaint subject).
+
+    On PostgreSQL the product is locked first (to the end of the transaction), in the same
+    round trip, so two concurrent intakes for one product cannot both find none.
+    """
+    p = "?" if conn.dialect.name == "sqlite" else "%s"
+    statuses = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
+    query = (f"SELECT order_id FROM orders WHERE product_id = {p} AND order_type = {p} "
+             f"AND status IN ({statuses})")
+    params: tuple = (product_id, order_type)
     if related_order_id:
-        query = query.where(orders.c.related_order_id == related_order_id)
-    return conn.execute(query.limit(1)).scalar()
+        query += f" AND related_order_id = {p}"
+        params += (related_order_id,)
+    query += " LIMIT 1"
+    if conn.dialect.name == "postgresql":
+        query = "SELECT pg_advisory_xact_lock(hashtext(%s)); " + query
+        params = (product_id, *params)
+    return conn.exec_driver_sql(query, params).scalar()
 
 
 def orders_of_customer(conn: Connection, customer_id: str) -> list[dict]:

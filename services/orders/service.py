@@ -11,11 +11,20 @@ from contracts import orders as contract
 from contracts.errors import Conflict, NotFound
 from contracts.registry import load
 from serviceloop.consumer import ParkedMessagesRpc
-from serviceloop.eventstore import NewEvent
+from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from services.orders import domain, queries
 from services.orders.catalog import CATALOG, catalog_as_dict
-from services.orders.projections import metadata, projector
+from services.orders.projections import metadata, order_row, projector
+
+# marshmallow schemas are built once: instantiating one per call costs more than loading
+_REGISTER_CUSTOMER = contract.RegisterCustomer()
+_REGISTER_PRODUCT = contract.RegisterProduct()
+_CREATE_ORDER = contract.CreateOrder()
+_FILE_COMPLAINT = contract.FileComplaint()
+_RECORD_FAULT = contract.RecordFault()
+_CANCEL_ORDER = contract.CancelOrder()
+_LIST_ORDERS = contract.ListOrders()
 
 
 class OrdersService(EventLogRpc, ParkedMessagesRpc):
@@ -29,7 +38,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     @transactional
     def register_customer(self, payload: dict) -> dict:
-        data = load(contract.RegisterCustomer(), payload)
+        data = load(_REGISTER_CUSTOMER, payload)
         phone = domain.normalise_phone(data["phone"])
         existing = queries.customer_by_phone(self.db.conn, phone)
         if existing:
@@ -46,7 +55,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     @transactional
     def register_product(self, payload: dict) -> dict:
-        data = load(contract.RegisterProduct(), payload)
+        data = load(_REGISTER_PRODUCT, payload)
         customer = queries.customer(self.db.conn, data["customer_id"])
         stream = f"customer-{customer['customer_id']}"
         version = self.db.store.stream_version(self.db.conn, stream)
@@ -80,7 +89,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
 
     @rpc
     def create_order(self, payload: dict) -> dict:
-        data = load(contract.CreateOrder(), payload)
+        data = load(_CREATE_ORDER, payload)
         domain.check_intake(data)
         try:
             return self._create_order(data)
@@ -100,10 +109,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
             existing = queries.order_for_request(conn, data["request_id"])
             if existing:
                 return {**queries.order_row(conn, existing), "created": False}
-        product = queries.product(conn, data["product_id"])
-        if conn.dialect.name == "postgresql":  # make the duplicate check below atomic
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                 (product["product_id"],))
+        product, owner = queries.product_and_owner(conn, data["product_id"])
         duplicate = queries.open_order_like(conn, product["product_id"], data["order_type"],
                                             data["related_order_id"])
         if duplicate:
@@ -113,15 +119,16 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
             related = _maybe(lambda: queries.as_aggregate(
                 queries.order_row(conn, data["related_order_id"])))
         order_id = str(uuid.uuid4())
-        event = domain.create_order(CATALOG, order_id, data, queries.customer(
-            conn, product["customer_id"]), product, self.clock.now().date(), related)
-        self._append(f"order-{order_id}", 0, [event], order_id, data["agent_id"],
-                     causation_id=data["request_id"])
-        return {**queries.order_row(conn, order_id), "created": True}
+        event = domain.create_order(CATALOG, order_id, data, owner, product,
+                                    self.clock.now().date(), related)
+        (envelope,) = self._append(f"order-{order_id}", 0, [event], order_id,
+                                   data["agent_id"], causation_id=data["request_id"])
+        return {**order_row(envelope, event.payload), "warranty": event.payload["warranty"],
+                "created": True}
 
     @rpc
     def file_complaint(self, payload: dict) -> dict:
-        data = load(contract.FileComplaint(), payload)
+        data = load(_FILE_COMPLAINT, payload)
         with self.db.reader() as conn:
             earlier = queries.order_row(conn, data["order_id"])
         return self.create_order({
@@ -134,7 +141,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     @transactional
     def record_fault(self, payload: dict) -> dict:
-        data = load(contract.RecordFault(), payload)
+        data = load(_RECORD_FAULT, payload)
         view = queries.order_row(self.db.conn, data["order_id"])
         event = domain.record_fault(CATALOG, queries.as_aggregate(view), data["fault_code"],
                                     view["model"])
@@ -145,7 +152,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     @transactional
     def cancel_order(self, payload: dict) -> dict:
-        data = load(contract.CancelOrder(), payload)
+        data = load(_CANCEL_ORDER, payload)
         view = queries.order_row(self.db.conn, data["order_id"])
         event = domain.cancel_order(queries.as_aggregate(view), data["reason"], data["note"])
         self._append(f"order-{view['order_id']}", view["version"], [event], view["order_id"],
@@ -159,7 +166,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
 
     @rpc
     def list_orders(self, filters: dict | None = None) -> dict:
-        data = load(contract.ListOrders(), filters or {})
+        data = load(_LIST_ORDERS, filters or {})
         if data["phone"]:
             data["phone"] = domain.normalise_phone(data["phone"])
         with self.db.reader() as conn:
@@ -178,12 +185,14 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     # -- the one way events are written --------------------------------------------------------
 
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
-                correlation_id: str, agent_id: str, causation_id: str | None = None) -> None:
+                correlation_id: str, agent_id: str,
+                causation_id: str | None = None) -> list[Envelope]:
         envelopes = self.db.store.append(
             self.db.conn, stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id))
         projector.apply(self.db.conn, envelopes)
+        return envelopes
 
 
 def _actor(agent_id: str) -> str:
