@@ -23,7 +23,8 @@ def make_engine(url: str, *, pool_size: int = 12) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=4,
-        pool_pre_ping=True,  # a backend killed by pg_terminate_backend is replaced, not reused
+        # No pre-ping (a round trip per checkout): a connection found dead is invalidated
+        # by SQLAlchemy, and `transactional` runs the entrypoint again on a fresh one.
         pool_recycle=1800,
     )
 
@@ -55,3 +56,24 @@ def _sqlite_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def sql(conn, statement: str, params: tuple | list = ()):  # noqa: ANN001, ANN201
+    """Run driver SQL written with `?` markers on SQLite or PostgreSQL alike.
+
+    For hot paths: no SQL compilation, one statement (or several, `;`-separated, on
+    PostgreSQL) in one round trip.
+    """
+    if conn.dialect.name != "sqlite":
+        statement = _pg_markers(statement)
+    return conn.exec_driver_sql(statement, params)
+
+
+_PG_CACHE: dict[str, str] = {}
+
+
+def _pg_markers(statement: str) -> str:
+    converted = _PG_CACHE.get(statement)
+    if converted is None:
+        converted = _PG_CACHE[statement] = statement.replace("%", "%%").replace("?", "%s")
+    return converted

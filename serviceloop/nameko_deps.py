@@ -8,6 +8,7 @@ from weakref import WeakKeyDictionary
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 from sqlalchemy import Engine, MetaData
+from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ValidationFailed
 from serviceloop.clock import Clock, clock_from_setting
@@ -74,17 +75,27 @@ class WorkerDatabase(UnitOfWork):
 
 
 def transactional(method):  # noqa: ANN001, ANN201
-    """Commit the worker's transaction when the entrypoint returns, roll back if it raises."""
+    """Commit the worker's transaction when the entrypoint returns, roll back if it raises.
+
+    A connection the database dropped (restart, `pg_terminate_backend`) is discovered on
+    use; nothing was committed, so the method runs once more on a fresh connection.
+    """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        try:
-            result = method(self, *args, **kwargs)
-        except BaseException:
-            self.db.rollback()
-            raise
-        self.db.commit()
-        return result
+        for attempt in (1, 2):
+            try:
+                result = method(self, *args, **kwargs)
+                self.db.commit()
+                return result
+            except DBAPIError as error:
+                self.db.rollback()
+                if not error.connection_invalidated or attempt == 2:
+                    raise
+            except BaseException:
+                self.db.rollback()
+                raise
+        raise AssertionError("unreachable")
 
     return wrapper
 

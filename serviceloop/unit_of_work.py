@@ -50,6 +50,8 @@ class UnitOfWork:
         if self._conn is not None:
             try:
                 self._conn.rollback()
+            except Exception:  # noqa: BLE001 - a dead connection cannot roll back; it is closed
+                pass
             finally:
                 self._close()
 

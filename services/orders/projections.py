@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
 )
 
+from serviceloop.db import sql
 from serviceloop.eventstore import Envelope, define_log_tables
 from serviceloop.projections import Projector
 
@@ -123,12 +124,24 @@ def order_row(e: Envelope, p: dict) -> dict:
     )
 
 
+_ORDER_COLUMNS = [c.name for c in orders.c]
+_INSERT_ORDER = (f"INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(_ORDER_COLUMNS))})")
+_INSERT_REQUEST = "INSERT INTO order_requests (request_id, order_id) VALUES (?, ?)"
+
+
 def _order_created(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    conn.execute(orders.insert(), order_row(e, p))
-    if p["request_id"]:
-        conn.execute(order_requests.insert(),
-                     {"request_id": p["request_id"], "order_id": p["order_id"]})
+    row = order_row(e, p)
+    values = tuple(row[c] for c in _ORDER_COLUMNS)
+    if not p["request_id"]:
+        sql(conn, _INSERT_ORDER, values)
+    elif conn.dialect.name == "postgresql":  # both rows in one round trip
+        sql(conn, f"{_INSERT_ORDER}; {_INSERT_REQUEST}", (*values, p["request_id"],
+                                                          p["order_id"]))
+    else:
+        sql(conn, _INSERT_ORDER, values)
+        sql(conn, _INSERT_REQUEST, (p["request_id"], p["order_id"]))
 
 
 def _order_fault_recorded(conn: Connection, e: Envelope) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, and_, func, select
 
 from contracts.errors import NotFound
 from contracts.orders import OPEN_STATUSES
+from serviceloop.db import sql
 from services.orders.domain import Order, warranty_on
 from services.orders.projections import customers, order_requests, orders, products
 
@@ -43,17 +44,25 @@ def product(conn: Connection, product_id: str) -> dict:
     return {**row, "warranty": json.loads(row["warranty"])}
 
 
+_PRODUCT_COLUMNS = [c.name for c in products.c]
+_CUSTOMER_COLUMNS = [c.name for c in customers.c]
+_PRODUCT_AND_OWNER = (
+    "SELECT "
+    + ", ".join([f"p.{c}" for c in _PRODUCT_COLUMNS] + [f"c.{c}" for c in _CUSTOMER_COLUMNS])
+    + " FROM products p JOIN customers c ON c.customer_id = p.customer_id WHERE p.product_id = ?"
+)
+
+
 def product_and_owner(conn: Connection, product_id: str) -> tuple[dict, dict]:
-    """The product and the customer who owns it, in one query."""
-    row = conn.execute(select(products, *[c.label(f"customer_{c.name}") for c in customers.c])
-                       .join(customers, customers.c.customer_id == products.c.customer_id)
-                       .where(products.c.product_id == product_id)).mappings().first()
+    """The product and the customer who owns it, in one query (on create_order's hot path)."""
+    row = sql(conn, _PRODUCT_AND_OWNER, (product_id,)).first()
     if row is None:
         raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
                        code="product_not_found")
-    product_ = {c.name: row[c.name] for c in products.c}
+    split = len(_PRODUCT_COLUMNS)
+    product_ = dict(zip(_PRODUCT_COLUMNS, row[:split], strict=True))
     product_["warranty"] = json.loads(product_["warranty"])
-    owner = customer_view({c.name: row[f"customer_{c.name}"] for c in customers.c})
+    owner = customer_view(dict(zip(_CUSTOMER_COLUMNS, row[split:], strict=True)))
     return product_, owner
 
 
@@ -107,19 +116,18 @@ def open_order_like(conn: Connection, product_id: str, order_type: str,
     On PostgreSQL the product is locked first (to the end of the transaction), in the same
     round trip, so two concurrent intakes for one product cannot both find none.
     """
-    p = "?" if conn.dialect.name == "sqlite" else "%s"
     statuses = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
-    query = (f"SELECT order_id FROM orders WHERE product_id = {p} AND order_type = {p} "
+    query = ("SELECT order_id FROM orders WHERE product_id = ? AND order_type = ? "
              f"AND status IN ({statuses})")
     params: tuple = (product_id, order_type)
     if related_order_id:
-        query += f" AND related_order_id = {p}"
+        query += " AND related_order_id = ?"
         params += (related_order_id,)
     query += " LIMIT 1"
     if conn.dialect.name == "postgresql":
-        query = "SELECT pg_advisory_xact_lock(hashtext(%s)); " + query
+        query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
         params = (product_id, *params)
-    return conn.exec_driver_sql(query, params).scalar()
+    return sql(conn, query, params).scalar()
 
 
 def orders_of_customer(conn: Connection, customer_id: str) -> list[dict]:

@@ -105,10 +105,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @transactional
     def _create_order(self, data: dict) -> dict:
         conn = self.db.conn
-        if data["request_id"]:
-            existing = queries.order_for_request(conn, data["request_id"])
-            if existing:
-                return {**queries.order_row(conn, existing), "created": False}
+        # a retried request id is caught by order_requests' key (see create_order)
         product, owner = queries.product_and_owner(conn, data["product_id"])
         duplicate = queries.open_order_like(conn, product["product_id"], data["order_type"],
                                             data["related_order_id"])
