@@ -90,13 +90,20 @@ def call_concurrently(config: dict, service: str, method: str, payloads: list[di
     pending = iter(payloads)  # shared: next() never yields to another green thread
     latencies: list[float] = []
     failed = 0
+    errors: list[BaseException] = []
 
     def caller(handle) -> None:  # noqa: ANN001 - a nameko ServiceProxy
         nonlocal failed
         call = getattr(handle, method)
         for payload in pending:
+            if errors:  # another caller failed: stop, the run is void
+                return
             start = perf_counter()
-            answer = call(payload)
+            try:
+                answer = call(payload)
+            except Exception as error:  # re-raised below, once all have stopped
+                errors.append(error)
+                return
             latencies.append(perf_counter() - start)
             if check is not None and not check(answer):
                 failed += 1
@@ -105,11 +112,13 @@ def call_concurrently(config: dict, service: str, method: str, payloads: list[di
         cpu_start, start = _cpu_seconds(), perf_counter()
         threads = [eventlet.spawn(caller, handle) for handle in handles]
         for thread in threads:
-            thread.wait()  # re-raises a caller's error
+            thread.wait()
         wall, cpu = perf_counter() - start, _cpu_seconds() - cpu_start
     finally:
         for proxy in proxies:
             proxy.stop()
+    if errors:
+        raise errors[0]
     if failed:
         raise AssertionError(f"{failed} of {len(payloads)} {method} calls did not do the work")
     return {"calls": len(latencies), "callers": callers, "per_s": rate(len(latencies), wall),

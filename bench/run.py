@@ -47,7 +47,7 @@ def _guarded(name: str, errors: list[str], action: Callable[..., dict | list[dic
     try:
         outcome = action(*args, **kwargs)
         results = outcome if isinstance(outcome, list) else [outcome]
-    except Exception as error:  # noqa: BLE001 - reported in the results, not swallowed
+    except Exception as error:  # reported in the results, not swallowed
         traceback.print_exc()
         errors.append(f"{name}: {type(error).__name__}: {error}")
         return []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -221,24 +221,37 @@ class EventStore:
         correlation_id: str,
         causation_id: str,
         actor: str,
+        project: Callable[[Connection, list[Envelope]], None] | None = None,
     ) -> list[Envelope]:
-        """Append `new_events` to `stream_id`, which must be at `expected_version` (0 = new)."""
+        """Append `new_events` to `stream_id`, which must be at `expected_version` (0 = new).
+
+        `project` (the service's read models) is applied to the drafts before the log's
+        lock is taken, so the lock is held only for the head read and the insert. Drafts
+        carry everything but `global_position`, `prev_hash` and `hash` (0, "", ""): read
+        models must not depend on those three.
+        """
         for new in new_events:
             validate_event(new.event_type, new.schema_version, new.payload)
+        when = isoformat(occurred_at)
+        drafts = [
+            Envelope(0, str(uuid.uuid4()), stream_id, expected_version + offset, new.event_type,
+                     new.schema_version, when, correlation_id, causation_id, actor,
+                     canonical_json(new.payload), "", "")
+            for offset, new in enumerate(new_events, start=1)
+        ]
+        if project is not None:
+            project(conn, drafts)
         position, prev_hash, current = self._lock_and_read_heads(conn, stream_id)
         if current != expected_version:
             raise ConcurrencyConflict(
                 f"stream {stream_id} is at version {current}, expected {expected_version}",
                 {"expected_version": [f"stream is at {current}"]},
             )
-        when = isoformat(occurred_at)
         envelopes = []
-        for offset, new in enumerate(new_events, start=1):
-            head = (position + offset, str(uuid.uuid4()), stream_id, expected_version + offset,
-                    new.event_type, new.schema_version, when, correlation_id, causation_id, actor)
-            payload_json = canonical_json(new.payload)
-            digest = compute_hash(head, payload_json, prev_hash)
-            envelopes.append(Envelope(*head, payload_json, prev_hash, digest))
+        for offset, draft in enumerate(drafts, start=1):
+            head = (position + offset, *draft[1:10])
+            digest = compute_hash(head, draft.payload_json, prev_hash)
+            envelopes.append(Envelope(*head, draft.payload_json, prev_hash, digest))
             prev_hash = digest
         p = _param(conn)
         try:

@@ -187,8 +187,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
         envelopes = self.db.store.append(
             self.db.conn, stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
-            causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id))
-        projector.apply(self.db.conn, envelopes)
+            causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id),
+            project=projector.apply)
         return envelopes
 
 
