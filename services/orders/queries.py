@@ -51,19 +51,34 @@ _PRODUCT_AND_OWNER = (
     + ", ".join([f"p.{c}" for c in _PRODUCT_COLUMNS] + [f"c.{c}" for c in _CUSTOMER_COLUMNS])
     + " FROM products p JOIN customers c ON c.customer_id = p.customer_id WHERE p.product_id = ?"
 )
+_OPEN_STATUSES_SQL = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
+_LIKE_ORDER = ("SELECT order_id FROM orders WHERE product_id = ? AND order_type = ? "
+               f"AND status IN ({_OPEN_STATUSES_SQL}) AND coalesce(related_order_id, '') = ? "
+               "LIMIT 1")
 
 
-def product_and_owner(conn: Connection, product_id: str) -> tuple[dict, dict]:
-    """The product and the customer who owns it, in one query (on create_order's hot path)."""
-    row = sql(conn, _PRODUCT_AND_OWNER, (product_id,)).first()
+def intake_facts(conn: Connection, product_id: str, order_type: str,
+                 related_order_id: str | None) -> tuple[dict, dict, str | None]:
+    """What intake needs, in one round trip: the product, its owner, and an open order of
+    the same type for it (and the same complaint subject) if there is one.
+
+    On PostgreSQL the product is locked first, to the end of the transaction, so two
+    concurrent intakes for one product cannot both find none.
+    """
+    query = _PRODUCT_AND_OWNER.replace(" FROM products", f", ({_LIKE_ORDER}) FROM products")
+    params: tuple = (product_id, order_type, related_order_id or "", product_id)
+    if conn.dialect.name == "postgresql":
+        query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
+        params = (product_id, *params)
+    row = sql(conn, query, params).first()
     if row is None:
         raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
                        code="product_not_found")
     split = len(_PRODUCT_COLUMNS)
     product_ = dict(zip(_PRODUCT_COLUMNS, row[:split], strict=True))
     product_["warranty"] = json.loads(product_["warranty"])
-    owner = customer_view(dict(zip(_CUSTOMER_COLUMNS, row[split:], strict=True)))
-    return product_, owner
+    owner = customer_view(dict(zip(_CUSTOMER_COLUMNS, row[split:-1], strict=True)))
+    return product_, owner, row[-1]
 
 
 def products_of(conn: Connection, customer_id: str, today: date) -> list[dict]:
@@ -107,27 +122,6 @@ def as_aggregate(view: dict) -> Order:
 def order_for_request(conn: Connection, request_id: str) -> str | None:
     return conn.execute(select(order_requests.c.order_id)
                         .where(order_requests.c.request_id == request_id)).scalar()
-
-
-def open_order_like(conn: Connection, product_id: str, order_type: str,
-                    related_order_id: str | None) -> str | None:
-    """An open order of the same type for the same product (and complaint subject).
-
-    On PostgreSQL the product is locked first (to the end of the transaction), in the same
-    round trip, so two concurrent intakes for one product cannot both find none.
-    """
-    statuses = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
-    query = ("SELECT order_id FROM orders WHERE product_id = ? AND order_type = ? "
-             f"AND status IN ({statuses})")
-    params: tuple = (product_id, order_type)
-    if related_order_id:
-        query += " AND related_order_id = ?"
-        params += (related_order_id,)
-    query += " LIMIT 1"
-    if conn.dialect.name == "postgresql":
-        query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
-        params = (product_id, *params)
-    return sql(conn, query, params).scalar()
 
 
 def orders_of_customer(conn: Connection, customer_id: str) -> list[dict]:

@@ -106,9 +106,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     def _create_order(self, data: dict) -> dict:
         conn = self.db.conn
         # a retried request id is caught by order_requests' key (see create_order)
-        product, owner = queries.product_and_owner(conn, data["product_id"])
-        duplicate = queries.open_order_like(conn, product["product_id"], data["order_type"],
-                                            data["related_order_id"])
+        product, owner, duplicate = queries.intake_facts(
+            conn, data["product_id"], data["order_type"], data["related_order_id"])
         if duplicate:
             return {**queries.order_row(conn, duplicate), "created": False}
         related = None
