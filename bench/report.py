@@ -78,7 +78,8 @@ def _row(r: dict) -> list[str]:
 def _rpc_rounds(rounds: int) -> str:
     if rounds == 1:
         return "one run each for RPC, no-op and create_order interleaved"
-    return f"medians of {rounds} interleaved rounds for RPC, each figure separately"
+    return (f"medians of {rounds} interleaved rounds for RPC, each figure separately; "
+            "the RPC ratio is the median of the per-round ratios")
 
 
 def _callers(count: int) -> str:

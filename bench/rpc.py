@@ -21,6 +21,9 @@ from nameko.runners import ServiceRunner
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from bench.common import fresh_database, fresh_vhost, median, percentile, rate
+from serviceloop.db import make_engine
+from serviceloop.eventstore import EventStore, verify_chain
+from serviceloop.unit_of_work import read_only
 
 PRODUCTS_PER_CUSTOMER = 20
 RPC_TIMEOUT = 60.0
@@ -150,6 +153,23 @@ def register_products(config: dict, count: int, *, callers: int = 8) -> list[str
     return product_ids[:count]
 
 
+def check_log(database_url: str, orders_expected: int) -> None:
+    """After the runs: the hash chain is intact and each create_order logged one order."""
+    from services.orders.projections import events
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with read_only(engine) as conn:
+            store = EventStore(events)
+            breaks = verify_chain(store.replay(conn))
+            created = sum(1 for e in store.replay(conn) if e.event_type == "order_created")
+    finally:
+        engine.dispose()
+    if breaks or created != orders_expected:
+        raise AssertionError(f"log check failed: {created} order_created events, expected "
+                             f"{orders_expected}; chain breaks: {breaks[:3]}")
+
+
 # -- the benchmark ---------------------------------------------------------------------------
 
 
@@ -160,9 +180,27 @@ def _summary(runs: list[dict]) -> dict:
             "calls": runs[0]["calls"], "callers": runs[0]["callers"], "runs": runs}
 
 
+def _created(answer: dict) -> bool:
+    return answer.get("created") is True
+
+
+def _side_by_side(config: dict, products: Iterator[str], callers: int, calls: int,
+                  warmup: int) -> tuple[dict, dict]:
+    """One no-op run, then one create_order run, with the same callers (after a warm-up)."""
+    orders = [order_payload(next(products)) for _ in range(warmup + calls)]
+    echoes = [order_payload(str(uuid.uuid4())) for _ in range(warmup + calls)]
+    if warmup:
+        call_concurrently(config, "bench_noop", "echo", echoes[:warmup], callers)
+        call_concurrently(config, "orders", "create_order", orders[:warmup], callers, _created)
+    noop = call_concurrently(config, "bench_noop", "echo", echoes[warmup:], callers)
+    real = call_concurrently(config, "orders", "create_order", orders[warmup:], callers,
+                             _created)
+    return noop, real
+
+
 def bench_rpc(backend: str, *, plan: list[tuple[int, int]], warmup: int, rounds: int = 1,
               log: Callable[[str], None] = print) -> list[dict]:
-    """For each round and each (callers, calls) in `plan`: no-op echo, then create_order."""
+    """`rounds` times, for each (callers, calls) in `plan`: no-op echo, then create_order."""
     needed = rounds * sum(calls for _, calls in plan) + warmup * len(plan)
     runs: dict[int, dict[str, list[dict]]] = {c: {"noop": [], "real": []} for c, _ in plan}
     with fresh_database(backend) as url, fresh_vhost() as amqp_uri:
@@ -171,31 +209,21 @@ def bench_rpc(backend: str, *, plan: list[tuple[int, int]], warmup: int, rounds:
             started = perf_counter()
             products = iter(register_products(config, needed))
             log(f"  registered {needed} products in {perf_counter() - started:.1f} s")
-            created = lambda answer: answer.get("created") is True  # noqa: E731
-
             for round_ in range(rounds):
                 for callers, calls in plan:
-                    extra = warmup if round_ == 0 else 0
-                    orders = [order_payload(next(products)) for _ in range(extra + calls)]
-                    echoes = [order_payload(str(uuid.uuid4())) for _ in range(extra + calls)]
-                    if extra:
-                        call_concurrently(config, "bench_noop", "echo", echoes[:extra], callers)
-                        call_concurrently(config, "orders", "create_order", orders[:extra],
-                                          callers, created)
-                    noop = call_concurrently(config, "bench_noop", "echo", echoes[extra:],
-                                             callers)
-                    real = call_concurrently(config, "orders", "create_order", orders[extra:],
-                                             callers, created)
+                    noop, real = _side_by_side(config, products, callers, calls,
+                                               warmup if round_ == 0 else 0)
                     runs[callers]["noop"].append(noop)
                     runs[callers]["real"].append(real)
-                    log(f"  round {round_ + 1}, {callers:>2} callers: create_order "
+                    log(f"  round {round_ + 1}, {callers:>2} caller(s): create_order "
                         f"{real['per_s']:.0f}/s p99 {real['p99_ms']:.1f} ms, "
                         f"no-op {noop['per_s']:.0f}/s")
+        check_log(url, needed)
     results = []
     for callers, _ in plan:
         real, noop = _summary(runs[callers]["real"]), _summary(runs[callers]["noop"])
+        ratios = [r["per_s"] / n["per_s"] for r, n in zip(real["runs"], noop["runs"], strict=True)]
         results.append({"bench": "create_order", "backend": backend, "callers": callers,
                         "unit": "orders/s", "value": real["per_s"], "baseline": noop["per_s"],
-                        "ratio": real["per_s"] / noop["per_s"], "create_order": real,
-                        "noop": noop})
+                        "ratio": median(ratios), "create_order": real, "noop": noop})
     return results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -18,7 +17,7 @@ def make_engine(url: str, *, pool_size: int = 12) -> Engine:
         if url.startswith(prefix):  # SQLAlchemy 2.1 would pick psycopg 3, which blocks eventlet
             url = "postgresql+psycopg2://" + url[len(prefix):]
     if is_sqlite(url):
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, pool_size)
     return create_engine(
         url,
         pool_size=pool_size,
@@ -29,10 +28,12 @@ def make_engine(url: str, *, pool_size: int = 12) -> Engine:
     )
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, pool_size: int) -> Engine:
+    # pooled: opening a SQLite connection and setting its pragmas costs more than the work
     engine = create_engine(
         url,
-        poolclass=NullPool if ":memory:" not in url else None,
+        pool_size=pool_size,
+        max_overflow=4,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
 
