@@ -17,6 +17,8 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 
+from contracts.errors import ServiceError
+
 MAX_SKEW_SECONDS = 300
 
 PARTNER_ID_HEADER = "X-Partner-Id"
@@ -29,18 +31,13 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 _DECOY_SECRET = secrets.token_urlsafe(32)
 
 
-class SignatureError(Exception):
+class SignatureError(ServiceError):
     """Why a partner request was refused; the gateway answers 401 with `code`."""
 
     http_status = 401
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+        super().__init__(message, code=code)
 
 
 def canonical_request(timestamp: str, method: str, path_with_query: str, body: bytes) -> bytes:

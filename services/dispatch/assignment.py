@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+from contracts.errors import Conflict
+
 # order statuses (from orders) in which an order may be handed to a partner
 DISPATCHABLE_STATUSES = frozenset({"created", "reopened"})
 
@@ -59,16 +61,11 @@ class Choice:
     explanation: str  # one sentence for people
 
 
-class NotDispatchable(Exception):
+class NotDispatchable(Conflict):
     """The order must not go to a partner (yet); `code` says why."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+        super().__init__(message, code=code)
 
 
 def ready_for_dispatch(order: OrderToPlace) -> None:
