@@ -58,7 +58,8 @@ def _up(args: argparse.Namespace) -> int:
         commands[service] = [str(bin_dir / "nameko"), "run", "--config",
                              str(PROJECT_ROOT / "config.yaml"), SERVICE_CLASSES[service]]
         commands[f"{service}-relay"] = [str(bin_dir / "serviceloop"), "relay", service]
-    child_env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    # eventlet announces its deprecation on import; nameko run imports it
+    child_env = {**os.environ, "PYTHONWARNINGS": "ignore::Warning:nameko.cli.commands"}
     processes: dict[str, subprocess.Popen] = {}
     stopping = False
 
