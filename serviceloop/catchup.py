@@ -17,10 +17,10 @@ from collections import defaultdict
 from nameko.extensions import DependencyProvider
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.timer import timer
-from sqlalchemy import text
 
 from serviceloop.clock import isoformat
 from serviceloop.consumer import deliver
+from serviceloop.db import read_position, save_position
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,12 @@ def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
     return found
 
 
-def consumer_position(conn, source: str) -> int:  # noqa: ANN001
-    value = conn.execute(text("SELECT position FROM consumer_positions WHERE source = :s"),
-                         {"s": source}).scalar()
-    return value or 0
-
-
-def save_consumer_position(conn, source: str, position: int, now: str) -> None:  # noqa: ANN001
-    if not conn.execute(text("UPDATE consumer_positions SET position = :p, updated_at = :t "
-                             "WHERE source = :s"), {"p": position, "t": now, "s": source}).rowcount:
-        conn.execute(text("INSERT INTO consumer_positions (source, position, updated_at) "
-                          "VALUES (:s, :p, :t)"), {"s": source, "p": position, "t": now})
-
-
 def catch_up(service, rpc) -> int:  # noqa: ANN001
     """Deliver every subscribed event the service has not reached yet; returns how many."""
     delivered = 0
     for source, by_type in subscribed_handlers(type(service)).items():
         with service.db.reader() as conn:
-            position = consumer_position(conn, source)
+            position = read_position(conn, "consumer_positions", source)
         while True:
             page = getattr(rpc, source).events_since(position, PAGE)
             for body in page:
@@ -67,8 +54,8 @@ def catch_up(service, rpc) -> int:  # noqa: ANN001
             if page:
                 position = page[-1]["global_position"]
                 with service.db.transaction() as conn:
-                    save_consumer_position(conn, source, position,
-                                           isoformat(service.clock.now()))
+                    save_position(conn, "consumer_positions", source, position,
+                                  isoformat(service.clock.now()))
             if len(page) < PAGE:
                 break
     return delivered

@@ -21,7 +21,6 @@ import json
 import logging
 
 import eventlet
-from marshmallow import ValidationError
 from nameko.events import event_handler
 from nameko.rpc import rpc
 from sqlalchemy import Connection, text
@@ -87,7 +86,7 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
         data = ENVELOPE.load(body)
         validate_event(data["event_type"], data["schema_version"], data["payload"])
         envelope = Envelope.from_dict(data)
-    except (ValidationError, Exception) as error:  # malformed: retrying cannot help
+    except Exception as error:  # malformed (schema or contract): retrying cannot help
         log.error("%s parked a malformed message: %s", consumer, error)
         park(service.db, consumer, source, body if isinstance(body, dict) else {"raw": body},
              f"malformed: {error}", 0, now)

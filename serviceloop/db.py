@@ -65,16 +65,35 @@ def sql(conn, statement: str, params: tuple | list = ()):  # noqa: ANN001, ANN20
     For hot paths: no SQL compilation, one statement (or several, `;`-separated, on
     PostgreSQL) in one round trip.
     """
-    if conn.dialect.name != "sqlite":
-        statement = _pg_markers(statement)
-    return conn.exec_driver_sql(statement, params)
+    return conn.exec_driver_sql(for_driver(conn, statement), params)
 
 
 _PG_CACHE: dict[str, str] = {}
 
 
-def _pg_markers(statement: str) -> str:
+def for_driver(conn, statement: str) -> str:  # noqa: ANN001
+    """`statement` with its `?` markers in the connection's driver's own style."""
+    if conn.dialect.name == "sqlite":
+        return statement
     converted = _PG_CACHE.get(statement)
     if converted is None:
         converted = _PG_CACHE[statement] = statement.replace("%", "%%").replace("?", "%s")
     return converted
+
+
+_POSITION_KEYS = {"relay_positions": "relay", "consumer_positions": "source"}
+
+
+def read_position(conn, table: str, key: str) -> int:  # noqa: ANN001
+    """How far a relay (`relay_positions`) or a consumer (`consumer_positions`) got."""
+    column = _POSITION_KEYS[table]
+    value = sql(conn, f"SELECT position FROM {table} WHERE {column} = ?", (key,)).scalar()
+    return value or 0
+
+
+def save_position(conn, table: str, key: str, position: int, now: str) -> None:  # noqa: ANN001
+    column = _POSITION_KEYS[table]
+    if not sql(conn, f"UPDATE {table} SET position = ?, updated_at = ? WHERE {column} = ?",
+               (position, now, key)).rowcount:
+        sql(conn, f"INSERT INTO {table} ({column}, position, updated_at) VALUES (?, ?, ?)",
+            (key, position, now))

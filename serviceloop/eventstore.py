@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
+from serviceloop.db import for_driver, sql
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = 7_420_001  # pg advisory lock id for "append to this database's log"
@@ -253,10 +254,10 @@ class EventStore:
             digest = compute_hash(head, draft.payload_json, prev_hash)
             envelopes.append(Envelope(*head, draft.payload_json, prev_hash, digest))
             prev_hash = digest
-        p = _param(conn)
         try:
-            conn.exec_driver_sql(
-                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join([p] * 13)})",
+            sql(
+                conn,
+                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join(['?'] * 13)})",
                 [tuple(e) for e in envelopes] if len(envelopes) > 1 else tuple(envelopes[0]),
             )
         except IntegrityError as error:
@@ -275,11 +276,11 @@ class EventStore:
         query = (
             "SELECT (SELECT global_position FROM events ORDER BY global_position DESC LIMIT 1),"
             " (SELECT hash FROM events ORDER BY global_position DESC LIMIT 1),"
-            f" (SELECT MAX(stream_version) FROM events WHERE stream_id = {_param(conn)})"
+            " (SELECT MAX(stream_version) FROM events WHERE stream_id = ?)"
         )
         if conn.dialect.name == "postgresql":
             query = f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); " + query
-        position, digest, version = conn.exec_driver_sql(query, (stream_id,)).one()
+        position, digest, version = sql(conn, query, (stream_id,)).one()
         return position or 0, digest or GENESIS_HASH, version or 0
 
     # -- reading -----------------------------------------------------------------------------
@@ -297,23 +298,23 @@ class EventStore:
         return value or 0
 
     def stream(self, conn: Connection, stream_id: str) -> list[Envelope]:
-        return self._select(conn, "stream_id = {p} ORDER BY stream_version", (stream_id,))
+        return self._select(conn, "stream_id = ? ORDER BY stream_version", (stream_id,))
 
     def by_correlation(self, conn: Connection, correlation_id: str) -> list[Envelope]:
-        return self._select(conn, "correlation_id = {p} ORDER BY global_position",
+        return self._select(conn, "correlation_id = ? ORDER BY global_position",
                             (correlation_id,))
 
     def events_since(self, conn: Connection, position: int, limit: int) -> list[Envelope]:
         """Envelopes with global_position > `position`, in log order, at most `limit`."""
-        return self._select(conn, "global_position > {p} ORDER BY global_position LIMIT {p}",
+        return self._select(conn, "global_position > ? ORDER BY global_position LIMIT ?",
                             (int(position), int(limit)))
 
     def _select(self, conn: Connection, where: str, params: tuple) -> list[Envelope]:
         # straight to the driver's cursor: rows become envelopes without SQLAlchemy's Row
         cursor = conn.connection.driver_connection.cursor()
         try:
-            cursor.execute(f"SELECT {_COLUMNS} FROM events WHERE "
-                           + where.format(p=_param(conn)), params)
+            cursor.execute(for_driver(conn, f"SELECT {_COLUMNS} FROM events WHERE {where}"),
+                           params)
             return list(map(Envelope._make, cursor.fetchall()))
         finally:
             cursor.close()
@@ -328,10 +329,6 @@ class EventStore:
             if len(page) < batch:
                 return
             position = page[-1].global_position
-
-
-def _param(conn: Connection) -> str:
-    return "?" if conn.dialect.name == "sqlite" else "%s"
 
 
 def verify_chain(envelopes: Iterator[Envelope], *, start_hash: str = GENESIS_HASH,

@@ -15,16 +15,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import pika
 from pika.spec import Basic
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from serviceloop.clock import Clock, SystemClock, isoformat
-from serviceloop.db import is_sqlite
+from serviceloop.db import is_sqlite, read_position, save_position
 from serviceloop.eventstore import EventStore
 from serviceloop.unit_of_work import read_only
 
@@ -45,25 +44,6 @@ def message_properties(envelope: dict) -> pika.BasicProperties:
         correlation_id=envelope["correlation_id"],
         headers={"nameko.correlation_id": envelope["correlation_id"]},
     )
-
-
-def relay_position(conn, relay: str) -> int:  # noqa: ANN001
-    value = conn.execute(
-        text("SELECT position FROM relay_positions WHERE relay = :r"), {"r": relay}
-    ).scalar()
-    return value or 0
-
-
-def save_relay_position(conn, relay: str, position: int, now: str) -> None:  # noqa: ANN001
-    updated = conn.execute(
-        text("UPDATE relay_positions SET position = :p, updated_at = :t WHERE relay = :r"),
-        {"p": position, "t": now, "r": relay},
-    ).rowcount
-    if not updated:
-        conn.execute(
-            text("INSERT INTO relay_positions (relay, position, updated_at) VALUES (:r, :p, :t)"),
-            {"r": relay, "p": position, "t": now},
-        )
 
 
 @contextmanager
@@ -103,7 +83,6 @@ class Relay:
         window: int = 2000,
         idle_poll: float = 0.02,
         clock: Clock | None = None,
-        on_published: Callable[[int], None] | None = None,
     ) -> None:
         self.service = service
         self.name = f"{service}-relay"
@@ -114,7 +93,6 @@ class Relay:
         self.window = window
         self.idle_poll = idle_poll
         self.clock = clock or SystemClock()
-        self.on_published = on_published
         self._stopping = False
         self._connection: pika.SelectConnection | None = None
         self._channel = None
@@ -202,7 +180,7 @@ class Relay:
             return
         try:
             with read_only(self.engine) as conn:
-                position = relay_position(conn, self.name)
+                position = read_position(conn, "relay_positions", self.name)
                 batch = self.store.events_since(conn, position, self.window)
         except Exception:
             log.exception("relay %s could not read its log", self.name)
@@ -240,13 +218,12 @@ class Relay:
     def _window_confirmed(self) -> None:
         try:
             with self.engine.begin() as conn:
-                save_relay_position(conn, self.name, self._window_end, isoformat(self.clock.now()))
+                save_position(conn, "relay_positions", self.name, self._window_end,
+                              isoformat(self.clock.now()))
         except Exception:
             log.exception("relay %s could not record its position", self.name)
             self._channel.close()  # the window will be published again: at least once
             return
-        if self.on_published:
-            self.on_published(self._window_end)
         self._connection.ioloop.add_callback_threadsafe(self._publish_window)
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import MetaData
 from serviceloop.config import SERVICES
 
 IMPLEMENTED = ("orders",)
+SERVICE_CLASSES = {"orders": "services.orders.service:OrdersService"}  # for `nameko run`
 
 
 def _projections(service: str):  # noqa: ANN202

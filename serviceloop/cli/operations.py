@@ -13,9 +13,7 @@ from pathlib import Path
 
 from serviceloop.cli.output import emit, table
 from serviceloop.config import PROJECT_ROOT, var_dir
-from serviceloop.services import IMPLEMENTED
-
-SERVICE_CLASSES = {"orders": "services.orders.service:OrdersService"}
+from serviceloop.services import IMPLEMENTED, SERVICE_CLASSES
 
 
 def register(commands: argparse._SubParsersAction) -> None:
