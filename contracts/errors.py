@@ -67,3 +67,29 @@ class ContractViolation(ServiceError):
 class ServiceUnavailable(ServiceError):
     code = "unavailable"
     http_status = 503
+
+
+@deserialize_to_instance
+class BadRequest(ServiceError):
+    """The request could not be read at all (not JSON, wrong content type)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+@deserialize_to_instance
+class Forbidden(ServiceError):
+    code = "forbidden"
+    http_status = 403
+
+
+@deserialize_to_instance
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+@deserialize_to_instance
+class RateLimited(ServiceError):
+    code = "rate_limited"
+    http_status = 429

@@ -16,5 +16,9 @@ class Subscription(NamedTuple):
     method: str
 
 
-# Filled in as consuming services land (dispatch follows orders, callback follows dispatch …).
-SUBSCRIPTIONS: list[Subscription] = []
+SUBSCRIPTIONS: list[Subscription] = [
+    # dispatch follows the orders it may hand to partners
+    Subscription("orders", "order_created", "dispatch", "on_order_created"),
+    Subscription("orders", "order_fault_recorded", "dispatch", "on_order_fault_recorded"),
+    Subscription("orders", "order_cancelled", "dispatch", "on_order_cancelled"),
+]
