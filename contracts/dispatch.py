@@ -18,6 +18,7 @@ from contracts.registry import event
 DISPATCH_STATUSES = (
     "awaiting_fault",  # a repair without its catalogue fault code
     "complaint",  # a complaint: the complaint group's, never a partner's
+    "ready",  # ready for a partner: passes at once to assigned or escalated
     "assigned", "accepted", "scheduled", "on_site", "completed",
     "escalated",  # nobody qualified is left: a person assigns it (dispatch.assign)
     "withdrawn",  # cancelled in orders: no partner may touch it any more
@@ -369,9 +370,12 @@ class CustomerContactView(Schema):
 
 
 class PartnerOrderView(Schema):
+    """`released`: the answer to a reject, after which the order is no longer the partner's."""
+
     order_id = fields.String(required=True)
     order_type = fields.String(required=True, validate=validate.OneOf(ORDER_TYPES))
-    status = fields.String(required=True, validate=validate.OneOf(PARTNER_STATUSES))
+    status = fields.String(required=True,
+                           validate=validate.OneOf((*PARTNER_STATUSES, "released")))
     category = fields.String(required=True)
     model = fields.String(required=True)
     serial = fields.String(required=True)

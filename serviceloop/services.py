@@ -8,8 +8,11 @@ from sqlalchemy import MetaData
 
 from serviceloop.config import SERVICES
 
-IMPLEMENTED = ("orders",)
-SERVICE_CLASSES = {"orders": "services.orders.service:OrdersService"}  # for `nameko run`
+IMPLEMENTED = ("orders", "dispatch")
+SERVICE_CLASSES = {  # for `nameko run`
+    "orders": "services.orders.service:OrdersService",
+    "dispatch": "services.dispatch.service:DispatchService",
+}
 
 
 def _projections(service: str):  # noqa: ANN202

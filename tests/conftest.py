@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from serviceloop.clock import ManualClock
 from serviceloop.db import make_engine
 from serviceloop.migrate import upgrade
+from serviceloop.services import IMPLEMENTED
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -37,7 +38,7 @@ def migrated_templates(tmp_path_factory):
     admin = _admin()
     created = []
     folder = tmp_path_factory.mktemp("templates")
-    for service in ("orders",):
+    for service in IMPLEMENTED:
         sqlite_path = folder / f"{service}.db"
         upgrade(service, f"sqlite:///{sqlite_path}")
         name = f"sl_tpl_{service}_{RUN_ID}"

@@ -26,7 +26,7 @@ NO_CAPACITY_LEFT = "no_capacity_left"
 class PartnerProfile:
     partner_id: str
     name: str
-    districts: frozenset[tuple[str, str, str]]  # (province, city, district) covered
+    districts: frozenset[tuple[str, str, str]]  # (province, city, district); "*" = all
     categories: frozenset[str]  # product categories it is qualified for
     daily_capacity: int
     rating: float  # 0..5, higher is better
@@ -95,7 +95,7 @@ def choose_partner(order: OrderToPlace, partners: Iterable[PartnerProfile],
     chosen.
     """
     ready_for_dispatch(order)
-    covering = [p for p in partners if p.active and order.district in p.districts]
+    covering = [p for p in partners if p.active and covers(p, order.district)]
     skilled = [p for p in covering if order.category in p.categories]
     eligible = [p for p in skilled if p.partner_id not in order.excluded_partners]
     ranked = sorted(eligible, key=lambda p: _rank(p, load_today.get(p.partner_id, 0)))
@@ -126,6 +126,13 @@ def choose_partner(order: OrderToPlace, partners: Iterable[PartnerProfile],
                   f"{_partners(len(skilled))} cover {where} for {what}; chose "
                   f"{best.partner_id} (rating {best.rating:g}, "
                   f"{best.load_today}/{chosen.daily_capacity} today)")
+
+
+def covers(partner: PartnerProfile, district: tuple[str, str, str]) -> bool:
+    """Whether the partner covers the district; "*" as city or district covers all of it."""
+    province, city, name = district
+    return bool({(province, city, name), (province, city, "*"), (province, "*", "*")}
+                & partner.districts)
 
 
 def _rank(partner: PartnerProfile, load: int) -> tuple[bool, float, Fraction, int, str]:

@@ -1,0 +1,530 @@
+"""The dispatch service: partners, assignment, SLA timers and the signed partner gateway.
+
+Head office and support reach it over nameko RPC (`serviceloop partner …`); partners' systems
+over HTTP JSON at /api/v1 (contracts/gateway.py), signed per partner. It follows orders'
+events (created, fault recorded, cancelled) and every decision it takes is an event in its
+own log, on the stream `order-<order_id>` or `partner-<partner_id>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import timedelta
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from nameko.timer import timer
+from nameko.web.handlers import http
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from werkzeug.wrappers import Request, Response
+
+from contracts import dispatch as contract
+from contracts.errors import BadRequest, ConcurrencyConflict, Conflict, NotFound, ServiceError
+from contracts.gateway import ROUTES_BY_OPERATION
+from contracts.registry import load
+from contracts.signing import MAX_SKEW_SECONDS, SignatureError, new_secret, secret_fingerprint
+from contracts.signing import verify as verify_signature
+from serviceloop.catchup import CatchUp
+from serviceloop.clock import isoformat
+from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
+from serviceloop.eventstore import Envelope, NewEvent
+from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from services.dispatch import domain, gateway, queries
+from services.dispatch.assignment import choose_partner
+from services.dispatch.projections import (
+    idempotency_keys,
+    metadata,
+    partner_credentials,
+    projector,
+    seen_signatures,
+)
+
+log = logging.getLogger(__name__)
+
+TIMER_INTERVAL = float(os.environ.get("DISPATCH_TIMER_INTERVAL", "5"))
+
+_REGISTER = contract.RegisterPartner()
+_UPDATE = contract.UpdatePartner()
+_ASSIGN = contract.AssignOrder()
+_SCHEMAS = {route.operation: (route.query() if route.query else None,
+                              route.body() if route.body else None)
+            for route in ROUTES_BY_OPERATION.values()}
+
+
+class DispatchSettings(DependencyProvider):
+    """Timer lengths from config: ACCEPT_WITHIN_MINUTES (120), SCHEDULE_WITHIN_MINUTES (1440)."""
+
+    def setup(self) -> None:
+        config = self.container.config
+        self.timers = domain.Timers(
+            accept_within=timedelta(minutes=float(config.get("ACCEPT_WITHIN_MINUTES", 120))),
+            schedule_within=timedelta(minutes=float(config.get("SCHEDULE_WITHIN_MINUTES",
+                                                               1440))))
+
+    def get_dependency(self, worker_ctx) -> domain.Timers:  # noqa: ANN001
+        return self.timers
+
+
+def partner_endpoint(operation: str):  # noqa: ANN201
+    """A gateway route from contracts/gateway.py, served through DispatchService._serve."""
+    route = ROUTES_BY_OPERATION[operation]
+
+    def decorate(handler):  # noqa: ANN001, ANN202
+        # not functools.wraps: nameko checks the call against the signature it finds
+        def entrypoint(self, request: Request, **params: str) -> Response:
+            return self._serve(operation, handler, request, params)
+
+        entrypoint.__name__ = handler.__name__
+        entrypoint.__doc__ = route.summary
+        return http(route.method, route.path)(entrypoint)
+
+    return decorate
+
+
+class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+    name = "dispatch"
+
+    db = Database("dispatch", metadata)
+    clock = ClockProvider()
+    timers = DispatchSettings()
+    gateway = gateway.GatewaySettings()
+
+    # -- following orders ----------------------------------------------------------------------
+
+    @consumes("orders", "order_created")
+    def on_order_created(self, envelope: Envelope) -> None:
+        payload = envelope.payload
+        if queries.order_record(self.db.conn, payload["order_id"]) is not None:
+            return
+        received = domain.receive(payload)
+        events = [received]
+        if received.payload["status"] == "ready":
+            order = domain.DispatchOrder.from_row(_pending_row(received.payload))
+            events.append(self._placement(order))
+        self._append_order(payload["order_id"], 0, events, envelope.event_id, "system")
+
+    @consumes("orders", "order_fault_recorded")
+    def on_order_fault_recorded(self, envelope: Envelope) -> None:
+        order = self._known_order(envelope)
+        event = domain.fault_code_received(order, envelope.payload["fault_code"])
+        if event is None:
+            return
+        ready = domain.with_fault(order, envelope.payload["fault_code"])
+        self._append_order(order.order_id, order.version, [event, self._placement(ready)],
+                           envelope.event_id, "system")
+
+    @consumes("orders", "order_cancelled")
+    def on_order_cancelled(self, envelope: Envelope) -> None:
+        order = self._known_order(envelope)
+        event = domain.withdraw(order, f"cancelled in orders: {envelope.payload['reason']}")
+        if event is not None:
+            self._append_order(order.order_id, order.version, [event], envelope.event_id,
+                               "system")
+
+    def _known_order(self, envelope: Envelope) -> domain.DispatchOrder:
+        order = queries.order(self.db.conn, envelope.payload["order_id"])
+        if order is None:  # overtook its order_created (another queue): try again shortly
+            raise RetryLater(f"order {envelope.payload['order_id']} not received yet")
+        return order
+
+    def _placement(self, order: domain.DispatchOrder, assigned_by: str = "system") -> NewEvent:
+        """Choose a partner now (under the assignment lock) and say so in an event."""
+        conn = self.db.conn
+        queries.lock_assignments(conn)
+        now = self.clock.now()
+        choice = choose_partner(order.to_place(), queries.partner_profiles(conn),
+                                queries.load_on(conn, now.date().isoformat()))
+        return domain.placement(order, choice, now, self.timers, assigned_by)
+
+    # -- head office: partners -----------------------------------------------------------------
+
+    @rpc
+    @transactional
+    def register_partner(self, payload: dict) -> dict:
+        """A new partner, and its secret: shown in this answer and never again."""
+        data = load(_REGISTER, payload)
+        partner_id = f"p-{uuid.uuid4().hex[:12]}"
+        secret = new_secret()
+        now = self.clock.now()
+        event = NewEvent("partner_registered", {
+            "partner_id": partner_id, "name": data["name"].strip(), "regions": data["regions"],
+            "categories": sorted(set(data["categories"])),
+            "daily_capacity": data["daily_capacity"], "rating": data["rating"],
+            "secret_fingerprint": secret_fingerprint(secret)})
+        self._append(f"partner-{partner_id}", 0, [event], partner_id,
+                     _actor(data["agent_id"]))
+        self.db.conn.execute(insert(partner_credentials).values(
+            partner_id=partner_id, secret=secret, fingerprint=secret_fingerprint(secret),
+            rotated_at=isoformat(now)))
+        view = queries.partner_view(self.db.conn, partner_id, now.date().isoformat())
+        return {"partner": view, "secret": secret}
+
+    @rpc
+    @transactional
+    def update_partner(self, payload: dict) -> dict:
+        data = load(_UPDATE, payload)
+        today = self.clock.now().date().isoformat()
+        current = queries.partner_view(self.db.conn, data["partner_id"], today)
+        profile = {key: data.get(key, current[key]) for key in
+                   ("name", "regions", "categories", "daily_capacity", "rating", "active")}
+        profile["categories"] = sorted(set(profile["categories"]))
+        event = NewEvent("partner_updated", {"partner_id": current["partner_id"], **profile})
+        self._append(f"partner-{current['partner_id']}", current["version"], [event],
+                     current["partner_id"], _actor(data["agent_id"]))
+        return queries.partner_view(self.db.conn, current["partner_id"], today)
+
+    @rpc
+    @transactional
+    def rotate_secret(self, partner_id: str, agent_id: str = "system") -> dict:
+        """A new secret replaces the old one at once; the answer is the only place it shows."""
+        today = self.clock.now().date().isoformat()
+        current = queries.partner_view(self.db.conn, str(partner_id), today)
+        secret = new_secret()
+        fingerprint = secret_fingerprint(secret)
+        self._append(f"partner-{current['partner_id']}", current["version"],
+                     [NewEvent("partner_secret_rotated", {
+                         "partner_id": current["partner_id"], "secret_fingerprint": fingerprint})],
+                     current["partner_id"], _actor(agent_id))
+        self.db.conn.execute(update(partner_credentials)
+                             .where(partner_credentials.c.partner_id == current["partner_id"])
+                             .values(secret=secret, fingerprint=fingerprint,
+                                     rotated_at=isoformat(self.clock.now())))
+        return {"partner_id": current["partner_id"], "secret": secret,
+                "secret_fingerprint": fingerprint}
+
+    @rpc
+    def get_partner(self, partner_id: str) -> dict:
+        with self.db.reader() as conn:
+            return queries.partner_view(conn, str(partner_id),
+                                        self.clock.now().date().isoformat())
+
+    @rpc
+    def list_partners(self) -> list[dict]:
+        with self.db.reader() as conn:
+            return queries.partner_views(conn, self.clock.now().date().isoformat())
+
+    # -- head office: orders -------------------------------------------------------------------
+
+    @rpc
+    @transactional
+    def assign(self, payload: dict) -> dict:
+        """A person assigns an order (escalated: nobody qualified was left) to a partner."""
+        data = load(_ASSIGN, payload)
+        conn = self.db.conn
+        order = self._order_or_404(conn, data["order_id"])
+        queries.lock_assignments(conn)
+        partner = queries.partner_profile(conn, data["partner_id"])
+        now = self.clock.now()
+        load_today = queries.load_on(conn, now.date().isoformat()).get(partner.partner_id, 0)
+        event = domain.assign_by_person(order, partner, load_today, now, self.timers,
+                                        data["agent_id"])
+        self._append_order(order.order_id, order.version, [event], f"cmd-{uuid.uuid4()}",
+                           _actor(data["agent_id"]))
+        return queries.support_view(queries.order_record(conn, order.order_id))
+
+    @rpc
+    def get_order(self, order_id: str) -> dict:
+        with self.db.reader() as conn:
+            row = queries.order_record(conn, str(order_id))
+        if row is None:
+            raise NotFound(f"dispatch has no order {order_id}", {"order_id": ["unknown"]},
+                           code="order_not_found")
+        return queries.support_view(row)
+
+    @rpc
+    def list_orders(self, filters: dict | None = None) -> dict:
+        filters = filters or {}
+        status = filters.get("status")
+        if status is not None and status not in contract.DISPATCH_STATUSES:
+            raise NotFound(f"no status {status!r}", {"status": ["unknown"]})
+        page = int(filters.get("page", 1))
+        page_size = max(1, min(int(filters.get("page_size", 50)), 500))
+        with self.db.reader() as conn:
+            return queries.list_support(conn, status, filters.get("partner_id"), max(page, 1),
+                                        page_size)
+
+    @rpc
+    def escalations(self) -> list[dict]:
+        with self.db.reader() as conn:
+            return queries.list_support(conn, "escalated", None, 1, 500)["items"]
+
+    @rpc
+    def order_history(self, order_id: str) -> list[dict]:
+        with self.db.reader() as conn:
+            return [e.to_dict() for e in self.db.store.stream(conn, f"order-{order_id}")]
+
+    # -- timers --------------------------------------------------------------------------------
+
+    @timer(interval=TIMER_INTERVAL)
+    def check_deadlines(self) -> None:
+        try:
+            self.run_timers()
+        except Exception as error:  # noqa: BLE001 - the next tick tries again
+            log.warning("dispatch timers failed: %s", error)
+
+    @rpc
+    def run_timers(self) -> dict:
+        """End every assignment whose deadline passed and re-dispatch it; returns counts.
+
+        Each order is its own transaction and append with its expected version: two replicas
+        running the same pass cannot both act (the second gets a concurrency conflict).
+        """
+        now = self.clock.now()
+        with self.db.reader() as conn:
+            due = queries.due_orders(conn, isoformat(now))
+        counts = {"timed_out": 0, "sla_breached": 0, "escalated": 0, "skipped": 0}
+        for order_id in due:
+            try:
+                outcome = self._expire(order_id)
+            except (ConcurrencyConflict, IntegrityError):
+                self.db.rollback()
+                outcome = None
+            if outcome is None:
+                counts["skipped"] += 1
+                continue
+            counts["sla_breached" if outcome[0] == "sla_breached" else "timed_out"] += 1
+            counts["escalated"] += outcome[1] == "order_escalated"
+        self._forget_old_signatures()
+        return counts
+
+    @transactional
+    def _expire(self, order_id: str) -> tuple[str, str] | None:
+        order = queries.order(self.db.conn, order_id)
+        if order is None:
+            return None
+        ended = domain.overdue(order, self.clock.now())
+        if ended is None:
+            return None
+        placed = self._placement(domain.ended(order))
+        self._append_order(order_id, order.version, [ended, placed], f"timer-{uuid.uuid4()}",
+                           "system")
+        return ended.event_type, placed.event_type
+
+    @transactional
+    def _forget_old_signatures(self) -> None:
+        horizon = int(time.time()) - 2 * MAX_SKEW_SECONDS
+        self.db.conn.execute(delete(seen_signatures).where(seen_signatures.c.seen_at < horizon))
+
+    # -- the partner gateway -------------------------------------------------------------------
+
+    @http("GET", "/api/v1/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        from contracts.openapi import openapi_document
+
+        return gateway.json_response(200, openapi_document(), str(uuid.uuid4()))
+
+    @http("GET,POST,PUT,PATCH,DELETE", "/api/v1/<path:rest>")
+    def no_such_route(self, request: Request, rest: str) -> Response:
+        return gateway.error_response(
+            NotFound(f"no {request.method} /api/v1/{rest}", {"path": ["no such route"]},
+                     code="no_such_route"), str(uuid.uuid4()))
+
+    @partner_endpoint("list_orders")
+    def _list_orders(self, partner_id: str, query: dict) -> dict:
+        with self.db.reader() as conn:
+            return queries.partner_orders(conn, partner_id, query["status"], query["page"],
+                                          query["page_size"])
+
+    @partner_endpoint("get_order")
+    def _get_order(self, partner_id: str, query: dict, order_id: str) -> dict:
+        with self.db.reader() as conn:
+            order = self._owned(conn, partner_id, order_id)
+            return queries.partner_order_view(queries.order_record(conn, order.order_id))
+
+    @partner_endpoint("accept")
+    def _accept(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        return self._act(order, partner_id, domain.accept(order, self.clock.now(), self.timers))
+
+    @partner_endpoint("reject")
+    def _reject(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        rejected = domain.reject(order, data["reason_code"], data["note"])
+        placed = self._placement(domain.ended(order))
+        return self._act(order, partner_id, rejected, placed)
+
+    @partner_endpoint("schedule")
+    def _schedule(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        return self._act(order, partner_id, domain.schedule(
+            order, data["window_start"], data["window_end"], self.clock.now()))
+
+    @partner_endpoint("cancel_appointment")
+    def _cancel_appointment(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        return self._act(order, partner_id, domain.cancel_appointment(
+            order, data["reason_code"], data["note"], self.clock.now(), self.timers))
+
+    @partner_endpoint("arrive")
+    def _arrive(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        return self._act(order, partner_id,
+                         domain.arrive(order, data["coordinates"], self.clock.now()))
+
+    @partner_endpoint("complete")
+    def _complete(self, partner_id: str, data: dict, order_id: str) -> dict:
+        order = self._owned(self.db.conn, partner_id, order_id)
+        return self._act(order, partner_id, domain.complete(order, data))
+
+    def _owned(self, conn, partner_id: str, order_id: str) -> domain.DispatchOrder:  # noqa: ANN001
+        order = queries.order(conn, order_id)
+        return domain.check_owner(order, partner_id, order_id,
+                                  order is not None and queries.ever_assigned(conn, order_id,
+                                                                              partner_id))
+
+    def _act(self, order: domain.DispatchOrder, partner_id: str, *events: NewEvent) -> dict:
+        self._append_order(order.order_id, order.version, list(events), f"http-{uuid.uuid4()}",
+                           f"partner:{partner_id}")
+        row = queries.order_record(self.db.conn, order.order_id)
+        if row["partner_id"] != partner_id:  # rejected: it is no longer this partner's
+            row = {**row, "status": "released"}
+        return queries.partner_order_view(row)
+
+    def _serve(self, operation: str, handler, request: Request,  # noqa: ANN001
+               params: dict[str, str]) -> Response:
+        """Everything around a partner request; see services/dispatch/gateway.py."""
+        correlation_id = str(uuid.uuid4())
+        try:
+            return self._serve_signed(operation, handler, request, params, correlation_id)
+        except ServiceError as error:
+            self.db.rollback()
+            return gateway.error_response(error, correlation_id)
+        except (OperationalError, DBAPIError) as error:
+            self.db.rollback()
+            log.error("gateway %s %s [%s]: database: %s", request.method, request.path,
+                      correlation_id, error)
+            return gateway.internal_error(correlation_id, 503)
+        except Exception:  # noqa: BLE001 - logged here; the partner sees only the id
+            self.db.rollback()
+            log.exception("gateway %s %s [%s] failed", request.method, request.path,
+                          correlation_id)
+            return gateway.internal_error(correlation_id)
+
+    def _serve_signed(self, operation: str, handler, request: Request,  # noqa: ANN001
+                      params: dict[str, str], correlation_id: str) -> Response:
+        body = gateway.read_body(request)
+        signed_at = time.time()  # transport freshness: wall time, not the business clock
+        with self.db.reader() as conn:
+            partner_id = verify_signature(request.headers,
+                                          lambda pid: queries.partner_secret(conn, pid),
+                                          request.method, gateway.path_with_query(request), body,
+                                          signed_at)
+        gateway.check_rate(self.gateway, partner_id)
+        signature = (request.headers["X-Signature"].strip().lower(),
+                     int(request.headers["X-Timestamp"]))
+        query_schema, body_schema = _SCHEMAS[operation]
+        if request.method == "GET":
+            self._record_signature(partner_id, *signature)
+            query = gateway.query_params(request, query_schema)
+            return gateway.json_response(200, handler(self, partner_id, query, **params),
+                                         correlation_id)
+        key = gateway.idempotency_key(request)
+        fingerprint = gateway.request_hash(request.method, request.path, body)
+        # a retry of an answered request, even resent byte for byte, gets the first answer;
+        # any other reuse of a signature is a replay
+        stored = self._stored_answer(partner_id, key, fingerprint, correlation_id)
+        if stored is not None:
+            return stored
+        self._record_signature(partner_id, *signature)
+        if request.args:
+            raise BadRequest("a POST takes no query parameters",
+                             {name: ["unexpected"] for name in request.args},
+                             code="unexpected_parameter")
+        data = load(body_schema, gateway.json_body(body, request.content_type))
+        return self._idempotent(partner_id, key, fingerprint, correlation_id,
+                                lambda: handler(self, partner_id, data, **params))
+
+    def _record_signature(self, partner_id: str, signature: str, timestamp: int) -> None:
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(insert(seen_signatures).values(
+                    partner_id=partner_id, signature=signature, seen_at=timestamp))
+        except IntegrityError:
+            raise SignatureError("signature_replayed",
+                                 "this signed request was already used; sign each request "
+                                 "afresh") from None
+
+    def _idempotent(self, partner_id: str, key: str, fingerprint: str, correlation_id: str,
+                    act) -> Response:  # noqa: ANN001
+        """Run `act` once per (partner, key): a retry gets the first answer, another body 409."""
+        conn = self.db.conn
+        try:
+            conn.execute(insert(idempotency_keys).values(
+                partner_id=partner_id, key=key, request_hash=fingerprint, status=0,
+                response="", created_at=isoformat(self.clock.now())))
+        except IntegrityError:  # a concurrent request with this key committed first
+            self.db.rollback()
+            stored = self._stored_answer(partner_id, key, fingerprint, correlation_id)
+            if stored is None:
+                raise
+            return stored
+        view = act()
+        response = gateway.json_response(200, view, correlation_id)
+        conn.execute(update(idempotency_keys).where(
+            idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
+            .values(status=200, response=response.get_data(as_text=True)))
+        self.db.commit()
+        return response
+
+    def _stored_answer(self, partner_id: str, key: str, fingerprint: str,
+                       correlation_id: str) -> Response | None:
+        with self.db.reader() as conn:
+            row = conn.execute(select(idempotency_keys).where(
+                idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
+            ).mappings().first()
+        if row is None or row["status"] == 0:
+            return None
+        if row["request_hash"] != fingerprint:
+            raise Conflict("this Idempotency-Key was used with another request",
+                           {"Idempotency-Key": ["already used with another body or path"]},
+                           code="idempotency_key_reused")
+        response = Response(row["response"], status=row["status"], mimetype="application/json")
+        response.headers[gateway.CORRELATION_HEADER] = correlation_id
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    # -- the one way events are written --------------------------------------------------------
+
+    def _order_or_404(self, conn, order_id: str) -> domain.DispatchOrder:  # noqa: ANN001
+        order = queries.order(conn, order_id)
+        if order is None:
+            raise NotFound(f"dispatch has no order {order_id}", {"order_id": ["unknown"]},
+                           code="order_not_found")
+        return order
+
+    def _append_order(self, order_id: str, expected_version: int, events: list[NewEvent],
+                      causation_id: str, actor: str) -> list[Envelope]:
+        return self._append(f"order-{order_id}", expected_version, events, order_id, actor,
+                            causation_id)
+
+    def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
+                correlation_id: str, actor: str,
+                causation_id: str | None = None) -> list[Envelope]:
+        return self.db.store.append(
+            self.db.conn, stream_id, expected_version, events, occurred_at=self.clock.now(),
+            correlation_id=correlation_id, causation_id=causation_id or f"cmd-{uuid.uuid4()}",
+            actor=actor, project=projector.apply)
+
+
+def _actor(agent_id: str) -> str:
+    return "system" if agent_id == "system" else f"agent:{agent_id}"
+
+
+def _pending_row(received: dict) -> dict:
+    """The row `order_received` makes, before it is written (to choose a partner with)."""
+    address = received["address"]
+    return {
+        "order_id": received["order_id"], "order_type": received["order_type"],
+        "status": "ready", "category": received["category"], "model": received["model"],
+        "serial": received["serial"], "province": address["province"], "city": address["city"],
+        "district": address["district"], "fault_code": received["fault_code"],
+        "in_warranty": received["in_warranty"],
+        "confirmation_code": received["confirmation_code"], "partner_id": None, "attempt": 0,
+        "excluded": "[]", "accept_by": None, "schedule_by": None, "window_start": None,
+        "window_end": None, "arrived_at": None, "arrival_lat": None, "arrival_lon": None,
+        "version": 1,
+    }

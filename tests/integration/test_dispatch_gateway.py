@@ -1,0 +1,193 @@
+"""Dispatch end to end: orders' events in, assignment, the signed gateway over real HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from nameko.standalone.rpc import ServiceRpcProxy
+
+from serviceloop.clock import isoformat
+from services.dispatch.service import DispatchService
+from services.orders.service import OrdersService
+from tests.helpers import wait_until
+from tests.integration.dispatch_system import (
+    DispatchSystem,
+    declare,
+    dispatch_config,
+    free_port,
+    start_relay,
+)
+
+
+@pytest.fixture
+def system(container_factory, service_config, database_for, backend, broker_uri, clock):
+    declare(broker_uri)
+    orders_url = database_for("orders", backend)
+    dispatch_url = database_for("dispatch", backend)
+    orders = container_factory(OrdersService, service_config(orders=orders_url))
+    port = free_port()
+    dispatch = container_factory(DispatchService,
+                                 dispatch_config(service_config, dispatch_url, port))
+    orders.start()
+    dispatch.start()
+    relay = start_relay("orders", broker_uri, orders_url)
+    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
+            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
+        running = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
+                                 [relay])
+        yield running
+        running.close()
+
+
+def assigned(system: DispatchSystem, order_id: str) -> dict:
+    wait_until(lambda: system.dispatch_status(order_id) == "assigned",
+               message=f"{order_id} to be assigned")
+    return system.dispatch.get_order(order_id)
+
+
+def path(order_id: str, action: str = "") -> str:
+    return f"/api/v1/orders/{order_id}" + (f"/{action}" if action else "")
+
+
+def test_a_repair_goes_from_assignment_to_completion_over_the_gateway(system):
+    partner = system.register_partner()
+    order_id = system.repair("13800000001")
+    view = assigned(system, order_id)
+    assert view["partner_id"] == partner.partner_id
+    listed = system.signed(partner, "GET", "/api/v1/orders?nonce=a1")
+    assert listed.status_code == 200, listed.text
+    assert [o["order_id"] for o in listed.json()["items"]] == [order_id]
+
+    accepted = system.signed(partner, "POST", path(order_id, "accept"), {}, key="k-accept")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "accepted"
+
+    now = system.clock.now()
+    window = {"window_start": isoformat(now + timedelta(hours=2)),
+              "window_end": isoformat(now + timedelta(hours=4))}
+    scheduled = system.signed(partner, "POST", path(order_id, "schedule"), window, key="k-s")
+    assert scheduled.status_code == 200, scheduled.text
+    system.clock.advance(hours=3)
+    arrived = system.signed(partner, "POST", path(order_id, "arrive"),
+                            {"coordinates": {"lat": 23.1301, "lon": 113.3302}}, key="k-a")
+    assert arrived.json()["status"] == "on_site", arrived.text
+    completed = system.signed(partner, "POST", path(order_id, "complete"), {
+        "work_done": "replaced the heating element", "fault_code": "WH-E1",
+        "parts": [{"part_code": "WH-P-ELEMENT", "old_serial": "OLD1", "new_serial": "NEW1",
+                   "fee_cents": 12000}],
+        "labour_fee_cents": 8000, "travel_fee_cents": 2000, "travel_distance_km": 12,
+        "confirmation_code": system.dispatch.get_order(order_id)["confirmation_code"],
+    }, key="k-c")
+    assert completed.status_code == 200, completed.text
+    assert completed.json()["status"] == "completed"
+    history = system.dispatch.order_history(order_id)
+    types = [e["event_type"] for e in history]
+    assert types == ["order_received", "order_assigned", "order_accepted",
+                     "appointment_scheduled", "partner_arrived", "order_completed"]
+    done = history[-1]["payload"]
+    assert done["parts_fee_cents"] == 12000 and done["confirmation_matched"] is True
+    assert done["arrival_lat"] == pytest.approx(23.1301)
+    assert history[-1]["actor"] == f"partner:{partner.partner_id}"
+
+
+def test_requests_without_a_valid_fresh_signature_are_401_and_replays_refused(system):
+    partner = system.register_partner()
+    order_id = system.repair("13800000002")
+    assigned(system, order_id)
+    unsigned = system.session.get(system.base_url + "/api/v1/orders", timeout=10)
+    assert unsigned.status_code == 401
+    assert unsigned.json()["error"]["code"] == "missing_signature"
+    wrong = system.signed(type(partner)(partner.partner_id, "not-the-secret"), "GET",
+                          "/api/v1/orders")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "bad_signature")
+    stale = system.signed(partner, "GET", "/api/v1/orders", timestamp=1_000_000_000)
+    assert (stale.status_code, stale.json()["error"]["code"]) == (401, "stale_signature")
+
+    listed = system.signed(partner, "GET", "/api/v1/orders")
+    assert listed.status_code == 200
+    replay = system.session.send(listed.request.copy())
+    assert (replay.status_code, replay.json()["error"]["code"]) == (401, "signature_replayed")
+
+    rejected = system.signed(partner, "POST", path(order_id, "schedule"), {}, key="k0")
+    assert rejected.status_code == 422
+    replay = system.session.send(rejected.request.copy())
+    assert (replay.status_code, replay.json()["error"]["code"]) == (401, "signature_replayed")
+
+    first = system.signed(partner, "POST", path(order_id, "accept"), {}, key="k1")
+    assert first.status_code == 200
+    # resent byte for byte (a client's automatic retry): the first answer, nothing new
+    resent = system.session.send(first.request.copy())
+    assert resent.status_code == 200 and resent.headers["Idempotent-Replayed"] == "true"
+    assert resent.json() == first.json()
+    # the same signature under another Idempotency-Key: a replay
+    other_key = first.request.copy()
+    other_key.headers["Idempotency-Key"] = "k2"
+    replay = system.session.send(other_key)
+    assert (replay.status_code, replay.json()["error"]["code"]) == (401, "signature_replayed")
+    types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
+    assert types.count("order_accepted") == 1
+
+
+def test_a_partner_cannot_see_or_touch_another_partners_order(system):
+    owner = system.register_partner("甲", rating=5.0)
+    other = system.register_partner("乙", rating=1.0)
+    order_id = system.repair("13800000003")
+    assert assigned(system, order_id)["partner_id"] == owner.partner_id
+    for method, action, body in (("GET", "", None), ("POST", "accept", {}),
+                                 ("POST", "reject", {"reason_code": "other"})):
+        answer = system.signed(other, method, path(order_id, action), body,
+                               key=str(uuid.uuid4()))
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "order_not_found"
+    probe = system.signed(other, "GET", path(str(uuid.uuid4())))
+    assert probe.status_code == 404
+    assert system.dispatch.get_order(order_id)["status"] == "assigned"
+    assert len(system.dispatch.order_history(order_id)) == 2
+
+
+def test_the_same_idempotency_key_returns_the_first_answer_and_another_body_is_409(system):
+    partner = system.register_partner()
+    order_id = system.repair("13800000004")
+    assigned(system, order_id)
+    first = system.signed(partner, "POST", path(order_id, "accept"), {"note": "ok"}, key="same")
+    again = system.signed(partner, "POST", path(order_id, "accept"), {"note": "ok"}, key="same")
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = system.signed(partner, "POST", path(order_id, "accept"), {"note": "no"}, key="same")
+    assert (other.status_code, other.json()["error"]["code"]) == (409,
+                                                                  "idempotency_key_reused")
+    fresh = system.signed(partner, "POST", path(order_id, "accept"), {}, key="new")
+    assert (fresh.status_code, fresh.json()["error"]["code"]) == (409, "already_accepted")
+    types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
+    assert types.count("order_accepted") == 1
+
+
+def test_bad_input_is_4xx_with_field_errors_and_changes_nothing(system):
+    partner = system.register_partner()
+    order_id = system.repair("13800000005")
+    assigned(system, order_id)
+    before = len(system.dispatch.order_history(order_id))
+    cases = [
+        (dict(raw=b"{not json"), 400, "malformed_json"),
+        (dict(body={"note": 5}), 422, "invalid_input"),
+        (dict(body={"status": "completed"}), 422, "invalid_input"),
+        (dict(raw=b'{"note": "' + b"x" * 70_000 + b'"}'), 413, "payload_too_large"),
+    ]
+    for kwargs, status, code in cases:
+        answer = system.signed(partner, "POST", path(order_id, "accept"), key=str(uuid.uuid4()),
+                               **kwargs)
+        assert answer.status_code == status, (kwargs.keys(), answer.text)
+        assert answer.json()["error"]["code"] == code
+    no_key = system.signed(partner, "POST", path(order_id, "accept"), {})
+    assert (no_key.status_code, no_key.json()["error"]["code"]) == (
+        400, "idempotency_key_required")
+    complete_early = system.signed(partner, "POST", path(order_id, "complete"),
+                                   {"work_done": "x", "labour_fee_cents": 1}, key="early")
+    assert (complete_early.status_code, complete_early.json()["error"]["code"]) == (
+        409, "not_accepted")
+    unknown = system.signed(partner, "GET", "/api/v1/nothing")
+    assert unknown.status_code == 404
+    assert len(system.dispatch.order_history(order_id)) == before
