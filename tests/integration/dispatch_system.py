@@ -44,6 +44,7 @@ class DispatchSystem:
     base_url: str
     clock: object
     processes: list = field(default_factory=list)
+    dispatch_url: str = ""
     session: requests.Session = field(default_factory=requests.Session)
     _signed: set = field(default_factory=set)
 

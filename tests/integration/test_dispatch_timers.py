@@ -12,6 +12,9 @@ from nameko.standalone.rpc import ServiceRpcProxy
 
 from contracts.errors import Conflict
 from serviceloop.clock import isoformat
+from serviceloop.db import make_engine
+from serviceloop.eventstore import EventStore
+from services.dispatch.projections import events, projector
 from services.dispatch.service import DispatchService
 from services.orders.service import OrdersService
 from tests.helpers import wait_until
@@ -40,7 +43,7 @@ def system(container_factory, service_config, database_for, backend, broker_uri,
     with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
             ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
         running = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
-                                 [relay])
+                                 [relay], dispatch_url)
         yield running
         running.close()
 
@@ -202,3 +205,23 @@ def test_a_partner_over_its_rate_gets_429_with_retry_after(system):
     limited = next(a for a in answers if a.status_code == 429)
     assert limited.json()["error"]["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_dispatch_read_models_rebuild_identically_from_its_log(system):
+    busy = system.register_partner("满", rating=5.0, capacity=1)
+    system.register_partner("空", rating=2.0, capacity=5)
+    system.dispatch.update_partner({"partner_id": busy.partner_id, "rating": 4.5})
+    one, two = system.repair("13900000008"), system.repair("13900000009", fault_code=None)
+    wait_status(system, one, "assigned")
+    wait_status(system, two, "awaiting_fault")
+    assert post(system, busy, one, "reject", {"reason_code": "other"}).status_code == 200
+    system.clock.advance(minutes=31)
+    system.dispatch.run_timers()
+    engine = make_engine(system.dispatch_url)
+    with engine.begin() as conn:
+        before = projector.checksums(conn)
+        replayed = projector.rebuild(conn, EventStore(events))
+        after = projector.checksums(conn)
+    engine.dispose()
+    assert replayed == len(system.dispatch.events_since(0, 1000))
+    assert after == before
