@@ -54,3 +54,41 @@ def seed_customers(count: int, *, seed: int = 2026, concurrency: int = 8) -> tup
         pool.spawn(worker, pending[index::concurrency])
     pool.waitall()
     return tally["created"], tally["existing"]
+
+
+def seed_partners(count: int, *, seed: int = 2026, folder=None) -> tuple[int, int]:  # noqa: ANN001
+    """Register `count` generated partners covering every demo district; one already there
+    (same name) is left as it is. Each new partner's credentials go to FOLDER/<id>.json
+    (mode 0600), since the secret is shown only once."""
+    import json
+    import os
+    from pathlib import Path
+
+    from serviceloop.config import var_dir
+    from serviceloop.seed_data import generate_partners
+
+    folder = Path(folder or var_dir() / "partners")
+    folder.mkdir(parents=True, exist_ok=True)
+    partners = generate_partners(count, seed=seed,
+                                 categories=[c.code for c in CATALOG.categories()])
+    created = existing = 0
+    with cluster() as rpc:
+        known = {p["name"] for p in rpc.dispatch.list_partners()}
+        for index, partner in enumerate(partners):
+            if partner.name in known:
+                existing += 1
+                continue
+            answer = rpc.dispatch.register_partner({
+                "name": partner.name, "daily_capacity": partner.daily_capacity,
+                "rating": round(3.0 + (index * 7 % 20) / 10, 1),
+                "categories": list(partner.categories), "agent_id": "seed",
+                "regions": [{"province": d.province, "city": d.city, "district": d.district}
+                            for d in partner.districts]})
+            partner_id = answer["partner"]["partner_id"]
+            path = folder / f"{partner_id}.json"
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                json.dump({"partner_id": partner_id, "secret": answer["secret"],
+                           "name": partner.name}, file, ensure_ascii=False)
+            created += 1
+    return created, existing

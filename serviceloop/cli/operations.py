@@ -30,8 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("service", choices=IMPLEMENTED)
     p.set_defaults(run=_relay)
 
-    p = commands.add_parser("seed", help="fill the system with realistic demo customers")
+    p = commands.add_parser("seed", help="fill the system with realistic demo customers and "
+                                         "service partners")
     p.add_argument("--customers", type=int, default=100)
+    p.add_argument("--partners", type=int, default=20,
+                   help="partners (credentials saved under var/partners/)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--concurrency", type=int, default=8)
     p.set_defaults(run=_seed)
@@ -105,9 +108,13 @@ def _relay(args: argparse.Namespace) -> None:
 
 
 def _seed(args: argparse.Namespace) -> None:
-    from serviceloop.seeding import seed_customers
+    from serviceloop.seeding import seed_customers, seed_partners
 
     started = time.monotonic()
+    if args.partners:
+        created, existing = seed_partners(args.partners, seed=args.seed)
+        print(f"{created} partners registered (credentials in var/partners/), "
+              f"{existing} already there")
     created, existing = seed_customers(args.customers, seed=args.seed,
                                        concurrency=args.concurrency)
     print(f"{created} customers registered, {existing} already there, "

@@ -11,14 +11,18 @@ import sys
 import pytest
 
 from tests.helpers import wait_until
+from tests.integration.dispatch_system import free_port
 
 CLI = [sys.executable, "-m", "serviceloop.cli"]
 
 
 @pytest.fixture
 def running_system(tmp_path, broker_uri, database_for):
+    port = free_port()
     env = {**os.environ, "AMQP_URI": broker_uri, "SERVICELOOP_VAR": str(tmp_path),
            "DATABASE_URL_ORDERS": database_for("orders", "postgres"),
+           "DATABASE_URL_DISPATCH": database_for("dispatch", "postgres"),
+           "GATEWAY_PORT": str(port), "SERVICELOOP_GATEWAY": f"http://127.0.0.1:{port}",
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.DEVNULL,
@@ -30,6 +34,8 @@ def running_system(tmp_path, broker_uri, database_for):
 
     wait_until(lambda: cli("orders", "catalog", "--json", check=False).returncode == 0,
                timeout=60, interval=0.5, message="the orders service to answer")
+    wait_until(lambda: cli("partner", "list", "--json", check=False).returncode == 0,
+               timeout=60, interval=0.5, message="the dispatch service to answer")
     yield cli
     os.killpg(up.pid, signal.SIGTERM)
     up.wait(30)
@@ -60,8 +66,10 @@ def test_an_agent_registers_looks_up_creates_and_cancels_from_the_command_line(r
                             "resolved_by_phone", "--json"))
     assert cancelled["status"] == "cancelled"
     history = as_json(cli("orders", "history", order["order_id"], "--json"))
-    assert [e["event_type"] for e in history] == ["order_created", "order_fault_recorded",
-                                                  "order_cancelled"]
+    assert [e["event_type"] for e in history
+            if e["event_type"] != "order_progressed"] == ["order_created",
+                                                          "order_fault_recorded",
+                                                          "order_cancelled"]
     table = cli("orders", "lookup", "13911112222").stdout
     assert "周杰" in table and "cancelled" in table
 
@@ -70,3 +78,50 @@ def test_a_bad_command_prints_a_coded_error_and_exits_2(running_system):
     result = running_system("orders", "lookup", "13900009999", check=False)
     assert result.returncode == 2
     assert json.loads(result.stderr)["error"]["code"] == "customer_not_found"
+
+
+def test_an_order_is_assigned_and_taken_to_completed_with_the_partner_commands(running_system,
+                                                                              tmp_path):
+    cli = running_system
+    credentials = tmp_path / "partner.json"
+    cli("partner", "register", "--name", "西湖家电服务部", "--region", "浙江省/杭州市/*",
+        "--category", "water_heater", "--capacity", "5", "--save", str(credentials))
+    assert oct(credentials.stat().st_mode & 0o777) == "0o600"
+    partner = json.loads(credentials.read_text())
+    cli("orders", "register", "--name", "李雷", "--phone", "139 2222 3333", "--province",
+        "浙江省", "--city", "杭州市", "--district", "西湖区", "--street", "文三路200号",
+        "--model", "WH-E60A", "--serial", "WH-E2E-1", "--purchased", "2026-06-01",
+        "--installed", "2026-06-02")
+    product_id = as_json(cli("orders", "lookup", "13922223333", "--json"))["products"][0][
+        "product_id"]
+    order_id = as_json(cli("orders", "create", "--product", product_id, "--type", "repair",
+                           "--fault", "WH-E1", "--description", "不出热水",
+                           "--json"))["order_id"]
+    as_partner = ("--credentials", str(credentials))
+
+    def orders_status() -> str:
+        return as_json(cli("orders", "get", order_id, "--json"))["status"]
+
+    wait_until(lambda: as_json(cli("partner", "orders", *as_partner, "--json"))["total"] == 1,
+               timeout=30, interval=0.3, message="the order to reach the partner")
+    wait_until(lambda: orders_status() == "assigned", timeout=30, interval=0.3,
+               message="orders to show the assignment")
+    assert as_json(cli("orders", "get", order_id, "--json"))["partner_id"] == \
+        partner["partner_id"]
+    steps = [
+        (("accept", order_id), "accepted"),
+        (("schedule", order_id, "--in-hours", "0", "--hours", "2"), "scheduled"),
+        (("arrive", order_id, "--lat", "30.27", "--lon", "120.13"), "on_site"),
+        (("complete", order_id, "--work", "换加热管", "--fault", "WH-E1", "--part",
+          "WH-P-ELEMENT:OLD-1:NEW-1:12000", "--labour", "8000", "--travel", "1500"),
+         "completed"),
+    ]
+    for args, status in steps:
+        answer = as_json(cli("partner", *args, *as_partner, "--json"))
+        assert answer["status"] == status
+        wait_until(lambda s=status: orders_status() == s, timeout=30, interval=0.3,
+                   message=f"orders to show {status}")
+    progressed = [e["payload"]["status"] for e in
+                  as_json(cli("orders", "history", order_id, "--json"))
+                  if e["event_type"] == "order_progressed"]
+    assert progressed == ["assigned", "accepted", "scheduled", "on_site", "completed"]
