@@ -279,6 +279,14 @@ class AssignOrder(Schema):
     agent_id = fields.String(required=True, validate=validate.Length(min=1, max=40))
 
 
+class ListDispatchOrders(Schema):
+    status = fields.String(load_default=None, allow_none=True,
+                           validate=validate.OneOf(DISPATCH_STATUSES))
+    partner_id = fields.String(load_default=None, allow_none=True)
+    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+    page_size = fields.Integer(load_default=50, strict=True, validate=validate.Range(1, 500))
+
+
 # -- partner gateway: requests ------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ TIMER_INTERVAL = float(os.environ.get("DISPATCH_TIMER_INTERVAL", "5"))
 _REGISTER = contract.RegisterPartner()
 _UPDATE = contract.UpdatePartner()
 _ASSIGN = contract.AssignOrder()
+_LIST = contract.ListDispatchOrders()
 _SCHEMAS = {route.operation: (route.query() if route.query else None,
                               route.body() if route.body else None)
             for route in ROUTES_BY_OPERATION.values()}
@@ -237,15 +238,10 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
 
     @rpc
     def list_orders(self, filters: dict | None = None) -> dict:
-        filters = filters or {}
-        status = filters.get("status")
-        if status is not None and status not in contract.DISPATCH_STATUSES:
-            raise NotFound(f"no status {status!r}", {"status": ["unknown"]})
-        page = int(filters.get("page", 1))
-        page_size = max(1, min(int(filters.get("page_size", 50)), 500))
+        data = load(_LIST, filters or {})
         with self.db.reader() as conn:
-            return queries.list_support(conn, status, filters.get("partner_id"), max(page, 1),
-                                        page_size)
+            return queries.list_support(conn, data["status"], data["partner_id"], data["page"],
+                                        data["page_size"])
 
     @rpc
     def escalations(self) -> list[dict]:
