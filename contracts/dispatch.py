@@ -222,6 +222,7 @@ class OrderCompleted(Schema):
     category = fields.String(required=True)
     model = fields.String(required=True)
     serial = fields.String(required=True)
+    phone = fields.String(required=True)  # whom the callback calls
     in_warranty = fields.Boolean(required=True)
     fault_code = fields.String(required=True, allow_none=True)  # what the partner found
     work_done = fields.String(required=True)

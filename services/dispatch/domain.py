@@ -40,6 +40,7 @@ class DispatchOrder:
     category: str
     model: str
     serial: str
+    phone: str
     district: tuple[str, str, str]
     fault_code: str | None
     in_warranty: bool
@@ -61,7 +62,7 @@ class DispatchOrder:
         return cls(
             order_id=row["order_id"], order_type=row["order_type"], status=row["status"],
             category=row["category"], model=row["model"], serial=row["serial"],
-            district=(row["province"], row["city"], row["district"]),
+            phone=row["phone"], district=(row["province"], row["city"], row["district"]),
             fault_code=row["fault_code"], in_warranty=bool(row["in_warranty"]),
             confirmation_code=row["confirmation_code"], partner_id=row["partner_id"],
             attempt=row["attempt"], excluded=frozenset(json.loads(row["excluded"])),
@@ -247,7 +248,8 @@ def complete(order: DispatchOrder, data: dict) -> NewEvent:
     return NewEvent("order_completed", {
         "order_id": order.order_id, "partner_id": order.partner_id,
         "order_type": order.order_type, "category": order.category, "model": order.model,
-        "serial": order.serial, "in_warranty": order.in_warranty, "fault_code": fault_code,
+        "serial": order.serial, "phone": order.phone, "in_warranty": order.in_warranty,
+        "fault_code": fault_code,
         "work_done": data["work_done"], "parts": parts,
         "installation_barcode": data["installation_barcode"],
         "labour_fee_cents": data["labour_fee_cents"],

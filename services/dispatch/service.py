@@ -516,7 +516,8 @@ def _pending_row(received: dict) -> dict:
     return {
         "order_id": received["order_id"], "order_type": received["order_type"],
         "status": "ready", "category": received["category"], "model": received["model"],
-        "serial": received["serial"], "province": address["province"], "city": address["city"],
+        "serial": received["serial"], "phone": received["phone"],
+        "province": address["province"], "city": address["city"],
         "district": address["district"], "fault_code": received["fault_code"],
         "in_warranty": received["in_warranty"],
         "confirmation_code": received["confirmation_code"], "partner_id": None, "attempt": 0,
