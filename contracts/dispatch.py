@@ -239,6 +239,17 @@ class OrderCompleted(Schema):
     arrival_lon = fields.Float(required=True, allow_none=True)
 
 
+@event("dispatch", "order_reopened")
+class OrderReopened(Schema):
+    """The customer disputed the visit at the callback: the order goes out again, to another
+    partner when the dispute was about the partner."""
+
+    order_id = _id
+    partner_id = _id  # who did the disputed visit
+    reasons = fields.List(fields.String(), required=True)
+    partner_excluded = fields.Boolean(required=True)
+
+
 @event("dispatch", "order_withdrawn")
 class OrderWithdrawn(Schema):
     """Cancelled in orders: taken from the partner (if any) and out of every timer."""

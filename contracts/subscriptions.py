@@ -21,4 +21,7 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("orders", "order_created", "dispatch", "on_order_created"),
     Subscription("orders", "order_fault_recorded", "dispatch", "on_order_fault_recorded"),
     Subscription("orders", "order_cancelled", "dispatch", "on_order_cancelled"),
+    Subscription("callback", "order_disputed", "dispatch", "on_order_disputed"),
+    # callback verifies every completed visit with the customer
+    Subscription("dispatch", "order_completed", "callback", "on_order_completed"),
 ]

@@ -8,10 +8,11 @@ from sqlalchemy import MetaData
 
 from serviceloop.config import SERVICES
 
-IMPLEMENTED = ("orders", "dispatch")
+IMPLEMENTED = ("orders", "dispatch", "callback")
 SERVICE_CLASSES = {  # for `nameko run`
     "orders": "services.orders.service:OrdersService",
     "dispatch": "services.dispatch.service:DispatchService",
+    "callback": "services.callback.service:CallbackService",
 }
 
 

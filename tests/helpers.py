@@ -20,3 +20,18 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 30.0, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def queue_drained(broker_uri: str, queue: str) -> bool:
+    """True once `queue` holds no message, ready or delivered-but-unacknowledged."""
+    import subprocess
+    from urllib.parse import unquote, urlparse
+
+    vhost = unquote(urlparse(broker_uri).path[1:]) or "/"
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name",
+                             "messages"], capture_output=True, text=True, check=True).stdout
+    for line in listed.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue:
+            return count.strip() == "0"
+    return False

@@ -39,6 +39,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.set_defaults(run=_seed)
 
+    p = commands.add_parser("provider", help="the stand-in SMS/IVR provider for local runs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PROVIDER_PORT", "8090")))
+    p.set_defaults(run=_provider)
+
     p = commands.add_parser("rebuild", help="drop a service's read models, rebuild from its log")
     p.add_argument("service", choices=IMPLEMENTED)
     p.set_defaults(run=_rebuild)
@@ -59,8 +64,22 @@ def _up(args: argparse.Namespace) -> int:
         commands[service] = [str(bin_dir / "nameko"), "run", "--config",
                              str(PROJECT_ROOT / "config.yaml"), SERVICE_CLASSES[service]]
         commands[f"{service}-relay"] = [str(bin_dir / "serviceloop"), "relay", service]
+    if "callback" in args.services and not os.environ.get("PROVIDER_URL"):
+        # no SMS/IVR provider configured: the stand-in answers on PROVIDER_PORT
+        commands["stand-in-provider"] = [str(bin_dir / "serviceloop"), "provider"]
     # eventlet announces its deprecation on import; nameko run imports it
     child_env = {**os.environ, "PYTHONWARNINGS": "ignore::Warning:nameko.cli.commands"}
+    provider_port = os.environ.get("PROVIDER_PORT", "8090")
+    callback_port = os.environ.get("CALLBACK_PORT", "8081")
+    # each HTTP-serving service gets its own port
+    env_of = {
+        "dispatch": {"WEB_SERVER_PORT": os.environ.get("GATEWAY_PORT", "8080")},
+        "callback": {"WEB_SERVER_PORT": callback_port,
+                     "PROVIDER_URL": os.environ.get("PROVIDER_URL",
+                                                    f"http://127.0.0.1:{provider_port}"),
+                     "CALLBACK_PUBLIC_URL": os.environ.get(
+                         "CALLBACK_PUBLIC_URL", f"http://127.0.0.1:{callback_port}")},
+    }
     processes: dict[str, subprocess.Popen] = {}
     stopping = False
 
@@ -77,7 +96,8 @@ def _up(args: argparse.Namespace) -> int:
             if process is None or process.poll() is not None:
                 if process is not None:
                     logging.warning("%s exited with %s: restarting", name, process.returncode)
-                processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT, env=child_env)
+                processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT,
+                                                   env={**child_env, **env_of.get(name, {})})
                 logging.info("started %s (pid %d)", name, processes[name].pid)
         time.sleep(0.5)
     for process in processes.values():
@@ -89,6 +109,19 @@ def _up(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return 0
+
+
+def _provider(args: argparse.Namespace) -> None:
+    from serviceloop.standin_provider import StandInProvider
+
+    provider = StandInProvider(args.host, args.port,
+                               token=os.environ.get("PROVIDER_TOKEN", "stand-in-token"))
+    print(f"stand-in SMS/IVR provider on {provider.url} (GET /messages shows what was sent)",
+          flush=True)
+    try:
+        provider.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 def _migrate(args: argparse.Namespace) -> None:

@@ -116,6 +116,18 @@ def with_fault(order: DispatchOrder, fault_code: str) -> DispatchOrder:
     return replace(order, fault_code=fault_code, status="ready")
 
 
+def reopen(order: DispatchOrder, disputed: dict) -> tuple[NewEvent, DispatchOrder] | None:
+    """A disputed visit: the order is ready again, without the partner if it was at fault."""
+    if order.status != "completed" or order.partner_id != disputed["partner_id"]:
+        return None  # an old visit's dispute, or already reopened
+    event = NewEvent("order_reopened", {
+        "order_id": order.order_id, "partner_id": order.partner_id,
+        "reasons": disputed["reasons"], "partner_excluded": disputed["about_partner"]})
+    excluded = order.excluded | {order.partner_id} if disputed["about_partner"] \
+        else order.excluded
+    return event, replace(order, status="ready", partner_id=None, excluded=frozenset(excluded))
+
+
 def withdraw(order: DispatchOrder, reason: str) -> NewEvent | None:
     if order.status in ("completed", "withdrawn"):
         return None

@@ -235,6 +235,17 @@ def _order_completed(conn: Connection, e: Envelope) -> None:
     _update_order(conn, e, status="completed", completed_at=e.occurred_at)
 
 
+def _order_reopened(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    excluded = conn.execute(dispatch_orders.select().with_only_columns(dispatch_orders.c.excluded)
+                            .where(dispatch_orders.c.order_id == p["order_id"])).scalar_one()
+    ids = sorted({*json.loads(excluded), p["partner_id"]} if p["partner_excluded"]
+                 else set(json.loads(excluded)))
+    _update_order(conn, e, status="ready", partner_id=None, accept_by=None, schedule_by=None,
+                  window_start=None, window_end=None, arrived_at=None, arrival_lat=None,
+                  arrival_lon=None, completed_at=None, excluded=_json(ids))
+
+
 def _order_withdrawn(conn: Connection, e: Envelope) -> None:
     _update_order(conn, e, status="withdrawn", accept_by=None, schedule_by=None)
     _deactivate_assignments(conn, e.payload["order_id"])
@@ -271,5 +282,6 @@ projector = Projector(READ_MODELS, {
     "appointment_cancelled": _appointment_cancelled,
     "partner_arrived": _partner_arrived,
     "order_completed": _order_completed,
+    "order_reopened": _order_reopened,
     "order_withdrawn": _order_withdrawn,
 })

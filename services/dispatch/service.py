@@ -126,6 +126,15 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
             self._append_order(order.order_id, order.version, [event], envelope.event_id,
                                "system")
 
+    @consumes("callback", "order_disputed")
+    def on_order_disputed(self, envelope: Envelope) -> None:
+        order = self._known_order(envelope)
+        reopened = domain.reopen(order, envelope.payload)
+        if reopened is not None:
+            event, ready = reopened
+            self._append_order(order.order_id, order.version, [event, self._placement(ready)],
+                               envelope.event_id, "system")
+
     def _known_order(self, envelope: Envelope) -> domain.DispatchOrder:
         order = queries.order(self.db.conn, envelope.payload["order_id"])
         if order is None:  # overtook its order_created (another queue): try again shortly

@@ -1,0 +1,111 @@
+"""The callback service's read model: one row per verification task (the agents' queue)."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
+
+from serviceloop.eventstore import Envelope, define_log_tables
+from serviceloop.projections import Projector
+
+metadata = MetaData()
+events = define_log_tables(metadata)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("order_id", String(64), nullable=False, index=True),
+    Column("partner_id", String(64), nullable=False),
+    Column("order_type", String(16), nullable=False),
+    Column("category", String(40), nullable=False),
+    Column("phone", String(32), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("due_at", String(32), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("report", Text, nullable=False),  # JSON: what the partner reported
+    Column("review_of", String(64)),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", String(32)),
+    Column("leased_by", String(40)),
+    Column("lease_until", String(32)),
+    Column("provider_message_id", String(80)),
+    Column("reply_by", String(32)),
+    Column("outcome", String(16)),
+    Column("outcome_detail", Text),  # JSON: reasons, satisfaction, notes
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_tasks_queue", "status", "channel", "priority", "due_at"),
+    Index("ix_tasks_provider_message", "provider_message_id"),
+)
+
+READ_MODELS = [tasks]
+
+
+def _task_created(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(tasks.insert().values(
+        task_id=p["task_id"], order_id=p["order_id"], partner_id=p["partner_id"],
+        order_type=p["order_type"], category=p["category"], phone=p["phone"],
+        channel=p["channel"], status="open", priority=p["priority"], due_at=p["due_at"],
+        visit=p["visit"], report=json.dumps(p["report"], sort_keys=True, ensure_ascii=False),
+        review_of=p["review_of"], attempts=0, next_attempt_at=e.occurred_at,
+        created_at=e.occurred_at, updated_at=e.occurred_at, version=e.stream_version))
+
+
+def _leased(conn: Connection, e: Envelope) -> None:
+    _update(conn, e, status="leased", leased_by=e.payload["agent_id"],
+            lease_until=e.payload["lease_until"])
+
+
+def _confirmation_requested(conn: Connection, e: Envelope) -> None:
+    _update(conn, e, status="awaiting_reply", provider_message_id=e.payload["provider_message_id"],
+            reply_by=e.payload["reply_by"])
+
+
+def _unanswered(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    _update(conn, e, status="open", attempts=p["attempt"], next_attempt_at=p["next_attempt_at"],
+            leased_by=None, lease_until=None, reply_by=None)
+
+
+def _outcome(status: str):  # noqa: ANN202
+    def apply(conn: Connection, e: Envelope) -> None:
+        p = e.payload
+        detail = {k: p[k] for k in ("reasons", "satisfaction", "notes", "customer_paid_cents",
+                                    "complaint_requested", "attempts") if k in p}
+        _update(conn, e, status=status, outcome=status, leased_by=None, lease_until=None,
+                reply_by=None, next_attempt_at=None,
+                outcome_detail=json.dumps(detail, sort_keys=True, ensure_ascii=False))
+
+    return apply
+
+
+def _closed(conn: Connection, e: Envelope) -> None:
+    _update(conn, e, status="closed")
+
+
+def _returned(conn: Connection, e: Envelope) -> None:
+    _update(conn, e, status="open", attempts=0, next_attempt_at=e.occurred_at,
+            due_at=e.payload["due_at"], outcome=None)
+
+
+def _update(conn: Connection, e: Envelope, **values: object) -> None:
+    conn.execute(tasks.update().where(tasks.c.task_id == e.payload["task_id"]).values(
+        updated_at=e.occurred_at, version=e.stream_version, **values))
+
+
+projector = Projector(READ_MODELS, {
+    "verification_task_created": _task_created,
+    "task_leased": _leased,
+    "confirmation_requested": _confirmation_requested,
+    "callback_unanswered": _unanswered,
+    "order_verified": _outcome("verified"),
+    "order_disputed": _outcome("disputed"),
+    "order_unverified": _outcome("unverified"),
+    "unverified_closed": _closed,
+    "task_returned": _returned,
+})

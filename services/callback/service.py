@@ -1,0 +1,330 @@
+"""The callback service: every completed order is confirmed with the customer before it counts.
+
+Call-centre agents work the queue over nameko RPC (`serviceloop callback …`); installations
+are confirmed automatically through an SMS/IVR provider, whose replies arrive over HTTP at
+/callback/v1/replies. It follows dispatch's `order_completed`; its outcomes
+(order_verified, order_disputed, order_unverified …) are what orders, dispatch and
+settlement follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from datetime import timedelta
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from nameko.timer import timer
+from nameko.web.handlers import http
+from sqlalchemy import func, or_, select
+from werkzeug.wrappers import Request, Response
+
+from contracts import callback as contract
+from contracts.errors import ConcurrencyConflict, NotFound, ServiceError, ValidationFailed
+from contracts.registry import load
+from serviceloop.catchup import CatchUp
+from serviceloop.clock import isoformat
+from serviceloop.consumer import ParkedMessagesRpc, consumes
+from serviceloop.eventstore import Envelope, NewEvent
+from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from services.callback import domain
+from services.callback.channel import ChannelError, SmsChannel, confirmation_text
+from services.callback.projections import metadata, projector, tasks
+
+log = logging.getLogger(__name__)
+
+TIMER_INTERVAL = float(os.environ.get("CALLBACK_TIMER_INTERVAL", "5"))
+_RECORD = contract.RecordOutcome()
+_SUPERVISE = contract.SupervisorDecision()
+_REPLY = contract.ProviderReply()
+
+
+class CallbackSettings(DependencyProvider):
+    """Config: CALLBACK_DUE_HOURS (48), CALLBACK_LEASE_MINUTES (15), CALLBACK_ATTEMPTS (3),
+    CALLBACK_RETRY_MINUTES ("120,360"), CALLBACK_REPLY_WITHIN_MINUTES (720),
+    AUTO_VERIFY_INSTALLS (true), REVIEW_SHARE (0.1), PROVIDER_URL, PROVIDER_TOKEN,
+    CALLBACK_PUBLIC_URL (where the provider posts replies)."""
+
+    def setup(self) -> None:
+        c = self.container.config
+        retries = str(c.get("CALLBACK_RETRY_MINUTES", "120,360"))
+        self.settings = domain.Settings(
+            due_within=timedelta(hours=float(c.get("CALLBACK_DUE_HOURS", 48))),
+            lease=timedelta(minutes=float(c.get("CALLBACK_LEASE_MINUTES", 15))),
+            attempts=int(c.get("CALLBACK_ATTEMPTS", 3)),
+            retry_after=tuple(timedelta(minutes=float(m)) for m in retries.split(",") if m),
+            reply_within=timedelta(minutes=float(c.get("CALLBACK_REPLY_WITHIN_MINUTES", 720))),
+            auto_verify_installs=str(c.get("AUTO_VERIFY_INSTALLS", "true")).lower()
+            in ("1", "true", "yes"),
+            review_share=float(c.get("REVIEW_SHARE", 0.1)))
+        self.token = str(c.get("PROVIDER_TOKEN", "stand-in-token"))
+        self.channel = SmsChannel(
+            str(c.get("PROVIDER_URL", "http://127.0.0.1:8090")), self.token,
+            str(c.get("CALLBACK_PUBLIC_URL", "http://127.0.0.1:8081")).rstrip("/")
+            + "/callback/v1/replies")
+
+    def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
+        return self
+
+
+class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+    name = "callback"
+
+    db = Database("callback", metadata)
+    clock = ClockProvider()
+    config = CallbackSettings()
+
+    # -- following dispatch --------------------------------------------------------------------
+
+    @consumes("dispatch", "order_completed")
+    def on_order_completed(self, envelope: Envelope) -> None:
+        conn = self.db.conn
+        task_id = envelope.event_id
+        if conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == task_id)).first():
+            return
+        visits = conn.execute(select(func.count()).select_from(tasks).where(
+            tasks.c.order_id == envelope.payload["order_id"], tasks.c.review_of.is_(None))
+        ).scalar_one()
+        event = domain.task_for(envelope.payload, task_id, visits + 1, self.clock.now(),
+                                self.config.settings)
+        self._append(task_id, 0, [event], envelope.payload["order_id"], "system",
+                     envelope.event_id)
+
+    # -- agents --------------------------------------------------------------------------------
+
+    @rpc
+    def next_task(self, agent_id: str) -> dict | None:
+        """The task this agent should call now (the one it holds, else the first free one)."""
+        if not isinstance(agent_id, str) or not 1 <= len(agent_id) <= 40:
+            raise ValidationFailed("agent_id must be 1..40 characters", {"agent_id": ["invalid"]})
+        now = self.clock.now()
+        stamp = isoformat(now)
+        c = tasks.c
+        with self.db.reader() as conn:
+            held = conn.execute(select(tasks).where(
+                c.status == "leased", c.leased_by == agent_id, c.lease_until >= stamp)
+            ).mappings().first()
+            if held:
+                return _task_view(dict(held))
+            candidates = conn.execute(select(c.task_id).where(
+                c.channel == "agent",
+                or_((c.status == "open") & (c.next_attempt_at <= stamp),
+                    (c.status == "leased") & (c.lease_until < stamp)),
+            ).order_by(c.priority, c.due_at, c.task_id).limit(20)).scalars().all()
+        for task_id in candidates:
+            try:
+                return self._lease(task_id, agent_id)
+            except ConcurrencyConflict:  # another agent took it first: the next one
+                self.db.rollback()
+        return None
+
+    @transactional
+    def _lease(self, task_id: str, agent_id: str) -> dict:
+        task = self._task(task_id)
+        event = domain.lease(task, agent_id, self.clock.now(), self.config.settings)
+        self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}")
+        return _task_view(self._row(task_id))
+
+    @rpc
+    def get_task(self, task_id: str) -> dict:
+        with self.db.reader() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.task_id == str(task_id))) \
+                .mappings().first()
+        if row is None:
+            raise NotFound(f"no task {task_id}", {"task_id": ["unknown"]}, code="task_not_found")
+        return _task_view(dict(row))
+
+    @rpc
+    @transactional
+    def record_outcome(self, payload: dict) -> dict:
+        data = load(_RECORD, payload)
+        task = self._task(data["task_id"])
+        now = self.clock.now()
+        events = domain.record(task, data, now, self.config.settings)
+        self._append(task.task_id, task.version, events, task.order_id,
+                     f"agent:{data['agent_id']}")
+        return _task_view(self._row(task.task_id))
+
+    @rpc
+    def tasks_for_order(self, order_id: str) -> list[dict]:
+        with self.db.reader() as conn:
+            rows = conn.execute(select(tasks).where(tasks.c.order_id == str(order_id))
+                                .order_by(tasks.c.created_at)).mappings().all()
+        return [_task_view(dict(r)) for r in rows]
+
+    # -- supervisors ---------------------------------------------------------------------------
+
+    @rpc
+    def supervisor_view(self) -> dict:
+        """Overdue open tasks and unverified ones waiting for a decision."""
+        stamp = isoformat(self.clock.now())
+        c = tasks.c
+        with self.db.reader() as conn:
+            overdue = conn.execute(select(tasks).where(
+                c.status.in_(("open", "leased", "awaiting_reply")), c.due_at < stamp)
+                .order_by(c.due_at)).mappings().all()
+            unverified = conn.execute(select(tasks).where(c.status == "unverified")
+                                      .order_by(c.updated_at)).mappings().all()
+        return {"overdue": [_task_view(dict(r)) for r in overdue],
+                "unverified": [_task_view(dict(r)) for r in unverified]}
+
+    @rpc
+    @transactional
+    def supervise(self, payload: dict) -> dict:
+        data = load(_SUPERVISE, payload)
+        task = self._task(data["task_id"])
+        event = domain.supervise(task, data, self.clock.now(), self.config.settings)
+        self._append(task.task_id, task.version, [event], task.order_id,
+                     f"supervisor:{data['supervisor_id']}")
+        return _task_view(self._row(task.task_id))
+
+    # -- the automatic channel -----------------------------------------------------------------
+
+    @timer(interval=TIMER_INTERVAL)
+    def tick(self) -> None:
+        try:
+            self.run_timers()
+        except Exception as error:  # noqa: BLE001 - the next tick tries again
+            log.warning("callback timers failed: %s", error)
+
+    @rpc
+    def run_timers(self) -> dict:
+        """Send due automatic confirmations; count unanswered ones whose reply time passed."""
+        stamp = isoformat(self.clock.now())
+        c = tasks.c
+        with self.db.reader() as conn:
+            to_send = conn.execute(select(c.task_id).where(
+                c.channel == "auto", c.status == "open", c.next_attempt_at <= stamp)
+                .limit(200)).scalars().all()
+            expired = conn.execute(select(c.task_id).where(
+                c.status == "awaiting_reply", c.reply_by < stamp).limit(200)).scalars().all()
+        counts = {"sent": 0, "unanswered": 0, "failed": 0}
+        for task_id in to_send:
+            try:
+                counts["sent"] += self._send_confirmation(task_id)
+            except (ChannelError, ConcurrencyConflict) as error:
+                self.db.rollback()
+                counts["failed"] += 1
+                log.warning("confirmation for task %s not sent: %s", task_id, error)
+        for task_id in expired:
+            try:
+                counts["unanswered"] += self._reply_overdue(task_id)
+            except ConcurrencyConflict:
+                self.db.rollback()
+        return counts
+
+    def _send_confirmation(self, task_id: str) -> int:
+        """Send first, record after: no transaction (nor SQLite's write lock) is held over
+        the provider's HTTP call. The idempotency key makes a resend after a lost record
+        the same message."""
+        with self.db.reader() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.task_id == task_id)) \
+                .mappings().first()
+        if row is None or row["status"] != "open" or row["channel"] != "auto":
+            return 0
+        task = domain.Task.from_row(dict(row))
+        attempt = task.attempts + 1
+        message_id = self.config.channel.send(
+            phone=row["phone"], text=confirmation_text(task.order_type,
+                                                       task.report["work_done"]),
+            reference=task_id, idempotency_key=f"{task_id}:{attempt}")
+        self._record_sent(task, message_id, attempt)
+        return 1
+
+    @transactional
+    def _record_sent(self, task: domain.Task, message_id: str, attempt: int) -> None:
+        now = self.clock.now()
+        self._append(task.task_id, task.version, [NewEvent("confirmation_requested", {
+            "task_id": task.task_id, "order_id": task.order_id,
+            "provider_message_id": message_id, "attempt": attempt,
+            "reply_by": isoformat(now + self.config.settings.reply_within)})],
+            task.order_id, "system")
+
+    @transactional
+    def _reply_overdue(self, task_id: str) -> int:
+        task = self._task(task_id)
+        if task.status != "awaiting_reply":
+            return 0
+        events = domain.unanswered(task, "channel:auto", "no reply in time", self.clock.now(),
+                                   self.config.settings)
+        self._append(task_id, task.version, events, task.order_id, "system")
+        return 1
+
+    @http("POST", "/callback/v1/replies")
+    def provider_reply(self, request: Request) -> Response:
+        """The provider posts the customer's reply here (token in X-Provider-Token)."""
+        correlation_id = str(uuid.uuid4())
+        try:
+            if request.headers.get("X-Provider-Token") != self.config.token:
+                return _json(401, {"error": {"code": "bad_token", "message": "unknown sender",
+                                             "fields": {}}})
+            try:
+                body = json.loads(request.get_data() or b"{}")
+            except ValueError:
+                return _json(400, {"error": {"code": "malformed_json",
+                                             "message": "not JSON", "fields": {}}})
+            data = load(_REPLY, body)
+            return _json(200, self._take_reply(data["message_id"], data["reply"]))
+        except ServiceError as error:
+            self.db.rollback()
+            return _json(error.http_status, {"error": {**error.as_dict(),
+                                                       "correlation_id": correlation_id}})
+        except Exception:  # noqa: BLE001 - logged; the provider sees only the id
+            self.db.rollback()
+            log.exception("provider reply failed [%s]", correlation_id)
+            return _json(500, {"error": {"code": "internal_error", "message": "failed",
+                                         "fields": {}, "correlation_id": correlation_id}})
+
+    @transactional
+    def _take_reply(self, message_id: str, reply: str) -> dict:
+        task_id = self.db.conn.execute(select(tasks.c.task_id).where(
+            tasks.c.provider_message_id == message_id)).scalar()
+        if task_id is None:
+            raise NotFound(f"no task sent message {message_id}", {"message_id": ["unknown"]},
+                           code="message_not_found")
+        task = self._task(task_id)
+        now = self.clock.now()
+        events = domain.auto_reply(task, reply, now, self.config.settings)
+        envelopes = self._append(task_id, task.version, events, task.order_id, "customer")
+        if (events[0].event_type == "order_verified" and task.review_of is None
+                and domain.sampled(task.order_id, self.config.settings.review_share)):
+            review = domain.review_task(self._row(task_id), now, self.config.settings)
+            self._append(review.payload["task_id"], 0, [review], task.order_id, "system",
+                         envelopes[0].event_id)
+        return _task_view(self._row(task_id))
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    def _row(self, task_id: str) -> dict:
+        row = self.db.conn.execute(select(tasks).where(tasks.c.task_id == task_id)) \
+            .mappings().first()
+        if row is None:
+            raise NotFound(f"no task {task_id}", {"task_id": ["unknown"]}, code="task_not_found")
+        return dict(row)
+
+    def _task(self, task_id: str) -> domain.Task:
+        return domain.Task.from_row(self._row(task_id))
+
+    def _append(self, task_id: str, expected_version: int, events: list[NewEvent],
+                order_id: str, actor: str, causation_id: str | None = None) -> list[Envelope]:
+        return self.db.store.append(
+            self.db.conn, f"task-{task_id}", expected_version, events,
+            occurred_at=self.clock.now(), correlation_id=order_id,
+            causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
+            project=projector.apply)
+
+
+def _task_view(row: dict) -> dict:
+    view = dict(row)
+    view["report"] = json.loads(view["report"])
+    view["outcome_detail"] = json.loads(view["outcome_detail"]) if view["outcome_detail"] \
+        else None
+    return view
+
+
+def _json(status: int, body: dict) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status=status,
+                    mimetype="application/json")

@@ -1,0 +1,252 @@
+"""Callback verification end to end: orders, dispatch and callback on a real broker and
+database, partners over the gateway, agents over RPC, the automatic channel through the
+stand-in provider over real HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pika
+import pytest
+from nameko.standalone.rpc import ServiceRpcProxy
+
+from contracts.errors import Conflict, ValidationFailed
+from serviceloop.clock import isoformat
+from serviceloop.relay import event_exchange, message_properties
+from serviceloop.standin_provider import StandInProvider
+from services.callback.service import CallbackService
+from services.dispatch.service import DispatchService
+from services.orders.service import OrdersService
+from tests.helpers import queue_drained, wait_until
+from tests.integration.dispatch_system import (
+    DispatchSystem,
+    declare,
+    dispatch_config,
+    free_port,
+    start_relay,
+)
+
+
+@pytest.fixture
+def loop(container_factory, service_config, database_for, backend, broker_uri, clock):
+    declare(broker_uri)
+    urls = {s: database_for(s, backend) for s in ("orders", "dispatch", "callback")}
+    provider = StandInProvider().start()
+    callback_port = free_port()
+    orders = container_factory(OrdersService, service_config(orders=urls["orders"]))
+    port = free_port()
+    dispatch = container_factory(DispatchService,
+                                 dispatch_config(service_config, urls["dispatch"], port))
+    callback_config = service_config(callback=urls["callback"])
+    callback_config.update({
+        "WEB_SERVER_ADDRESS": f"127.0.0.1:{callback_port}", "PROVIDER_URL": provider.url,
+        "CALLBACK_PUBLIC_URL": f"http://127.0.0.1:{callback_port}", "REVIEW_SHARE": 1.0,
+        "CALLBACK_RETRY_MINUTES": "60,180"})
+    callback = container_factory(CallbackService, callback_config)
+    for container in (orders, dispatch, callback):
+        container.start()
+    relays = [start_relay(s, broker_uri, urls[s]) for s in ("orders", "dispatch", "callback")]
+    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
+            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc, \
+            ServiceRpcProxy("callback", callback.config, timeout=20) as callback_rpc:
+        system = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
+                                relays)
+        system.callback = callback_rpc
+        system.provider = provider
+        system.broker_uri = broker_uri
+        yield system
+        system.close()
+    provider.stop()
+
+
+def post(system, partner, order_id, action, body=None):  # noqa: ANN001, ANN201
+    answer = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/{action}", body or {},
+                           key=str(uuid.uuid4()))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def complete_visit(system, partner, order_id, **report):  # noqa: ANN001
+    """Take an assigned order through accept, schedule, arrive and complete."""
+    wait_until(lambda: (system.dispatch_status(order_id) == "assigned"
+                        and system.dispatch.get_order(order_id)["partner_id"]
+                        == partner.partner_id), message="the assignment")
+    post(system, partner, order_id, "accept")
+    now = system.clock.now()
+    post(system, partner, order_id, "schedule", {
+        "window_start": isoformat(now), "window_end": isoformat(now + timedelta(hours=2))})
+    post(system, partner, order_id, "arrive")
+    post(system, partner, order_id, "complete", {"work_done": "换加热管", "fault_code": "WH-E1",
+                                                 "labour_fee_cents": 8000, **report})
+
+
+def one_task(system, order_id: str, visit: int = 1) -> dict:  # noqa: ANN001
+    def found():  # noqa: ANN202
+        tasks = [t for t in system.callback.tasks_for_order(order_id)
+                 if t["visit"] == visit and t["review_of"] is None]
+        return tasks[0] if tasks else None
+
+    return wait_until(found, message=f"the verification task of visit {visit}")
+
+
+def test_a_completion_delivered_twice_makes_one_task_that_an_agent_verifies(loop):
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000001")
+    complete_visit(loop, partner, order_id, parts=[
+        {"part_code": "WH-P-ELEMENT", "old_serial": "O1", "new_serial": "N1",
+         "fee_cents": 12000}])
+    task = one_task(loop, order_id)
+    assert task["priority"] == 1 and task["channel"] == "agent"
+    assert task["report"]["parts"][0]["part_code"] == "WH-P-ELEMENT"
+    completion = next(e for e in loop.dispatch.order_history(order_id)
+                      if e["event_type"] == "order_completed")
+    _publish(loop.broker_uri, "dispatch", completion)  # the broker delivers it again
+    wait_until(lambda: queue_drained(loop.broker_uri, "evt-dispatch-order_completed--callback."
+                                                      "on_order_completed"),
+               message="the duplicate to be consumed")
+    assert len(loop.callback.tasks_for_order(order_id)) == 1
+
+    leased = loop.callback.next_task("a1")
+    assert leased["task_id"] == task["task_id"] and leased["leased_by"] == "a1"
+    assert loop.callback.next_task("a1")["task_id"] == task["task_id"]  # still yours
+    assert loop.callback.next_task("a2") is None  # one agent at a time
+    done = loop.callback.record_outcome({"task_id": task["task_id"], "agent_id": "a1",
+                                         "outcome": "verified", "satisfaction": 5,
+                                         "notes": "很满意"})
+    assert done["status"] == "verified"
+    verified = [e for e in loop.callback.stream(f"task-{task['task_id']}")
+                if e["event_type"] == "order_verified"]
+    assert verified[0]["causation_id"] and verified[0]["correlation_id"] == order_id
+
+
+def test_a_lease_that_runs_out_returns_the_task_to_the_queue(loop):
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000002")
+    complete_visit(loop, partner, order_id)
+    task = one_task(loop, order_id)
+    assert loop.callback.next_task("a1")["task_id"] == task["task_id"]
+    loop.clock.advance(minutes=16)
+    assert loop.callback.next_task("a2")["task_id"] == task["task_id"]
+    with pytest.raises(Conflict) as late:
+        loop.callback.record_outcome({"task_id": task["task_id"], "agent_id": "a1",
+                                      "outcome": "verified"})
+    assert late.value.code == "task_not_leased_to_you"
+
+
+def test_no_answer_three_times_makes_the_order_unverified_for_a_supervisor(loop):
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000003")
+    complete_visit(loop, partner, order_id)
+    task_id = one_task(loop, order_id)["task_id"]
+    for attempt, wait_minutes in ((1, 60), (2, 180), (3, None)):
+        assert loop.callback.next_task("a1")["task_id"] == task_id
+        answer = loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1",
+                                               "outcome": "no_answer"})
+        assert answer["attempts"] == attempt
+        if wait_minutes:
+            assert loop.callback.next_task("a1") is None  # not before the next attempt time
+            loop.clock.advance(minutes=wait_minutes)
+    assert answer["status"] == "unverified"
+    view = loop.callback.supervisor_view()
+    assert [t["task_id"] for t in view["unverified"]] == [task_id]
+    back = loop.callback.supervise({"task_id": task_id, "supervisor_id": "s1",
+                                    "decision": "send_back", "note": "try evenings"})
+    assert (back["status"], back["attempts"]) == ("open", 0)
+    assert loop.callback.next_task("a2")["task_id"] == task_id
+
+
+def test_a_dispute_about_the_partner_reopens_and_redispatches_to_another(loop):
+    first = loop.register_partner("甲", rating=5.0)
+    second = loop.register_partner("乙", rating=3.0)
+    order_id = loop.repair("13700000004")
+    complete_visit(loop, first, order_id)
+    task_id = one_task(loop, order_id)["task_id"]
+    loop.callback.next_task("a1")
+    loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1", "outcome": "disputed",
+                                  "dispute_reasons": ["no_visit"], "complaint_requested": True,
+                                  "satisfaction": 1})
+    wait_until(lambda: loop.dispatch_status(order_id) == "assigned", message="re-dispatch")
+    view = loop.dispatch.get_order(order_id)
+    assert view["partner_id"] == second.partner_id and first.partner_id in view["excluded"]
+    reopened = next(e for e in loop.dispatch.order_history(order_id)
+                    if e["event_type"] == "order_reopened")
+    assert reopened["payload"]["partner_excluded"] is True
+    complete_visit(loop, second, order_id)
+    assert one_task(loop, order_id, visit=2)["partner_id"] == second.partner_id
+
+
+def test_installations_are_confirmed_through_the_provider_and_a_sample_goes_to_a_person(loop):
+    partner = loop.register_partner()
+    product_id = loop.customer_with_heater("13700000005")
+    order_id = loop.orders.create_order({"product_id": product_id, "order_type": "install",
+                                         "channel": "phone", "agent_id": "a7"})["order_id"]
+    complete_visit(loop, partner, order_id, installation_barcode="BAR-0001")
+    task = one_task(loop, order_id)
+    assert task["channel"] == "auto"
+    assert loop.callback.next_task("a1") is None  # the channel's, not the agents'
+    loop.callback.run_timers()
+    sent = wait_until(lambda: loop.provider.sent(), message="the SMS")
+    assert sent[0]["to"] == "13700000005" and sent[0]["reference"] == task["task_id"]
+    wrong = _reply(loop, sent[0]["message_id"], "maybe")
+    assert wrong["callback"]["status"] == "open" and wrong["callback"]["attempts"] == 1
+    loop.clock.advance(minutes=61)
+    loop.callback.run_timers()
+    again = wait_until(lambda: len(loop.provider.sent()) == 2 and loop.provider.sent())
+    confirmed = _reply(loop, again[1]["message_id"], "1")
+    assert confirmed["callback"]["status"] == "verified"
+    review = next(t for t in loop.callback.tasks_for_order(order_id) if t["review_of"])
+    assert review["review_of"] == task["task_id"] and review["channel"] == "agent"
+
+
+def test_an_automatic_confirmation_without_a_reply_counts_as_no_answer(loop):
+    partner = loop.register_partner()
+    product_id = loop.customer_with_heater("13700000006")
+    order_id = loop.orders.create_order({"product_id": product_id, "order_type": "install",
+                                         "channel": "phone", "agent_id": "a7"})["order_id"]
+    complete_visit(loop, partner, order_id, installation_barcode="BAR-0002")
+    task_id = one_task(loop, order_id)["task_id"]
+    loop.callback.run_timers()
+    assert loop.callback.get_task(task_id)["status"] == "awaiting_reply"
+    loop.clock.advance(hours=13)
+    loop.callback.run_timers()
+    task = loop.callback.get_task(task_id)
+    assert (task["status"], task["attempts"]) == ("open", 1)
+
+
+def test_bad_outcomes_are_refused_with_field_errors_and_change_nothing(loop):
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000007")
+    complete_visit(loop, partner, order_id)
+    task_id = one_task(loop, order_id)["task_id"]
+    loop.callback.next_task("a1")
+    before = len(loop.callback.stream(f"task-{task_id}"))
+    bad = [
+        ({"outcome": "maybe"}, "outcome"),
+        ({"outcome": "disputed"}, "dispute_reasons"),
+        ({"outcome": "disputed", "dispute_reasons": ["smelly"]}, "dispute_reasons"),
+        ({"outcome": "verified", "satisfaction": 9}, "satisfaction"),
+        ({"outcome": "verified", "surprise": 1}, "surprise"),
+    ]
+    for extra, field in bad:
+        with pytest.raises(ValidationFailed) as refused:
+            loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1", **extra})
+        assert field in refused.value.fields
+    assert len(loop.callback.stream(f"task-{task_id}")) == before
+
+
+def _reply(loop, message_id: str, text: str) -> dict:  # noqa: ANN001
+    status, body = loop.provider.reply(message_id, text)
+    assert status == 200, body
+    return body
+
+
+def _publish(broker_uri: str, source: str, body: dict) -> None:
+    import json
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
+    channel = connection.channel()
+    channel.basic_publish(event_exchange(source), body["event_type"],
+                          json.dumps(body).encode(), message_properties(body))
+    connection.close()
+
