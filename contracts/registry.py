@@ -24,7 +24,7 @@ def event(source: str, event_type: str, version: int = 1):
 
 def _load_all() -> None:
     # importing the modules registers their schemas
-    from contracts import callback, dispatch, orders  # noqa: F401
+    from contracts import callback, dispatch, orders, settlement  # noqa: F401
 
 
 def event_schema(event_type: str, version: int = 1) -> Schema:

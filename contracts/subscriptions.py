@@ -24,4 +24,10 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("callback", "order_disputed", "dispatch", "on_order_disputed"),
     # callback verifies every completed visit with the customer
     Subscription("dispatch", "order_completed", "callback", "on_order_completed"),
+    # settlement audits every claim against the evidence of the other three
+    Subscription("orders", "order_created", "settlement", "on_order_created"),
+    Subscription("dispatch", "order_completed", "settlement", "on_order_completed"),
+    Subscription("callback", "order_verified", "settlement", "on_order_verified"),
+    Subscription("callback", "order_disputed", "settlement", "on_order_disputed"),
+    Subscription("callback", "order_unverified", "settlement", "on_order_unverified"),
 ]

@@ -8,11 +8,12 @@ from sqlalchemy import MetaData
 
 from serviceloop.config import SERVICES
 
-IMPLEMENTED = ("orders", "dispatch", "callback")
+IMPLEMENTED = ("orders", "dispatch", "callback", "settlement")
 SERVICE_CLASSES = {  # for `nameko run`
     "orders": "services.orders.service:OrdersService",
     "dispatch": "services.dispatch.service:DispatchService",
     "callback": "services.callback.service:CallbackService",
+    "settlement": "services.settlement.service:SettlementService",
 }
 
 

@@ -1,0 +1,3 @@
+from serviceloop.migrate import run_env
+
+run_env("settlement")

@@ -1,0 +1,199 @@
+"""The settlement service's read models, all fed from its log."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
+
+from serviceloop.eventstore import Envelope, define_log_tables
+from serviceloop.projections import Projector
+
+metadata = MetaData()
+events = define_log_tables(metadata)
+
+rate_cards = Table(
+    "rate_cards", metadata,
+    Column("card_id", String(80), primary_key=True),
+    Column("kind", String(8), nullable=False),  # rates | parts
+    Column("effective_from", String(10), nullable=False),
+    Column("body", Text, nullable=False),  # JSON: {"labour": [...], "travel": [...]} or parts
+    Column("loaded_at", String(32), nullable=False),
+    Index("ix_rate_cards_kind_from", "kind", "effective_from"),
+)
+
+order_facts = Table(
+    "order_facts", metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("order_type", String(16), nullable=False),
+    Column("category", String(40), nullable=False),
+    Column("product_id", String(64), nullable=False),
+    Column("serial", String(64), nullable=False),
+    Column("province", String(40), nullable=False),
+    Column("lat", String(32)),
+    Column("lon", String(32)),
+    Column("warranty", Text, nullable=False),
+)
+
+claims = Table(
+    "claims", metadata,
+    Column("claim_id", String(80), primary_key=True),
+    Column("order_id", String(64), nullable=False, index=True),
+    Column("partner_id", String(64), nullable=False),
+    Column("completed_on", String(10), nullable=False),
+    Column("serial", String(64), nullable=False, index=True),
+    Column("order_type", String(16), nullable=False),
+    Column("callback", String(12), nullable=False),
+    Column("customer_paid_cents", Integer, nullable=False),
+    Column("customer_paid_confirmed", Integer),
+    Column("installation_barcode", String(64), index=True),
+    Column("satisfaction", Integer),
+    Column("lines", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("claimed_cents", Integer, nullable=False),
+    Column("payable_cents", Integer, nullable=False),  # approved, charged to the manufacturer
+    Column("cut_cents", Integer, nullable=False),
+    Column("held_cents", Integer, nullable=False),
+    Column("rejected_cents", Integer, nullable=False),
+    Column("opened_position", Integer, nullable=False),  # order of arrival, for duplicates
+    Column("version", Integer, nullable=False),
+    Index("ix_claims_partner_completed", "partner_id", "completed_on"),
+)
+
+claim_parts = Table(
+    "claim_parts", metadata,
+    Column("claim_id", String(80), primary_key=True),
+    Column("line_id", String(20), primary_key=True),
+    Column("old_serial", String(64), index=True),
+    Column("new_serial", String(64), index=True),
+)
+
+part_returns = Table(
+    "part_returns", metadata,
+    Column("serial", String(80), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("parts_centre", String(80)),
+    Column("waived_by", String(80)),
+    Column("recorded_at", String(32), nullable=False),
+)
+
+statements = Table(
+    "statements", metadata,
+    Column("period", String(7), primary_key=True),
+    Column("partner_id", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("closed_at", String(32), nullable=False),
+)
+
+settled = Table(
+    "settled", metadata,
+    Column("claim_id", String(80), primary_key=True),
+    Column("settled_cents", Integer, nullable=False),
+    Column("last_period", String(7), nullable=False),
+)
+
+READ_MODELS = [rate_cards, order_facts, claims, claim_parts, part_returns, statements, settled]
+
+
+def _rate_card(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(rate_cards.insert().values(
+        card_id=p["card_id"], kind="rates", effective_from=p["effective_from"],
+        body=_json({"labour": p["labour"], "travel": p["travel"]}), loaded_at=e.occurred_at))
+
+
+def _price_list(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(rate_cards.insert().values(
+        card_id=p["list_id"], kind="parts", effective_from=p["effective_from"],
+        body=_json(p["parts"]), loaded_at=e.occurred_at))
+
+
+def _order_facts(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(order_facts.insert().values(
+        order_id=p["order_id"], order_type=p["order_type"], category=p["category"],
+        product_id=p["product_id"], serial=p["serial"], province=p["province"],
+        lat=None if p["lat"] is None else repr(p["lat"]),
+        lon=None if p["lon"] is None else repr(p["lon"]), warranty=_json(p["warranty"])))
+
+
+def claim_totals(lines: list[dict]) -> dict:
+    totals = {"claimed_cents": 0, "payable_cents": 0, "cut_cents": 0, "held_cents": 0,
+              "rejected_cents": 0}
+    for line in lines:
+        totals["claimed_cents"] += line["claimed_cents"]
+        totals["payable_cents"] += line["manufacturer_cents"]
+        if line["decision"] == "cut":
+            totals["cut_cents"] += line["claimed_cents"] - line["approved_cents"]
+        elif line["decision"] == "held":
+            totals["held_cents"] += line["claimed_cents"]
+        elif line["decision"] == "rejected":
+            totals["rejected_cents"] += line["claimed_cents"]
+    return totals
+
+
+def _claim_decided(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    values = dict(
+        partner_id=p["partner_id"], completed_on=p["completed_on"], serial=p["serial"],
+        order_type=p["order_type"], callback=p["callback"],
+        customer_paid_cents=p["customer_paid_cents"],
+        customer_paid_confirmed=p["customer_paid_confirmed"],
+        installation_barcode=p["installation_barcode"], satisfaction=p["satisfaction"],
+        lines=_json(p["lines"]), evidence=_json(p["evidence"]), version=e.stream_version,
+        **claim_totals(p["lines"]))
+    if e.stream_version == 1:
+        conn.execute(claims.insert().values(claim_id=p["claim_id"], order_id=p["order_id"],
+                                            opened_position=_next_position(conn), **values))
+        for line in p["lines"]:
+            if line["kind"] == "part":
+                conn.execute(claim_parts.insert().values(
+                    claim_id=p["claim_id"], line_id=line["line_id"],
+                    old_serial=line["old_serial"], new_serial=line["new_serial"]))
+    else:
+        conn.execute(claims.update().where(claims.c.claim_id == p["claim_id"]).values(**values))
+
+
+def _next_position(conn: Connection) -> int:
+    from sqlalchemy import func, select
+
+    return (conn.execute(select(func.max(claims.c.opened_position))).scalar() or 0) + 1
+
+
+def _part_return(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(part_returns.insert().values(
+        serial=p["serial"], kind=p["kind"], parts_centre=p["parts_centre"],
+        waived_by=p["waived_by"], recorded_at=e.occurred_at))
+
+
+def _period_closed(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(statements.insert().values(period=p["period"], partner_id=p["partner_id"],
+                                            body=_json(p), closed_at=e.occurred_at))
+    for line in p["lines"]:
+        row = conn.execute(settled.select().where(settled.c.claim_id == line["claim_id"])) \
+            .mappings().first()
+        if row is None:
+            conn.execute(settled.insert().values(claim_id=line["claim_id"],
+                                                 settled_cents=line["payable_cents"],
+                                                 last_period=p["period"]))
+        else:
+            conn.execute(settled.update().where(settled.c.claim_id == line["claim_id"]).values(
+                settled_cents=row["settled_cents"] + line["payable_cents"],
+                last_period=p["period"]))
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+projector = Projector(READ_MODELS, {
+    "rate_card_loaded": _rate_card,
+    "price_list_loaded": _price_list,
+    "order_facts_recorded": _order_facts,
+    "claim_decided": _claim_decided,
+    "part_return_recorded": _part_return,
+    "period_closed": _period_closed,
+})

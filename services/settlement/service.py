@@ -1,0 +1,507 @@
+"""The settlement service: audited partner claims, period statements and reconciliation.
+
+Finance reaches it over nameko RPC (`serviceloop settlement …`). It follows orders
+(`order_created`: warranty, product, where), dispatch (`order_completed`: the claim) and
+callback (verified, disputed, unverified: the evidence that releases or rejects it). Every
+decision is a `claim_decided` event on the claim's stream `claim-<completion event id>`, taken
+again whenever new evidence arrives; a closed period is a `period_closed` event per partner
+and never changes: later evidence becomes an adjustment line in the next period.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import uuid
+from datetime import date
+
+from nameko.rpc import rpc
+from sqlalchemy import and_, select
+
+from contracts import settlement as contract
+from contracts.errors import ConcurrencyConflict, NotFound, ValidationFailed
+from contracts.registry import load
+from serviceloop.catchup import CatchUp
+from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
+from serviceloop.eventstore import Envelope, NewEvent
+from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from services.settlement import csvfiles, rules
+from services.settlement.projections import (
+    claim_parts,
+    claims,
+    metadata,
+    order_facts,
+    part_returns,
+    projector,
+    rate_cards,
+    settled,
+    statements,
+)
+
+_PART_RETURN = contract.PartReturn()
+MAX_CHECKIN_KM = 2.0
+
+
+class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+    name = "settlement"
+
+    db = Database("settlement", metadata)
+    clock = ClockProvider()
+
+    # -- evidence from the other services ------------------------------------------------------
+
+    @consumes("orders", "order_created")
+    def on_order_created(self, envelope: Envelope) -> None:
+        p = envelope.payload
+        if self.db.conn.execute(select(order_facts.c.order_id)
+                                .where(order_facts.c.order_id == p["order_id"])).first():
+            return
+        self._append(f"order-{p['order_id']}", 0, [NewEvent("order_facts_recorded", {
+            "order_id": p["order_id"], "order_type": p["order_type"],
+            "category": p["category"], "product_id": p["product_id"], "serial": p["serial"],
+            "province": p["address"]["province"], "lat": p["address"].get("lat"),
+            "lon": p["address"].get("lon"), "warranty": p["warranty"]})],
+            p["order_id"], envelope.event_id)
+
+    @consumes("dispatch", "order_completed")
+    def on_order_completed(self, envelope: Envelope) -> None:
+        p = envelope.payload
+        conn = self.db.conn
+        if conn.execute(select(claims.c.claim_id)
+                        .where(claims.c.claim_id == envelope.event_id)).first():
+            return
+        if self._facts(conn, p["order_id"]) is None:
+            raise RetryLater(f"order {p['order_id']} not known to settlement yet")
+        lines = [{"line_id": "labour", "kind": "labour", "part_code": None, "old_serial": None,
+                  "new_serial": None, "charged_to": "manufacturer",
+                  "claimed_cents": p["labour_fee_cents"]},
+                 {"line_id": "travel", "kind": "travel", "part_code": None, "old_serial": None,
+                  "new_serial": None, "charged_to": "manufacturer",
+                  "claimed_cents": p["travel_fee_cents"]}]
+        for n, part in enumerate(p["parts"], start=1):
+            lines.append({"line_id": f"part-{n}", "kind": "part", "part_code": part["part_code"],
+                          "old_serial": part["old_serial"], "new_serial": part["new_serial"],
+                          "charged_to": part["charged_to"], "quantity": part["quantity"],
+                          "claimed_cents": part["fee_cents"] * part["quantity"]})
+        claim = {
+            "claim_id": envelope.event_id, "order_id": p["order_id"],
+            "partner_id": p["partner_id"], "completed_on": envelope.occurred_at[:10],
+            "serial": p["serial"], "order_type": p["order_type"], "callback": "pending",
+            "customer_paid_cents": p["customer_paid_cents"], "customer_paid_confirmed": None,
+            "installation_barcode": p["installation_barcode"], "satisfaction": None,
+            "lines": lines, "version": 0,
+            "evidence": {"fault_code": p["fault_code"], "category": p["category"],
+                         "arrival_lat": p["arrival_lat"], "arrival_lon": p["arrival_lon"],
+                         "travel_distance_km": p["travel_distance_km"]},
+        }
+        self._decide(conn, claim, "completion", envelope.event_id)
+
+    @consumes("callback", "order_verified")
+    def on_order_verified(self, envelope: Envelope) -> None:
+        self._callback_outcome(envelope, "verified")
+
+    @consumes("callback", "order_disputed")
+    def on_order_disputed(self, envelope: Envelope) -> None:
+        self._callback_outcome(envelope, "disputed")
+
+    @consumes("callback", "order_unverified")
+    def on_order_unverified(self, envelope: Envelope) -> None:
+        self._callback_outcome(envelope, "unverified")
+
+    def _callback_outcome(self, envelope: Envelope, state: str) -> None:
+        p = envelope.payload
+        if p["task_id"].startswith("review-"):
+            return  # a quality re-check of an automatic verification: the claim has its answer
+        conn = self.db.conn
+        claim = self._claim(conn, p["task_id"])
+        if claim is None:
+            raise RetryLater(f"claim {p['task_id']} not opened yet")
+        if claim["callback"] == "disputed":
+            return  # a rejection after a dispute stands
+        claim["callback"] = state
+        if p.get("customer_paid_cents") is not None:
+            claim["customer_paid_confirmed"] = p["customer_paid_cents"]
+        if p.get("satisfaction") is not None:
+            claim["satisfaction"] = p["satisfaction"]
+        self._decide(conn, claim, f"callback_{state}", envelope.event_id)
+        if state == "disputed":  # a re-visit's claim that looked like a duplicate is not one
+            later = conn.execute(select(claims.c.claim_id).where(
+                claims.c.order_id == claim["order_id"], claims.c.claim_id != claim["claim_id"])
+            ).scalars().all()
+            for claim_id in later:
+                self._decide(conn, self._claim(conn, claim_id), "dispute_of_earlier_visit",
+                             envelope.event_id)
+    # -- finance -------------------------------------------------------------------------------
+
+    @rpc
+    @transactional
+    def load_rates(self, csv_text: str, agent_id: str = "finance") -> dict:
+        """A rate card or a parts price list from CSV (the header says which)."""
+        if not isinstance(csv_text, str):
+            raise ValidationFailed("send the CSV text", {"csv_text": ["expected text"]})
+        kind = csvfiles.detect(csv_text)
+        card_id = f"{kind}-{uuid.uuid4().hex[:10]}"
+        if kind == "rates":
+            data = csvfiles.parse_rates(csv_text)
+            event = NewEvent("rate_card_loaded", {"card_id": card_id, **data})
+        else:
+            data = csvfiles.parse_parts(csv_text)
+            event = NewEvent("price_list_loaded", {"list_id": card_id, **data})
+        self._append(f"rates-{card_id}", 0, [event], card_id, f"cmd-{uuid.uuid4()}",
+                     actor=f"finance:{agent_id}")
+        return {"card_id": card_id, "kind": kind, "effective_from": data["effective_from"],
+                "rows": len(data.get("parts", [])) + len(data.get("labour", []))
+                + len(data.get("travel", []))}
+
+    @rpc
+    def current_rates(self, on: str | None = None) -> dict:
+        day = on or self.clock.now().date().isoformat()
+        with self.db.reader() as conn:
+            return {"on": day, "rates": _card_in_force(conn, "rates", day),
+                    "parts": _card_in_force(conn, "parts", day)}
+
+    @rpc
+    @transactional
+    def record_part_return(self, payload: dict, agent_id: str = "finance") -> dict:
+        """An old part back at a parts centre, or its return waived by a named person; the
+        claims holding for it are decided again."""
+        data = load(_PART_RETURN, payload)
+        if bool(data["parts_centre"]) == bool(data["waived_by"]):
+            raise ValidationFailed("give the parts centre it was returned to, or who waived it",
+                                   {"parts_centre": ["one of parts_centre, waived_by"]})
+        conn = self.db.conn
+        if conn.execute(select(part_returns.c.serial)
+                        .where(part_returns.c.serial == data["serial"])).first():
+            return {"serial": data["serial"], "already_recorded": True, "claims": []}
+        kind = "returned" if data["parts_centre"] else "waived"
+        (envelope,) = self._append(f"part-{data['serial']}", 0, [NewEvent(
+            "part_return_recorded", {"serial": data["serial"], "kind": kind,
+                                     "parts_centre": data["parts_centre"],
+                                     "waived_by": data["waived_by"], "note": data["note"]})],
+            data["serial"], f"cmd-{uuid.uuid4()}", actor=f"finance:{agent_id}")
+        claim_ids = conn.execute(select(claim_parts.c.claim_id).where(
+            claim_parts.c.old_serial == data["serial"])).scalars().all()
+        for claim_id in claim_ids:
+            self._decide(conn, self._claim(conn, claim_id), "part_returned", envelope.event_id)
+        return {"serial": data["serial"], "kind": kind, "claims": list(claim_ids)}
+
+    @rpc
+    def claims_for_order(self, order_id: str) -> list[dict]:
+        with self.db.reader() as conn:
+            rows = conn.execute(select(claims).where(claims.c.order_id == str(order_id))
+                                .order_by(claims.c.opened_position)).mappings().all()
+        return [_claim_view(dict(r)) for r in rows]
+
+    @rpc
+    def run(self, period: str) -> list[dict]:
+        """Close `period` (YYYY-MM) for every partner with claims; a closed one is answered as
+        it was closed. Returns the statements."""
+        start, end = _month(period)
+        with self.db.reader() as conn:
+            partners = conn.execute(select(claims.c.partner_id).distinct()
+                                    .where(claims.c.completed_on <= end)
+                                    .order_by(claims.c.partner_id)).scalars().all()
+        result = []
+        for partner_id in partners:
+            try:
+                result.append(self._close(period, partner_id, start, end))
+            except ConcurrencyConflict:  # another run closed it first: the same statement
+                self.db.rollback()
+                result.append(self.statement(period, partner_id))
+        return result
+
+    @transactional
+    def _close(self, period: str, partner_id: str, start: str, end: str) -> dict:
+        conn = self.db.conn
+        stored = conn.execute(select(statements.c.body).where(
+            statements.c.period == period, statements.c.partner_id == partner_id)).scalar()
+        if stored:
+            return json.loads(stored)
+        rows = conn.execute(select(claims, settled.c.settled_cents).outerjoin(
+            settled, settled.c.claim_id == claims.c.claim_id).where(
+            claims.c.partner_id == partner_id, claims.c.completed_on <= end)
+            .order_by(claims.c.completed_on, claims.c.claim_id)).mappings().all()
+        lines = []
+        for row in rows:
+            reasons = sorted({r for line in json.loads(row["lines"]) for r in line["reasons"]})
+            if row["settled_cents"] is None:
+                lines.append({
+                    "claim_id": row["claim_id"], "order_id": row["order_id"],
+                    "completed_on": row["completed_on"], "kind": "claim",
+                    "claimed_cents": row["claimed_cents"], "payable_cents": row["payable_cents"],
+                    "cut_cents": row["cut_cents"], "held_cents": row["held_cents"],
+                    "rejected_cents": row["rejected_cents"], "reasons": reasons})
+            elif row["payable_cents"] != row["settled_cents"]:
+                lines.append({
+                    "claim_id": row["claim_id"], "order_id": row["order_id"],
+                    "completed_on": row["completed_on"], "kind": "adjustment",
+                    "claimed_cents": 0,
+                    "payable_cents": row["payable_cents"] - row["settled_cents"],
+                    "cut_cents": 0, "held_cents": row["held_cents"],
+                    "rejected_cents": row["rejected_cents"], "reasons": reasons})
+        body = {"period": period, "partner_id": partner_id, "lines": lines,
+                **{key: sum(line[key] for line in lines if line["kind"] == "claim")
+                   for key in ("payable_cents", "cut_cents", "held_cents", "rejected_cents")},
+                "adjustments_cents": sum(line["payable_cents"] for line in lines
+                                         if line["kind"] == "adjustment")}
+        body["payable_cents"] += body["adjustments_cents"]
+        self._append(f"period-{period}-{partner_id}", 0, [NewEvent("period_closed", body)],
+                     f"period-{period}", f"run-{period}", actor="finance:run")
+        return json.loads(json.dumps(body, default=str))
+
+    @rpc
+    def statement(self, period: str, partner_id: str) -> dict:
+        _month(period)
+        with self.db.reader() as conn:
+            body = conn.execute(select(statements.c.body).where(
+                statements.c.period == period, statements.c.partner_id == partner_id)).scalar()
+        if body is None:
+            raise NotFound(f"no closed statement for {partner_id} in {period}",
+                           {"period": ["not closed for this partner"]},
+                           code="statement_not_found")
+        return json.loads(body)
+
+    @rpc
+    def reconcile(self, period: str, partner_id: str, csv_text: str) -> dict:
+        """Match a partner's own statement (CSV: order_id,line_id,claimed_cents) with ours."""
+        start, end = _month(period)
+        theirs = csvfiles.parse_partner_statement(csv_text)
+        with self.db.reader() as conn:
+            rows = conn.execute(select(claims).where(claims.c.partner_id == partner_id)) \
+                .mappings().all()
+        ours: dict[tuple[str, str], dict] = {}
+        in_period: set[str] = set()
+        for row in rows:
+            for line in json.loads(row["lines"]):
+                ours[(row["order_id"], line["line_id"])] = line
+            if start <= row["completed_on"] <= end:
+                in_period.add(row["order_id"])
+        known_orders = {order for order, _ in ours}
+        differences = []
+        for row in theirs:
+            key = (row["order_id"], row["line_id"])
+            line = ours.get(key)
+            if row["order_id"] not in known_orders:
+                differences.append({**row, "kind": "order_not_ours", "our_cents": None})
+            elif line is None:
+                differences.append({**row, "kind": "line_not_ours", "our_cents": None})
+            elif line["claimed_cents"] != row["claimed_cents"]:
+                differences.append({**row, "kind": "amount_differs",
+                                    "our_cents": line["claimed_cents"]})
+            elif line["decision"] == "rejected":
+                differences.append({**row, "kind": "line_rejected", "our_cents": 0,
+                                    "reasons": line["reasons"]})
+        listed = {row["order_id"] for row in theirs}
+        for order_id in sorted(in_period - listed):
+            claimed = sum(line["claimed_cents"] for (o, _), line in ours.items() if o == order_id)
+            differences.append({"order_id": order_id, "line_id": "*", "claimed_cents": None,
+                                "kind": "order_forgotten", "our_cents": claimed})
+        their_total = sum(row["claimed_cents"] for row in theirs)
+        our_total = sum(line["claimed_cents"] for (o, _), line in ours.items() if o in in_period)
+        return {"period": period, "partner_id": partner_id, "differences": differences,
+                "their_claimed_cents": their_total, "our_claimed_cents": our_total,
+                "difference_cents": their_total - our_total}
+
+    @rpc
+    def scorecard(self, period: str) -> list[dict]:
+        """Per partner: completed, first-visit fix rate, repeat repairs, disputes,
+        satisfaction and the share of claimed value rejected, from the claims' evidence."""
+        start, end = _month(period)
+        with self.db.reader() as conn:
+            rows = conn.execute(select(claims).where(and_(claims.c.completed_on >= start,
+                                                          claims.c.completed_on <= end))
+                                .order_by(claims.c.opened_position)).mappings().all()
+        by_partner: dict[str, list[dict]] = {}
+        for row in rows:
+            by_partner.setdefault(row["partner_id"], []).append(dict(row))
+        cards = []
+        for partner_id, own in sorted(by_partner.items()):
+            answered = [c for c in own if c["callback"] in ("verified", "disputed")]
+            seen: set[str] = set()
+            first_visits = []
+            for c in own:  # in arrival order: an order's first claim is its first visit
+                if c["order_id"] not in seen:
+                    seen.add(c["order_id"])
+                    first_visits.append(c)
+            scores = [c["satisfaction"] for c in own if c["satisfaction"] is not None]
+            claimed = sum(c["claimed_cents"] for c in own)
+            cards.append({
+                "partner_id": partner_id, "completed": len(own),
+                "first_visit_fix_rate": _ratio(sum(c["callback"] == "verified"
+                                                   for c in first_visits), len(first_visits)),
+                "repeat_repairs": sum("repeat_repair_within_30_days" in c["lines"]
+                                      for c in own),
+                "dispute_rate": _ratio(sum(c["callback"] == "disputed" for c in answered),
+                                       len(answered)),
+                "mean_satisfaction": round(sum(scores) / len(scores), 2) if scores else None,
+                "rejected_value_share": _ratio(sum(c["rejected_cents"] for c in own), claimed),
+            })
+        return cards
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _decide(self, conn, claim: dict, cause: str, causation_id: str) -> None:  # noqa: ANN001
+        """Run the rules on `claim` with the evidence as it stands; append if anything moved."""
+        decided = rules.decide(self._context(conn, claim))
+        lines = []
+        for result, line in zip(decided, claim["lines"], strict=True):
+            lines.append({**{k: line[k] for k in ("line_id", "kind", "part_code", "old_serial",
+                                                  "new_serial", "charged_to", "claimed_cents")},
+                          "quantity": line.get("quantity", 1),
+                          "decision": result.decision, "reasons": result.reasons,
+                          "approved_cents": result.approved_cents,
+                          "manufacturer_cents": result.manufacturer_cents,
+                          "customer_cents": result.customer_cents})
+        keys = ("callback", "customer_paid_confirmed", "satisfaction")
+        if claim["version"] and lines == claim["lines"] and all(
+                claim[k] == claim.get(f"_stored_{k}", claim[k]) for k in keys):
+            return
+        payload = {k: claim[k] for k in (
+            "claim_id", "order_id", "partner_id", "completed_on", "serial", "order_type",
+            "callback", "customer_paid_cents", "customer_paid_confirmed",
+            "installation_barcode", "evidence", "satisfaction")}
+        self._append(f"claim-{claim['claim_id']}", claim["version"], [NewEvent(
+            "claim_decided", {**payload, "lines": lines, "cause": cause})],
+            claim["order_id"], causation_id)
+
+    def _context(self, conn, claim: dict) -> rules.Claim:  # noqa: ANN001
+        facts = self._facts(conn, claim["order_id"])
+        evidence = claim["evidence"]
+        day = claim["completed_on"]
+        card = _card_in_force(conn, "rates", day)
+        prices = {p["part_code"]: p["cents"] for p in (_card_in_force(conn, "parts", day) or [])}
+        region = facts["province"]
+        others = self._other_claims(conn, claim)
+        serials = set(conn.execute(select(claim_parts.c.new_serial).where(
+            claim_parts.c.claim_id.in_([o["claim_id"] for o in others]))).scalars()) \
+            if others else set()
+        old_serials = [line["old_serial"] for line in claim["lines"] if line.get("old_serial")]
+        returned = set(conn.execute(select(part_returns.c.serial).where(
+            part_returns.c.serial.in_(old_serials))).scalars()) if old_serials else set()
+        repeat = [(date.fromisoformat(day) - date.fromisoformat(o["completed_on"])).days
+                  for o in others if o["serial"] == claim["serial"]
+                  and o["partner_id"] == claim["partner_id"] and o["order_type"] == "repair"
+                  and o["order_id"] != claim["order_id"] and o["completed_on"] <= day]
+        checkin = None
+        if None not in (evidence["arrival_lat"], evidence["arrival_lon"], facts["lat"],
+                        facts["lon"]):
+            checkin = rules.distance_km(evidence["arrival_lat"], evidence["arrival_lon"],
+                                        float(facts["lat"]), float(facts["lon"]))
+        return rules.Claim(
+            claim_id=claim["claim_id"], order_id=claim["order_id"],
+            partner_id=claim["partner_id"], order_type=claim["order_type"],
+            category=evidence["category"], serial=claim["serial"],
+            completed_on=date.fromisoformat(day), fault_code=evidence["fault_code"],
+            installation_barcode=claim["installation_barcode"],
+            lines=tuple(rules.Line(
+                line_id=line["line_id"], kind=line["kind"],
+                claimed_cents=line["claimed_cents"], charged_to=line["charged_to"],
+                part_code=line.get("part_code"), old_serial=line.get("old_serial"),
+                new_serial=line.get("new_serial"), quantity=line.get("quantity", 1))
+                for line in claim["lines"]),
+            callback=claim["callback"],
+            warranty={w["component"]: w for w in json.loads(facts["warranty"])},
+            labour_rate_cents=_labour_rate(card, claim["order_type"], evidence["category"],
+                                           region),
+            travel_rate_cents=_travel_rate(card, evidence["travel_distance_km"], region),
+            part_prices=prices, customer_paid_cents=claim["customer_paid_cents"],
+            customer_paid_confirmed=claim["customer_paid_confirmed"], checkin_km=checkin,
+            max_checkin_km=MAX_CHECKIN_KM,
+            serials_claimed_elsewhere=frozenset(serials),
+            barcodes_claimed_elsewhere=frozenset(o["installation_barcode"] for o in others
+                                                 if o["installation_barcode"]),
+            # a re-visit after a dispute is a new claim for the same order, not a duplicate
+            order_paid_elsewhere=any(o["order_id"] == claim["order_id"]
+                                     and o["callback"] != "disputed" for o in others),
+            same_partner_repair_days_ago=min(repeat) if repeat else None,
+            returned_serials=frozenset(returned))
+
+    def _other_claims(self, conn, claim: dict) -> list[dict]:  # noqa: ANN001
+        """Claims that arrived before this one (a duplicate is the later of two)."""
+        c = claims.c
+        query = select(c.claim_id, c.order_id, c.partner_id, c.serial, c.order_type,
+                       c.completed_on, c.callback, c.installation_barcode)
+        if claim["version"]:
+            query = query.where(c.opened_position < select(c.opened_position).where(
+                c.claim_id == claim["claim_id"]).scalar_subquery())
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    def _facts(self, conn, order_id: str) -> dict | None:  # noqa: ANN001
+        row = conn.execute(select(order_facts).where(order_facts.c.order_id == order_id)) \
+            .mappings().first()
+        return dict(row) if row else None
+
+    def _claim(self, conn, claim_id: str) -> dict | None:  # noqa: ANN001
+        row = conn.execute(select(claims).where(claims.c.claim_id == claim_id)).mappings() \
+            .first()
+        if row is None:
+            return None
+        claim = dict(row)
+        claim["lines"] = json.loads(claim["lines"])
+        claim["evidence"] = json.loads(claim["evidence"])
+        for key in ("callback", "customer_paid_confirmed", "satisfaction"):
+            claim[f"_stored_{key}"] = claim[key]
+        return claim
+
+    def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
+                correlation_id: str, causation_id: str, actor: str = "system") -> list[Envelope]:
+        return self.db.store.append(
+            self.db.conn, stream_id, expected_version, events, occurred_at=self.clock.now(),
+            correlation_id=correlation_id, causation_id=causation_id, actor=actor,
+            project=projector.apply)
+
+
+def _month(period: str) -> tuple[str, str]:
+    try:
+        year, month = (int(x) for x in str(period).split("-"))
+        last = calendar.monthrange(year, month)[1]
+        if len(str(period)) != 7:
+            raise ValueError
+    except ValueError:
+        raise ValidationFailed(f"{period!r} is not a month (YYYY-MM)",
+                               {"period": ["YYYY-MM"]}) from None
+    return f"{year:04d}-{month:02d}-01", f"{year:04d}-{month:02d}-{last:02d}"
+
+
+def _card_in_force(conn, kind: str, day: str):  # noqa: ANN001, ANN202
+    body = conn.execute(select(rate_cards.c.body).where(
+        rate_cards.c.kind == kind, rate_cards.c.effective_from <= day)
+        .order_by(rate_cards.c.effective_from.desc(), rate_cards.c.loaded_at.desc())
+        .limit(1)).scalar()
+    return json.loads(body) if body else None
+
+
+def _labour_rate(card: dict | None, order_type: str, category: str, region: str) -> int | None:
+    if not card:
+        return None
+    found = {(r["order_type"], r["category"], r["region"]): r["cents"] for r in card["labour"]}
+    for key in ((order_type, category, region), (order_type, category, "*"),
+                (order_type, "*", region), (order_type, "*", "*")):
+        if key in found:
+            return found[key]
+    return None
+
+
+def _travel_rate(card: dict | None, km: int, region: str) -> int | None:
+    if not card:
+        return None
+    for wanted in (region, "*"):
+        bands = sorted((r["up_to_km"], r["cents"]) for r in card["travel"]
+                       if r["region"] == wanted)
+        if bands:
+            return next((cents for up_to, cents in bands if km <= up_to), bands[-1][1])
+    return None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _claim_view(row: dict) -> dict:
+    view = dict(row)
+    view["lines"] = json.loads(view["lines"])
+    view["evidence"] = json.loads(view["evidence"])
+    return view
+
