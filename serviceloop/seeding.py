@@ -92,3 +92,31 @@ def seed_partners(count: int, *, seed: int = 2026, folder=None) -> tuple[int, in
                            "name": partner.name}, file, ensure_ascii=False)
             created += 1
     return created, existing
+
+
+def demo_rate_files(effective_from: str = "2026-01-01") -> tuple[str, str]:
+    """A demo rate card and parts price list (CSV), in the format finance loads."""
+    import hashlib
+
+    rates = ["effective_from,kind,order_type,category,region,up_to_km,cents"]
+    for order_type, cents in (("install", 5000), ("repair", 8000), ("maintenance", 4000)):
+        rates.append(f"{effective_from},labour,{order_type},*,*,,{cents}")
+    rates.append(f"{effective_from},labour,repair,air_conditioner,*,,12000")
+    for up_to, cents in ((10, 1000), (20, 1500), (50, 3000), (100, 5000)):
+        rates.append(f"{effective_from},travel,,,*,{up_to},{cents}")
+    parts = ["effective_from,part_code,cents"]
+    for part in CATALOG.parts():
+        bucket = int(hashlib.sha256(part.code.encode()).hexdigest()[:6], 16)
+        parts.append(f"{effective_from},{part.code},{2000 + bucket % 280 * 100}")
+    return "\n".join(rates) + "\n", "\n".join(parts) + "\n"
+
+
+def seed_rates() -> bool:
+    """Load the demo rate card and price list unless finance already loaded some."""
+    with cluster() as rpc:
+        current = rpc.settlement.current_rates()
+        if current["rates"] or current["parts"]:
+            return False
+        for text in demo_rate_files():
+            rpc.settlement.load_rates(text, "seed")
+    return True

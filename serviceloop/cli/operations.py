@@ -141,9 +141,11 @@ def _relay(args: argparse.Namespace) -> None:
 
 
 def _seed(args: argparse.Namespace) -> None:
-    from serviceloop.seeding import seed_customers, seed_partners
+    from serviceloop.seeding import seed_customers, seed_partners, seed_rates
 
     started = time.monotonic()
+    if seed_rates():
+        print("demo rate card and parts price list loaded")
     if args.partners:
         created, existing = seed_partners(args.partners, seed=args.seed)
         print(f"{created} partners registered (credentials in var/partners/), "
