@@ -132,6 +132,30 @@ class EventLogRpc:
             return [e.to_dict() for e in self.db.store.stream(conn, stream_id)]
 
     @rpc
+    def events_for(self, correlation_id: str) -> list[dict]:
+        """Every event of one order (its correlation id) in this log, in log order."""
+        if not isinstance(correlation_id, str) or not correlation_id:
+            raise ValidationFailed("correlation_id must be a string",
+                                   {"correlation_id": ["invalid"]})
+        with self.db.reader() as conn:
+            return [e.to_dict() for e in self.db.store.by_correlation(conn, correlation_id)]
+
+    @rpc
+    def rebuild_read_models(self) -> dict:
+        """Drop this service's read models, fold its whole log into them again, and compare
+        a checksum per table with what was there."""
+        from serviceloop.services import service_projector
+
+        projector = service_projector(self.name)
+        with self.db.transaction() as conn:
+            before = projector.checksums(conn)
+            count = projector.rebuild(conn, self.db.store)
+            after = projector.checksums(conn)
+        return {"service": self.name, "events": count,
+                "tables": {name: {"before": before[name], "after": after[name],
+                                  "equal": before[name] == after[name]} for name in before}}
+
+    @rpc
     def log_head(self) -> dict:
         with self.db.reader() as conn:
             position, digest = self.db.store.head(conn)

@@ -1,0 +1,249 @@
+"""What auditors check, over the logs as the services' RPC hands them out (never their
+databases): chains, positions, contracts, causation, RFC 6962 Merkle checkpoints, one order's
+history across the four logs, and the loops that are still open."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from contracts.errors import ContractViolation
+from contracts.registry import validate_event
+from serviceloop.clock import parse_time
+from serviceloop.config import SERVICES
+from serviceloop.eventstore import GENESIS_HASH, Envelope
+
+PAGE = 5000
+# causation ids that name a command, not an event
+COMMAND_PREFIXES = ("cmd-", "http-", "timer-", "run-", "req-", "test", "period-")
+
+
+def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = None,  # noqa: ANN001
+             until: int | None = None) -> list[dict]:
+    """A service's whole log (or up to position `until`) through its events_since."""
+    log, position = [], 0
+    proxy = getattr(rpc, service)
+    while True:
+        page = proxy.events_since(position, PAGE)
+        if until is not None:
+            page = [e for e in page if e["global_position"] <= until]
+        log.extend(page)
+        if progress:
+            progress(service, len(log))
+        if len(page) < PAGE or (until is not None and log and
+                                log[-1]["global_position"] >= until):
+            return log
+        position = page[-1]["global_position"]
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify(logs: dict[str, list[dict]]) -> list[dict]:
+    """Every break in every log: chain, positions, contracts, causation."""
+    breaks = []
+    known_ids = {e["event_id"] for log in logs.values() for e in log}
+    for service, log in logs.items():
+        prev_hash, expected = GENESIS_HASH, 1
+        for body in log:
+            envelope = Envelope.from_dict(body)
+            at = envelope.global_position
+
+            def report(kind: str, detail: str, at: int = at, service: str = service) -> None:
+                breaks.append({"service": service, "position": at, "kind": kind,
+                               "detail": detail})
+
+            if at != expected:
+                report("gap", f"expected position {expected}")
+            if envelope.prev_hash != prev_hash:
+                report("chain", "prev_hash is not the previous event's hash")
+            if envelope.computed_hash() != envelope.hash:
+                report("hash", "the hash does not match the event's content")
+            try:
+                validate_event(envelope.event_type, envelope.schema_version, body["payload"])
+            except ContractViolation as error:
+                report("contract", f"{envelope.event_type}: {error.fields}")
+            cause = envelope.causation_id
+            if cause not in known_ids and not cause.startswith(COMMAND_PREFIXES):
+                report("causation", f"causation_id {cause} is no event in any log")
+            prev_hash, expected = envelope.hash, at + 1
+    return breaks
+
+
+# -- checkpoints (RFC 6962 Merkle tree hash) ------------------------------------------------
+
+
+def merkle_root(leaves: list[bytes]) -> str:
+    """MTH of RFC 6962 §2.1: leaf = SHA-256(0x00 || d), node = SHA-256(0x01 || l || r),
+    split at the largest power of two smaller than n."""
+    def mth(items: list[bytes]) -> bytes:
+        if not items:
+            return hashlib.sha256(b"").digest()
+        if len(items) == 1:
+            return hashlib.sha256(b"\x00" + items[0]).digest()
+        k = 1 << ((len(items) - 1).bit_length() - 1)
+        return hashlib.sha256(b"\x01" + mth(items[:k]) + mth(items[k:])).digest()
+
+    return mth(leaves).hex()
+
+
+def log_leaves(log: list[dict]) -> list[bytes]:
+    return [bytes.fromhex(e["hash"]) for e in log]
+
+
+def checkpoint(logs: dict[str, list[dict]], taken_at: str) -> dict:
+    return {"taken_at": taken_at, "logs": {
+        service: {"position": log[-1]["global_position"] if log else 0,
+                  "hash": log[-1]["hash"] if log else GENESIS_HASH,
+                  "merkle_root": merkle_root(log_leaves(log))}
+        for service, log in logs.items()}}
+
+
+def verify_against(logs: dict[str, list[dict]], saved: dict) -> list[dict]:
+    """Everything up to each checkpoint unchanged, and the logs only grown since."""
+    breaks = []
+    for service, point in saved["logs"].items():
+        log = logs.get(service, [])
+        prefix = [e for e in log if e["global_position"] <= point["position"]]
+        if len(prefix) < point["position"]:
+            breaks.append({"service": service, "position": len(prefix), "kind": "shrunk",
+                           "detail": f"the checkpoint saw {point['position']} events"})
+            continue
+        if prefix and prefix[-1]["hash"] != point["hash"]:
+            breaks.append({"service": service, "position": point["position"],
+                           "kind": "head", "detail": "the head hash differs from the checkpoint"})
+        if merkle_root(log_leaves(prefix)) != point["merkle_root"]:
+            breaks.append({"service": service, "position": point["position"],
+                           "kind": "merkle", "detail": "the log up to the checkpoint was "
+                                                      "rewritten (Merkle root differs)"})
+    return breaks
+
+
+# -- one order across the four logs ---------------------------------------------------------
+
+
+def causal_order(events: Iterable[dict]) -> list[dict]:
+    """Events in causal order: an event after the one that caused it; otherwise by time,
+    then by service and position."""
+    items = sorted(events, key=lambda e: (e["occurred_at"], e["source"], e["global_position"]))
+    by_id = {e["event_id"]: e for e in items}
+    placed: set[str] = set()
+    ordered: list[dict] = []
+
+    def place(event: dict, path: frozenset = frozenset()) -> None:
+        if event["event_id"] in placed:
+            return
+        cause = by_id.get(event["causation_id"])
+        if cause is not None and cause["event_id"] not in path:
+            place(cause, path | {event["event_id"]})
+        placed.add(event["event_id"])
+        ordered.append(event)
+
+    for event in items:
+        place(event)
+    return ordered
+
+
+def state_as_of(events: list[dict], moment: datetime) -> dict[str, dict | None]:
+    """Per service, the last event of the order at `moment` (what it knew then)."""
+    state: dict[str, dict | None] = dict.fromkeys(SERVICES)
+    for event in events:
+        if parse_time(event["occurred_at"]) <= moment:
+            state[event["source"]] = {"event_type": event["event_type"],
+                                      "occurred_at": event["occurred_at"],
+                                      "actor": event["actor"]}
+    return state
+
+
+# -- open loops -----------------------------------------------------------------------------
+
+LINKS = ("created", "dispatched", "completed", "verified", "settled")
+
+
+def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | None = None,
+               partner: str | None = None) -> list[dict]:
+    """Every order whose loop is not closed, the link that is missing, its age and SLA."""
+    orders: dict[str, dict] = {}
+    for event in logs.get("orders", []):
+        p = event["payload"]
+        if event["event_type"] == "order_created":
+            orders[p["order_id"]] = {"order_id": p["order_id"], "order_type": p["order_type"],
+                                     "created_at": event["occurred_at"], "cancelled": False,
+                                     "routed_to": p["routed_to"], "partner_id": None,
+                                     "dispatched": False, "completed": False,
+                                     "verified": False, "disputed": False, "revisited": False,
+                                     "settled": False, "unverified": False,
+                                     "last_at": event["occurred_at"]}
+        elif event["event_type"] == "order_cancelled" and p["order_id"] in orders:
+            orders[p["order_id"]]["cancelled"] = True
+    for event in logs.get("dispatch", []):
+        order = orders.get(event["payload"].get("order_id", ""))
+        if order is None:
+            continue
+        kind = event["event_type"]
+        if kind == "order_assigned":
+            order.update(dispatched=True, partner_id=event["payload"]["partner_id"])
+        elif kind == "order_completed":
+            order["revisited"] = order["disputed"]
+            order.update(completed=True, verified=False, last_at=event["occurred_at"])
+        elif kind == "order_withdrawn":
+            order["cancelled"] = True
+    for event in logs.get("callback", []):
+        order = orders.get(event["payload"].get("order_id", ""))
+        if order is None or event["payload"].get("task_id", "").startswith("review-"):
+            continue
+        if event["event_type"] == "order_verified":
+            order.update(verified=True, last_at=event["occurred_at"])
+        elif event["event_type"] == "order_disputed":
+            order.update(disputed=True, completed=False, revisited=False,
+                         last_at=event["occurred_at"])
+        elif event["event_type"] == "order_unverified":
+            order["unverified"] = True
+    paid_claims = set()
+    for event in logs.get("settlement", []):
+        if event["event_type"] == "period_closed":
+            paid_claims |= {(line["order_id"]) for line in event["payload"]["lines"]
+                            if line["payable_cents"] > 0}
+    for order_id in paid_claims:
+        if order_id in orders:
+            orders[order_id]["settled"] = True
+
+    loops = []
+    for order in orders.values():
+        if order["cancelled"] or order["routed_to"] != "dispatch":
+            continue
+        if since and parse_time(order["created_at"]) < since:
+            continue
+        if partner and order["partner_id"] != partner:
+            continue
+        missing, sla = None, None
+        if order["settled"] and not order["verified"]:
+            missing, sla = "settled_without_verification", "must never happen"
+        elif not order["dispatched"]:
+            missing, sla = "never_dispatched", "assign at once"
+        elif order["disputed"] and not order["completed"]:
+            missing, sla = "disputed_never_revisited", "re-visit"
+        elif not order["completed"]:
+            missing, sla = "never_completed", "accept 2 h, schedule 24 h"
+        elif not order["verified"]:
+            missing = "unverified_held" if order["unverified"] else "never_verified"
+            sla = "verify within 48 h"
+        elif not order["settled"]:
+            missing, sla = "never_settled", "next period's run"
+        if missing:
+            age = now - parse_time(order["last_at"])
+            loops.append({"order_id": order["order_id"], "order_type": order["order_type"],
+                          "partner_id": order["partner_id"], "missing": missing,
+                          "since": order["last_at"],
+                          "age_hours": round(age.total_seconds() / 3600, 1),
+                          "sla": sla, "sla_broken": _broken(missing, age.total_seconds())})
+    return sorted(loops, key=lambda loop: loop["since"])
+
+
+def _broken(missing: str, age_seconds: float) -> bool:
+    limits = {"never_dispatched": 300, "never_completed": 26 * 3600,
+              "never_verified": 48 * 3600, "unverified_held": 0,
+              "disputed_never_revisited": 26 * 3600, "never_settled": 62 * 86400,
+              "settled_without_verification": 0}
+    return age_seconds > limits.get(missing, 0)
