@@ -124,24 +124,50 @@ def verify_against(logs: dict[str, list[dict]], saved: dict) -> list[dict]:
 
 
 def causal_order(events: Iterable[dict]) -> list[dict]:
-    """Events in causal order: an event after the one that caused it; otherwise by time,
-    then by service and position."""
-    items = sorted(events, key=lambda e: (e["occurred_at"], e["source"], e["global_position"]))
-    by_id = {e["event_id"]: e for e in items}
-    placed: set[str] = set()
-    ordered: list[dict] = []
+    """Events in causal order: each after the event that caused it (`causation_id`) and after
+    everything before it in its own service's log (log order is commit order); among events
+    that are free to go, the earliest `occurred_at` first, then by service and position."""
+    import heapq
 
-    def place(event: dict, path: frozenset = frozenset()) -> None:
-        if event["event_id"] in placed:
-            return
+    items = list(events)
+    rank = {service: n for n, service in enumerate(SERVICES)}
+    by_id = {e["event_id"]: n for n, e in enumerate(items)}
+    after: dict[int, list[int]] = {n: [] for n in range(len(items))}
+    waiting = [0] * len(items)
+
+    def edge(first: int, then: int) -> None:
+        after[first].append(then)
+        waiting[then] += 1
+
+    per_service: dict[str, list[int]] = {}
+    for n, event in enumerate(items):
+        per_service.setdefault(event["source"], []).append(n)
         cause = by_id.get(event["causation_id"])
-        if cause is not None and cause["event_id"] not in path:
-            place(cause, path | {event["event_id"]})
-        placed.add(event["event_id"])
-        ordered.append(event)
+        if cause is not None and cause != n:
+            edge(cause, n)
+    for indices in per_service.values():
+        indices.sort(key=lambda n: items[n]["global_position"])
+        for first, then in zip(indices, indices[1:], strict=False):
+            edge(first, then)
 
-    for event in items:
-        place(event)
+    def key(n: int) -> tuple:
+        e = items[n]
+        return (e["occurred_at"], rank.get(e["source"], 99), e["global_position"], n)
+
+    ready = [key(n) for n in range(len(items)) if waiting[n] == 0]
+    heapq.heapify(ready)
+    ordered, done = [], set()
+    while ready:
+        n = heapq.heappop(ready)[-1]
+        ordered.append(items[n])
+        done.add(n)
+        for then in after[n]:
+            waiting[then] -= 1
+            if waiting[then] == 0:
+                heapq.heappush(ready, key(then))
+    # a causation cycle (impossible unless a log was forged) still lists every event
+    ordered += sorted((items[n] for n in range(len(items)) if n not in done),
+                      key=lambda e: (e["occurred_at"], e["global_position"]))
     return ordered
 
 

@@ -66,6 +66,7 @@ def loop(container_factory, service_config, database_for, backend, broker_uri, c
                                 relays)
         system.callback, system.settlement = callback_rpc, settlement_rpc
         system.settlement_url = urls["settlement"]
+        system.service_urls = urls
         system.settlement.load_rates(RATES)
         system.settlement.load_rates(PARTS)
         yield system
