@@ -6,7 +6,7 @@ SL := $(VENV)/bin/serviceloop
 STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install services migrate run demo test bench lint k8s-validate seed clean
+.PHONY: install services migrate run demo test bench lint k8s-validate seed clean openapi
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+openapi: install
+	$(PY) -m contracts.openapi contracts/openapi.json
 
 k8s-validate:
 	@echo "k8s-validate: deploy/k8s manifests arrive with issue 8; nothing to validate yet"

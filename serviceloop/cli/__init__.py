@@ -14,9 +14,9 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 from contracts.errors import ServiceError  # noqa: E402
-from serviceloop.cli import audit, callback, operations, orders, settlement  # noqa: E402
+from serviceloop.cli import audit, callback, operations, orders, partner, settlement  # noqa: E402
 
-GROUPS = (orders, callback, settlement, audit, operations)
+GROUPS = (orders, partner, callback, settlement, audit, operations)
 
 
 def build_parser() -> argparse.ArgumentParser:
