@@ -58,6 +58,7 @@ claims = Table(
     Column("opened_position", Integer, nullable=False),  # order of arrival, for duplicates
     Column("version", Integer, nullable=False),
     Index("ix_claims_partner_completed", "partner_id", "completed_on"),
+    Index("ix_claims_opened_position", "opened_position", unique=True),
 )
 
 claim_parts = Table(

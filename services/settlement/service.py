@@ -16,7 +16,7 @@ import uuid
 from datetime import date
 
 from nameko.rpc import rpc
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 
 from contracts import settlement as contract
 from contracts.errors import ConcurrencyConflict, NotFound, ValidationFailed
@@ -372,9 +372,11 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         prices = {p["part_code"]: p["cents"] for p in (_card_in_force(conn, "parts", day) or [])}
         region = facts["province"]
         others = self._other_claims(conn, claim)
+        new_serials = [line["new_serial"] for line in claim["lines"] if line.get("new_serial")]
         serials = set(conn.execute(select(claim_parts.c.new_serial).where(
-            claim_parts.c.claim_id.in_([o["claim_id"] for o in others]))).scalars()) \
-            if others else set()
+            claim_parts.c.new_serial.in_(new_serials),
+            claim_parts.c.claim_id.in_(self._earlier_ids(conn, claim)))).scalars()) \
+            if new_serials else set()
         old_serials = [line["old_serial"] for line in claim["lines"] if line.get("old_serial")]
         returned = set(conn.execute(select(part_returns.c.serial).where(
             part_returns.c.serial.in_(old_serials))).scalars()) if old_serials else set()
@@ -417,14 +419,31 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
             returned_serials=frozenset(returned))
 
     def _other_claims(self, conn, claim: dict) -> list[dict]:  # noqa: ANN001
-        """Claims that arrived before this one (a duplicate is the later of two)."""
+        """The claims that arrived before this one (a duplicate is the later of two) and
+        share its order, product serial or installation barcode: the only ones a rule
+        compares with, found through indexes, so deciding does not grow with the log."""
         c = claims.c
+        related = [c.order_id == claim["order_id"], c.serial == claim["serial"]]
+        if claim["installation_barcode"]:
+            related.append(c.installation_barcode == claim["installation_barcode"])
         query = select(c.claim_id, c.order_id, c.partner_id, c.serial, c.order_type,
-                       c.completed_on, c.callback, c.installation_barcode)
+                       c.completed_on, c.callback, c.installation_barcode).where(
+            or_(*related), c.claim_id != claim["claim_id"])
         if claim["version"]:
-            query = query.where(c.opened_position < select(c.opened_position).where(
-                c.claim_id == claim["claim_id"]).scalar_subquery())
+            query = query.where(c.opened_position < self._position(claim))
         return [dict(r) for r in conn.execute(query).mappings()]
+
+    def _earlier_ids(self, conn, claim: dict):  # noqa: ANN001, ANN202
+        """A subquery: the ids of every claim that arrived before this one."""
+        query = select(claims.c.claim_id).where(claims.c.claim_id != claim["claim_id"])
+        if claim["version"]:
+            query = query.where(claims.c.opened_position < self._position(claim))
+        return query
+
+    @staticmethod
+    def _position(claim: dict):  # noqa: ANN205
+        return select(claims.c.opened_position).where(
+            claims.c.claim_id == claim["claim_id"]).scalar_subquery()
 
     # -- reading and writing -------------------------------------------------------------------
 

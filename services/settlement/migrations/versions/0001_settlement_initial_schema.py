@@ -63,6 +63,7 @@ def upgrade() -> None:
             "ix_claims_partner_completed", ["partner_id", "completed_on"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_claims_serial"), ["serial"], unique=False)
+        batch_op.create_index("ix_claims_opened_position", ["opened_position"], unique=True)
 
     op.create_table(
         "consumer_positions",
@@ -197,6 +198,7 @@ def downgrade() -> None:
     op.drop_table("consumer_positions")
     with op.batch_alter_table("claims", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_claims_serial"))
+        batch_op.drop_index("ix_claims_opened_position")
         batch_op.drop_index("ix_claims_partner_completed")
         batch_op.drop_index(batch_op.f("ix_claims_order_id"))
         batch_op.drop_index(batch_op.f("ix_claims_installation_barcode"))
