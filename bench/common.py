@@ -28,26 +28,27 @@ def _pg_url(database: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(backend: str, *, migrate: bool = True) -> Iterator[str]:
-    """The URL of a new orders database (alembic head unless `migrate=False`), removed after."""
+def fresh_database(backend: str, *, service: str = "orders",
+                   migrate: bool = True) -> Iterator[str]:
+    """The URL of a new `service` database (alembic head unless `migrate=False`), removed after."""
     if backend == "sqlite":
-        folder = tempfile.mkdtemp(prefix="bench_orders_")
-        url = f"sqlite:///{folder}/orders.db"
+        folder = tempfile.mkdtemp(prefix=f"bench_{service}_")
+        url = f"sqlite:///{folder}/{service}.db"
         try:
             if migrate:
-                upgrade("orders", url)
+                upgrade(service, url)
             yield url
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    name = f"bench_orders_{uuid.uuid4().hex[:10]}"
+    name = f"bench_{service}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = _pg_url(name)
         if migrate:
-            upgrade("orders", url)
+            upgrade(service, url)
         yield url
     finally:
         with admin.connect() as conn:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+GATEWAY_OPERATIONS = {"get_order": ("GET /orders/<id>", "GET"),
+                      "complete": ("POST /orders/<id>/complete", "POST (echo)")}
 
 
 def machine_info() -> dict:
@@ -47,6 +49,9 @@ def with_target(result: dict) -> dict:
     elif result["bench"] == "replay":
         target = "≥ 50% of raw SELECT"
         met = result["ratio"] >= 0.5
+    elif result["bench"] == "gateway":
+        target = "≥ 50% of bare @http"
+        met = result["ratio"] >= 0.5
     return {**result, "target": target, "met": met}
 
 
@@ -63,6 +68,15 @@ def _row(r: dict) -> list[str]:
                     f"p99 {ours['p99_ms']:.1f} ms")
         baseline = (f"no-op RPC {_num(noop['per_s'])} calls/s, p50 {noop['p50_ms']:.1f} ms, "
                     f"p99 {noop['p99_ms']:.1f} ms")
+    elif r["bench"] == "gateway":
+        ours, bare = r["signed"], r["bare"]
+        name = (f"Gateway signed {GATEWAY_OPERATIONS[r['operation']][0]}, "
+                f"{r['partners']} partners")
+        measured = (f"{_num(ours['per_s'])} requests/s, p50 {ours['p50_ms']:.1f} ms, "
+                    f"p99 {ours['p99_ms']:.1f} ms")
+        baseline = (f"bare @http {GATEWAY_OPERATIONS[r['operation']][1]} "
+                    f"{_num(bare['per_s'])} requests/s, p50 {bare['p50_ms']:.1f} ms, "
+                    f"p99 {bare['p99_ms']:.1f} ms")
     elif r["bench"] == "append":
         name = f"EventStore.append, {r['batch']} event{'s' if r['batch'] > 1 else ''}/txn"
         measured = f"{_num(r['value'])} events/s"
@@ -86,8 +100,16 @@ def _callers(count: int) -> str:
     return f"{count} caller{'s' if count != 1 else ''}"
 
 
-def _cpu(run: dict) -> str:
-    return f"{run['process_cpu_ms_per_call']:.2f} ms ({run['process_cpu_busy']:.0%} busy)"
+def _cpu(run: dict, unit: str = "call") -> str:
+    return (f"{run[f'process_cpu_ms_per_{unit}']:.2f} ms "
+            f"({run['process_cpu_busy']:.0%} busy)")
+
+
+def _gateway_rounds(rounds: int) -> str:
+    if rounds == 1:
+        return "one round of bare GET, signed GET, bare POST, signed complete"
+    return (f"medians of {rounds} interleaved rounds (bare GET, signed GET, bare POST, signed "
+            "complete), each figure separately; the ratio is the median of per-round ratios")
 
 
 def markdown(report: dict) -> str:
@@ -111,6 +133,19 @@ def markdown(report: dict) -> str:
                   "its CPU time per call (and how busy it was):", ""]
         lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, {_callers(r['callers'])}: "
                   f"create_order {_cpu(r['create_order'])}, no-op {_cpu(r['noop'])}" for r in rpc]
+    gateway = [r for r in report["results"] if r["bench"] == "gateway"]
+    if gateway:
+        plan = report["settings"]
+        lines += ["", f"Gateway rows: {plan['gateway_partners']} partners at once, each on its "
+                  f"own keep-alive HTTP session, {plan['gateway_requests']} requests each per "
+                  f"round; {_gateway_rounds(plan['gateway_rounds'])}. Requests are signed "
+                  "before the timed part; every GET carries a fresh nonce, every complete "
+                  "finishes its own on_site order. Gateway, bare service and clients share "
+                  "one Python process; its CPU time per request (and how busy it was):", ""]
+        lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, "
+                  f"{GATEWAY_OPERATIONS[r['operation']][0]}: signed "
+                  f"{_cpu(r['signed'], 'request')}, bare {_cpu(r['bare'], 'request')}"
+                  for r in gateway]
     lines += ["", "Baselines: plain INSERT = same driver and connection settings, a table with the "
               "log's columns and primary key only, no validation/hash/lock; raw SELECT = "
               "`SELECT <log columns> FROM events ORDER BY global_position` on the driver's own "

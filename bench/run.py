@@ -1,6 +1,7 @@
 """`make bench`: every benchmark beside its baseline, results in bench/results/latest.*.
 
-Usage: python -m bench.run [--quick] [--only append,replay,rpc] [--backends sqlite,postgres]
+Usage: python -m bench.run [--quick] [--only append,replay,rpc,gateway]
+                           [--backends sqlite,postgres]
 """
 
 # nameko needs eventlet's patches, and psycopg2 only waits cooperatively once patched:
@@ -29,10 +30,12 @@ CATALOG_FILE = Path(__file__).resolve().parent.parent / "services" / "orders" / 
 
 FULL = {"repetitions": 3, "append_events": 1000, "append_batched_events": 2000,
         "replay_events": 200_000, "rpc_plan": [(1, 500), (16, 2000)], "rpc_warmup": 100,
-        "rpc_rounds": 3}
+        "rpc_rounds": 3, "gateway_partners": 16, "gateway_requests": 100,
+        "gateway_warmup": 10, "gateway_rounds": 3}
 QUICK = {"repetitions": 3, "append_events": 200, "append_batched_events": 400,
          "replay_events": 20_000, "rpc_plan": [(1, 100), (16, 400)], "rpc_warmup": 20,
-         "rpc_rounds": 1}
+         "rpc_rounds": 1, "gateway_partners": 16, "gateway_requests": 20,
+         "gateway_warmup": 5, "gateway_rounds": 1}
 
 
 def log(message: str) -> None:
@@ -58,7 +61,7 @@ def _guarded(name: str, errors: list[str], action: Callable[..., dict | list[dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
-    parser.add_argument("--only", default="append,replay,rpc")
+    parser.add_argument("--only", default="append,replay,rpc,gateway")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -92,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
                                         rounds=settings["rpc_rounds"], log=log)
         else:
             errors.append("create_order RPC: services/orders/catalog.py does not exist yet")
+
+    if "gateway" in only:
+        from bench.gateway import bench_gateway
+
+        for backend in ("postgres", "sqlite"):
+            if backend in backends:
+                results += _guarded(f"partner gateway {backend}", errors, bench_gateway,
+                                    backend, partners=settings["gateway_partners"],
+                                    requests_each=settings["gateway_requests"],
+                                    warmup=settings["gateway_warmup"],
+                                    rounds=settings["gateway_rounds"], log=log)
 
     table = report.write(results, machine=machine, seconds=time.perf_counter() - started,
                          repetitions=reps, errors=errors, settings=settings)
