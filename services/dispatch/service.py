@@ -337,8 +337,9 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     @partner_endpoint("get_order")
     def _get_order(self, partner_id: str, query: dict, order_id: str) -> dict:
         with self.db.reader() as conn:
-            order = self._owned(conn, partner_id, order_id)
-            return queries.partner_order_view(queries.order_record(conn, order.order_id))
+            row = queries.order_record(conn, order_id)
+            self._owned(conn, partner_id, order_id, row)
+            return queries.partner_order_view(row)
 
     @partner_endpoint("accept")
     def _accept(self, partner_id: str, data: dict, order_id: str) -> dict:
@@ -375,8 +376,13 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         order = self._owned(self.db.conn, partner_id, order_id)
         return self._act(order, partner_id, domain.complete(order, data))
 
-    def _owned(self, conn, partner_id: str, order_id: str) -> domain.DispatchOrder:  # noqa: ANN001
-        order = queries.order(conn, order_id)
+    def _owned(self, conn, partner_id: str, order_id: str,  # noqa: ANN001
+               row: dict | None = None) -> domain.DispatchOrder:
+        row = row if row is not None else queries.order_record(conn, order_id)
+        order = domain.DispatchOrder.from_row(row) if row else None
+        if order is not None and order.partner_id == partner_id:
+            return domain.check_owner(order, partner_id, order_id, True)
+        # not this partner's now: had it ever been (409), or never (404)?
         return domain.check_owner(order, partner_id, order_id,
                                   order is not None and queries.ever_assigned(conn, order_id,
                                                                               partner_id))
@@ -413,28 +419,33 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
                       params: dict[str, str], correlation_id: str) -> Response:
         body = gateway.read_body(request)
         signed_at = time.time()  # transport freshness: wall time, not the business clock
-        with self.db.reader() as conn:
+        signature = request.headers.get("X-Signature", "").strip().lower()
+        query_schema, body_schema = _SCHEMAS[operation]
+        key = fingerprint = None
+        if request.method == "POST":
+            key = gateway.idempotency_key(request)
+            fingerprint = gateway.request_hash(request.method, request.path, body)
+        # one short transaction: the secret, the stored answer of a retried POST, and the
+        # signature recorded as used (committed whatever the request then does)
+        with self.db.transaction() as conn:
             partner_id = verify_signature(request.headers,
                                           lambda pid: queries.partner_secret(conn, pid),
                                           request.method, gateway.path_with_query(request), body,
                                           signed_at)
-        gateway.check_rate(self.gateway, partner_id)
-        signature = (request.headers["X-Signature"].strip().lower(),
-                     int(request.headers["X-Timestamp"]))
-        query_schema, body_schema = _SCHEMAS[operation]
+            gateway.check_rate(self.gateway, partner_id)
+            if key is not None:
+                # a retry of an answered request, even resent byte for byte, gets the first
+                # answer; any other reuse of a signature is a replay
+                stored = self._stored_answer(partner_id, key, fingerprint, correlation_id,
+                                             conn)
+                if stored is not None:
+                    return stored
+            self._record_signature(conn, partner_id, signature,
+                                   int(request.headers["X-Timestamp"]))
         if request.method == "GET":
-            self._record_signature(partner_id, *signature)
             query = gateway.query_params(request, query_schema)
             return gateway.json_response(200, handler(self, partner_id, query, **params),
                                          correlation_id)
-        key = gateway.idempotency_key(request)
-        fingerprint = gateway.request_hash(request.method, request.path, body)
-        # a retry of an answered request, even resent byte for byte, gets the first answer;
-        # any other reuse of a signature is a replay
-        stored = self._stored_answer(partner_id, key, fingerprint, correlation_id)
-        if stored is not None:
-            return stored
-        self._record_signature(partner_id, *signature)
         if request.args:
             raise BadRequest("a POST takes no query parameters",
                              {name: ["unexpected"] for name in request.args},
@@ -443,11 +454,12 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         return self._idempotent(partner_id, key, fingerprint, correlation_id,
                                 lambda: handler(self, partner_id, data, **params))
 
-    def _record_signature(self, partner_id: str, signature: str, timestamp: int) -> None:
-        try:
-            with self.db.transaction() as conn:
-                conn.execute(insert(seen_signatures).values(
-                    partner_id=partner_id, signature=signature, seen_at=timestamp))
+    @staticmethod
+    def _record_signature(conn, partner_id: str, signature: str,  # noqa: ANN001
+                          timestamp: int) -> None:
+        try:  # a failed insert aborts the transaction: it holds nothing else to keep
+            conn.execute(insert(seen_signatures).values(
+                partner_id=partner_id, signature=signature, seen_at=timestamp))
         except IntegrityError:
             raise SignatureError("signature_replayed",
                                  "this signed request was already used; sign each request "
@@ -476,11 +488,14 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         return response
 
     def _stored_answer(self, partner_id: str, key: str, fingerprint: str,
-                       correlation_id: str) -> Response | None:
-        with self.db.reader() as conn:
-            row = conn.execute(select(idempotency_keys).where(
-                idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
-            ).mappings().first()
+                       correlation_id: str, conn=None) -> Response | None:  # noqa: ANN001
+        query = select(idempotency_keys).where(
+            idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
+        if conn is not None:
+            row = conn.execute(query).mappings().first()
+        else:
+            with self.db.reader() as reader:
+                row = reader.execute(query).mappings().first()
         if row is None or row["status"] == 0:
             return None
         if row["request_hash"] != fingerprint:
