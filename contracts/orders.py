@@ -13,10 +13,15 @@ ORDER_STATUSES = (
     "awaiting_fault", "created", "assigned", "accepted", "scheduled", "on_site", "completed",
     "verified", "disputed", "reopened", "unverified", "settled", "closed", "escalated",
     "cancelled",
+    # transient: dispatch appends the next assignment or an escalation in the same transaction
+    "rejected", "sla_breached",
 )
 OPEN_STATUSES = tuple(s for s in ORDER_STATUSES if s not in ("closed", "cancelled"))
+# Not on_site: the partner is at the customer's home doing the work. Cancelling then would
+# withdraw the order under a visit that still ends in fitted parts and a claim; the visit is
+# completed and, if the customer disagrees, disputed at the callback instead.
 CANCELLABLE_STATUSES = ("awaiting_fault", "created", "assigned", "accepted", "scheduled",
-                        "escalated", "reopened")
+                        "escalated", "reopened", "rejected", "sla_breached")
 CANCEL_REASONS = ("customer_request", "duplicate", "resolved_by_phone", "product_not_ours",
                   "unreachable", "other")
 ROUTES = ("dispatch", "complaint_group")
@@ -107,6 +112,26 @@ class OrderCancelled(Schema):
     reason = fields.String(required=True, validate=validate.OneOf(CANCEL_REASONS))
     note = fields.String(required=True, validate=validate.Length(max=2000))
     previous_status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+
+
+@event("orders", "order_progressed")
+class OrderProgressed(Schema):
+    """Dispatch worked the order: its status, partner and appointment as the call centre sees
+    them after the dispatch event `dispatch_event_id` (the causation), which was version
+    `dispatch_version` of dispatch's stream for the order. Fields the dispatch event did not
+    speak about carry their previous value."""
+
+    order_id = _id
+    status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+    partner_id = fields.String(required=True, allow_none=True,
+                               validate=validate.Length(min=1, max=64))
+    window_start = fields.DateTime(required=True, allow_none=True, format="iso")
+    window_end = fields.DateTime(required=True, allow_none=True, format="iso")
+    detail = fields.String(required=True, validate=validate.Length(max=2000))
+    dispatch_event_type = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    dispatch_event_id = fields.String(required=True, validate=validate.Length(equal=36))
+    dispatch_version = fields.Integer(required=True, strict=True,
+                                      validate=validate.Range(min=1))
 
 
 # -- RPC payloads ---------------------------------------------------------------------------
@@ -206,6 +231,11 @@ class OrderView(Schema):
     in_warranty = fields.Boolean()
     warranty = fields.List(fields.Dict())
     cancel_reason = fields.String(allow_none=True)
+    partner_id = fields.String(allow_none=True)
+    window_start = fields.String(allow_none=True)
+    window_end = fields.String(allow_none=True)
+    dispatch_detail = fields.String(allow_none=True)
+    dispatch_version = fields.Integer()
     created_at = fields.String()
     updated_at = fields.String()
     version = fields.Integer()

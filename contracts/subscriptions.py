@@ -30,4 +30,16 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("callback", "order_verified", "settlement", "on_order_verified"),
     Subscription("callback", "order_disputed", "settlement", "on_order_disputed"),
     Subscription("callback", "order_unverified", "settlement", "on_order_unverified"),
+    # orders shows the call centre the live status of each order as dispatch works it
+    Subscription("dispatch", "order_assigned", "orders", "on_order_assigned"),
+    Subscription("dispatch", "order_accepted", "orders", "on_order_accepted"),
+    Subscription("dispatch", "appointment_scheduled", "orders", "on_appointment_scheduled"),
+    Subscription("dispatch", "appointment_cancelled", "orders", "on_appointment_cancelled"),
+    Subscription("dispatch", "partner_arrived", "orders", "on_partner_arrived"),
+    Subscription("dispatch", "order_completed", "orders", "on_order_completed"),
+    Subscription("dispatch", "order_rejected", "orders", "on_order_rejected"),
+    Subscription("dispatch", "assignment_timed_out", "orders", "on_assignment_timed_out"),
+    Subscription("dispatch", "sla_breached", "orders", "on_sla_breached"),
+    Subscription("dispatch", "order_escalated", "orders", "on_order_escalated"),
+    Subscription("dispatch", "order_reopened", "orders", "on_order_reopened"),
 ]

@@ -96,6 +96,10 @@ class Order:
     category: str | None = None
     product_id: str | None = None
     fault_code: str | None = None
+    partner_id: str | None = None
+    window_start: str | None = None
+    window_end: str | None = None
+    dispatch_version: int = 0
     history: list[str] = field(default_factory=list)
 
     @classmethod
@@ -119,6 +123,12 @@ class Order:
             self.status = payload["status"]
         elif event_type == "order_cancelled":
             self.status = "cancelled"
+        elif event_type == "order_progressed":
+            self.status = payload["status"]
+            self.partner_id = payload["partner_id"]
+            self.window_start = payload["window_start"]
+            self.window_end = payload["window_end"]
+            self.dispatch_version = payload["dispatch_version"]
 
     @property
     def exists(self) -> bool:
@@ -196,6 +206,73 @@ def cancel_order(order: Order, reason: str, note: str) -> NewEvent:
         "order_id": order.order_id, "reason": reason, "note": note,
         "previous_status": order.status,
     })
+
+
+# -- following dispatch ---------------------------------------------------------------------
+
+# the status the call centre sees after each dispatch event; order_received,
+# fault_code_received and order_withdrawn change nothing it sees, so orders does not follow them
+DISPATCH_PROGRESS = {
+    "order_assigned": "assigned",
+    "order_accepted": "accepted",
+    "appointment_scheduled": "scheduled",
+    "appointment_cancelled": "accepted",
+    "partner_arrived": "on_site",
+    "order_completed": "completed",
+    "order_rejected": "rejected",
+    "assignment_timed_out": "sla_breached",
+    "sla_breached": "sla_breached",
+    "order_escalated": "escalated",
+    "order_reopened": "reopened",
+}
+NOT_FOLLOWED = ("cancelled", "closed")
+
+
+def progress(order: Order, event_type: str, event_id: str, dispatch_version: int,
+             payload: dict) -> NewEvent | None:
+    """What dispatch's event `event_type` (version `dispatch_version` of its stream for the
+    order) changes in the order as the call centre sees it; None when nothing.
+
+    Dispatch's event types come on separate queues and may overtake each other, so the
+    latest dispatch version wins: an older or repeated one changes nothing. Once cancelled
+    or closed here, the order no longer follows dispatch.
+    """
+    _require(order)
+    status = DISPATCH_PROGRESS.get(event_type)
+    if (status is None or order.status in NOT_FOLLOWED
+            or dispatch_version <= order.dispatch_version):
+        return None
+    partner_id = payload.get("partner_id", order.partner_id)
+    window = (order.window_start, order.window_end)
+    if event_type in ("order_assigned", "appointment_cancelled"):
+        window = (None, None)  # a new partner, or the appointment is off: none agreed
+    elif event_type == "appointment_scheduled":
+        window = (payload["window_start"], payload["window_end"])
+    elif event_type in ("order_escalated", "order_reopened"):
+        partner_id, window = None, (None, None)  # nobody holds the order until assigned
+    return NewEvent("order_progressed", {
+        "order_id": order.order_id, "status": status, "partner_id": partner_id,
+        "window_start": window[0], "window_end": window[1],
+        "detail": _progress_detail(event_type, payload)[:2000],
+        "dispatch_event_type": event_type, "dispatch_event_id": event_id,
+        "dispatch_version": dispatch_version,
+    })
+
+
+def _progress_detail(event_type: str, p: dict) -> str:
+    if event_type in ("order_assigned", "order_escalated"):
+        return p["explanation"]
+    if event_type == "order_rejected":
+        return f"{p['reason_code']}: {p['note']}" if p["note"] else p["reason_code"]
+    if event_type == "assignment_timed_out":
+        return "not_accepted"
+    if event_type == "sla_breached":
+        return p["kind"]
+    if event_type == "appointment_cancelled":
+        return p["reason_code"]
+    if event_type == "order_reopened":
+        return ", ".join(p["reasons"])
+    return ""
 
 
 def _require(order: Order) -> None:

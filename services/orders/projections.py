@@ -71,6 +71,12 @@ orders = Table(
     Column("in_warranty", Boolean, nullable=False),
     Column("warranty", Text, nullable=False),
     Column("cancel_reason", String(40)),
+    # as dispatch works the order (order_progressed)
+    Column("partner_id", String(64)),
+    Column("window_start", String(40)),
+    Column("window_end", String(40)),
+    Column("dispatch_detail", Text),
+    Column("dispatch_version", Integer, nullable=False, server_default="0"),
     Column("created_at", String(32), nullable=False),
     Column("updated_at", String(32), nullable=False),
     Column("version", Integer, nullable=False),
@@ -120,7 +126,9 @@ def order_row(e: Envelope, p: dict) -> dict:
         description=p["description"], fault_code=p["fault_code"],
         related_order_id=p["related_order_id"], in_warranty=p["in_warranty"],
         warranty=json.dumps(p["warranty"], sort_keys=True), cancel_reason=None,
-        created_at=e.occurred_at, updated_at=e.occurred_at, version=e.stream_version,
+        partner_id=None, window_start=None, window_end=None, dispatch_detail=None,
+        dispatch_version=0, created_at=e.occurred_at, updated_at=e.occurred_at,
+        version=e.stream_version,
     )
 
 
@@ -152,6 +160,13 @@ def _order_cancelled(conn: Connection, e: Envelope) -> None:
     _update_order(conn, e, status="cancelled", cancel_reason=e.payload["reason"])
 
 
+def _order_progressed(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    _update_order(conn, e, status=p["status"], partner_id=p["partner_id"],
+                  window_start=p["window_start"], window_end=p["window_end"],
+                  dispatch_detail=p["detail"], dispatch_version=p["dispatch_version"])
+
+
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
     conn.execute(orders.update().where(orders.c.order_id == e.payload["order_id"]).values(
         updated_at=e.occurred_at, version=e.stream_version, **values))
@@ -163,4 +178,5 @@ projector = Projector(READ_MODELS, {
     "order_created": _order_created,
     "order_fault_recorded": _order_fault_recorded,
     "order_cancelled": _order_cancelled,
+    "order_progressed": _order_progressed,
 })

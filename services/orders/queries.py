@@ -116,7 +116,17 @@ def as_aggregate(view: dict) -> Order:
     """The few facts the domain needs about an existing order, from its read model."""
     return Order(view["order_id"], version=view["version"], status=view["status"],
                  order_type=view["order_type"], category=view["category"],
-                 product_id=view["product_id"], fault_code=view["fault_code"])
+                 product_id=view["product_id"], fault_code=view["fault_code"],
+                 partner_id=view["partner_id"], window_start=view["window_start"],
+                 window_end=view["window_end"], dispatch_version=view["dispatch_version"])
+
+
+def order_to_follow(conn: Connection, order_id: str) -> Order | None:
+    """The order, locked to the end of the transaction on PostgreSQL: dispatch's events for
+    one order arrive on several queues at once and are applied one after the other."""
+    row = conn.execute(select(orders).where(orders.c.order_id == order_id)
+                       .with_for_update()).mappings().first()
+    return as_aggregate(order_view(row)) if row else None
 
 
 def order_for_request(conn: Connection, request_id: str) -> str | None:

@@ -1,4 +1,8 @@
-"""The orders service: what call-centre agents and the CRM desktop reach over nameko RPC."""
+"""The orders service: what call-centre agents and the CRM desktop reach over nameko RPC.
+
+It follows dispatch's events for each order, so the call centre sees the order's live
+status, partner and appointment (`order_progressed`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import uuid
 from nameko.rpc import rpc
 from sqlalchemy.exc import IntegrityError
 
+from contracts import dispatch as _dispatch_events  # noqa: F401 - registers what orders follows
 from contracts import orders as contract
 from contracts.errors import Conflict, NotFound
 from contracts.registry import load
-from serviceloop.consumer import ParkedMessagesRpc
+from serviceloop.catchup import CatchUp
+from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from services.orders import domain, queries
@@ -27,7 +33,7 @@ _CANCEL_ORDER = contract.CancelOrder()
 _LIST_ORDERS = contract.ListOrders()
 
 
-class OrdersService(EventLogRpc, ParkedMessagesRpc):
+class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     name = "orders"
 
     db = Database("orders", metadata)
@@ -177,6 +183,63 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc):
     @rpc
     def catalog(self) -> dict:
         return catalog_as_dict(CATALOG)
+
+    # -- following dispatch (see domain.DISPATCH_PROGRESS) --------------------------------------
+
+    @consumes("dispatch", "order_assigned")
+    def on_order_assigned(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "order_accepted")
+    def on_order_accepted(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "appointment_scheduled")
+    def on_appointment_scheduled(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "appointment_cancelled")
+    def on_appointment_cancelled(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "partner_arrived")
+    def on_partner_arrived(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "order_completed")
+    def on_order_completed(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "order_rejected")
+    def on_order_rejected(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "assignment_timed_out")
+    def on_assignment_timed_out(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "sla_breached")
+    def on_sla_breached(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "order_escalated")
+    def on_order_escalated(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    @consumes("dispatch", "order_reopened")
+    def on_order_reopened(self, envelope: Envelope) -> None:
+        self._follow_dispatch(envelope)
+
+    def _follow_dispatch(self, envelope: Envelope) -> None:
+        order_id = envelope.payload["order_id"]
+        order = queries.order_to_follow(self.db.conn, order_id)
+        if order is None:  # dispatch only knows orders from this log: not expected
+            raise RetryLater(f"order {order_id} not known to orders")
+        event = domain.progress(order, envelope.event_type, envelope.event_id,
+                                envelope.stream_version, envelope.payload)
+        if event is not None:
+            self._append(f"order-{order_id}", order.version, [event], order_id, "system",
+                         causation_id=envelope.event_id)
 
     # -- the one way events are written --------------------------------------------------------
 
