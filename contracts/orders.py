@@ -134,6 +134,22 @@ class OrderProgressed(Schema):
                                       validate=validate.Range(min=1))
 
 
+VERIFICATION_OUTCOMES = ("verified", "disputed", "unverified", "closed_unverified",
+                         "sent_back")
+
+
+@event("orders", "order_verification_recorded")
+class OrderVerificationRecorded(Schema):
+    """The callback's answer about the order's latest visit, as the call centre sees it."""
+
+    order_id = _id
+    outcome = fields.String(required=True, validate=validate.OneOf(VERIFICATION_OUTCOMES))
+    status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+    task_id = fields.String(required=True)
+    detail = fields.String(required=True, validate=validate.Length(max=2000))
+    complaint_order_id = fields.String(required=True, allow_none=True)
+
+
 # -- RPC payloads ---------------------------------------------------------------------------
 
 

@@ -42,4 +42,10 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("dispatch", "sla_breached", "orders", "on_sla_breached"),
     Subscription("dispatch", "order_escalated", "orders", "on_order_escalated"),
     Subscription("dispatch", "order_reopened", "orders", "on_order_reopened"),
+    # orders shows the call centre the callback's outcome
+    Subscription("callback", "order_verified", "orders", "on_order_verified"),
+    Subscription("callback", "order_disputed", "orders", "on_order_disputed"),
+    Subscription("callback", "order_unverified", "orders", "on_order_unverified"),
+    Subscription("callback", "unverified_closed", "orders", "on_unverified_closed"),
+    Subscription("callback", "task_returned", "orders", "on_task_returned"),
 ]

@@ -291,3 +291,42 @@ def _check_fault(catalog: Catalog, fault_code: str, model: str) -> None:
         raise ValidationFailed(f"fault {fault_code} is not a fault of model {model}",
                                {"fault_code": ["wrong category for this product"]},
                                code="unknown_fault_code")
+
+
+# -- following the callback -----------------------------------------------------------------
+
+# callback event -> (outcome, the status the call centre then sees)
+CALLBACK_OUTCOMES = {
+    "order_verified": ("verified", "verified"),
+    "order_disputed": ("disputed", "disputed"),
+    "order_unverified": ("unverified", "unverified"),
+    "unverified_closed": ("closed_unverified", "closed"),
+    "task_returned": ("sent_back", "completed"),
+}
+# the status each outcome applies to: anything else means the order moved on (a re-visit)
+_APPLIES_TO = {"verified": ("completed",), "disputed": ("completed",),
+               "unverified": ("completed",), "closed_unverified": ("unverified",),
+               "sent_back": ("unverified",)}
+
+
+def verification(order: Order, event_type: str, payload: dict,
+                 complaint_order_id: str | None = None) -> NewEvent | None:
+    """The callback's outcome for the order's latest visit; None when it no longer applies."""
+    _require(order)
+    outcome, status = CALLBACK_OUTCOMES[event_type]
+    if payload["task_id"].startswith("review-") or order.status in NOT_FOLLOWED:
+        return None
+    if outcome == "disputed" and order.status != "completed":
+        # dispatch's reopening (caused by this dispute) overtook it: record the dispute,
+        # keep the newer status
+        status = order.status
+    elif order.status not in _APPLIES_TO[outcome]:
+        return None
+    if outcome == "disputed":
+        detail = ", ".join(payload["reasons"])
+    else:
+        detail = payload.get("notes") or payload.get("note") or ""
+    return NewEvent("order_verification_recorded", {
+        "order_id": order.order_id, "outcome": outcome, "status": status,
+        "task_id": payload["task_id"], "detail": detail[:2000],
+        "complaint_order_id": complaint_order_id})

@@ -167,6 +167,10 @@ def _order_progressed(conn: Connection, e: Envelope) -> None:
                   dispatch_detail=p["detail"], dispatch_version=p["dispatch_version"])
 
 
+def _verification_recorded(conn: Connection, e: Envelope) -> None:
+    _update_order(conn, e, status=e.payload["status"])
+
+
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
     conn.execute(orders.update().where(orders.c.order_id == e.payload["order_id"]).values(
         updated_at=e.occurred_at, version=e.stream_version, **values))
@@ -179,4 +183,5 @@ projector = Projector(READ_MODELS, {
     "order_fault_recorded": _order_fault_recorded,
     "order_cancelled": _order_cancelled,
     "order_progressed": _order_progressed,
+    "order_verification_recorded": _verification_recorded,
 })

@@ -110,6 +110,10 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
 
     @transactional
     def _create_order(self, data: dict) -> dict:
+        return self._open_order(data)
+
+    def _open_order(self, data: dict) -> dict:
+        """Intake inside the caller's transaction (an RPC, or a consumer's inbox)."""
         conn = self.db.conn
         # a retried request id is caught by order_requests' key (see create_order)
         product, owner, duplicate = queries.intake_facts(
@@ -124,7 +128,9 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         event = domain.create_order(CATALOG, order_id, data, owner, product,
                                     self.clock.now().date(), related)
         (envelope,) = self._append(f"order-{order_id}", 0, [event], order_id,
-                                   data["agent_id"], causation_id=data["request_id"])
+                                   data["agent_id"],
+                                   causation_id=f"req-{data['request_id']}"
+                                   if data["request_id"] else None)
         return {**order_row(envelope, event.payload), "warranty": event.payload["warranty"],
                 "created": True}
 
@@ -229,6 +235,52 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     @consumes("dispatch", "order_reopened")
     def on_order_reopened(self, envelope: Envelope) -> None:
         self._follow_dispatch(envelope)
+
+    # -- following the callback -----------------------------------------------------------------
+
+    @consumes("callback", "order_verified")
+    def on_order_verified(self, envelope: Envelope) -> None:
+        self._follow_callback(envelope)
+
+    @consumes("callback", "order_disputed")
+    def on_order_disputed(self, envelope: Envelope) -> None:
+        self._follow_callback(envelope)
+
+    @consumes("callback", "order_unverified")
+    def on_order_unverified(self, envelope: Envelope) -> None:
+        self._follow_callback(envelope)
+
+    @consumes("callback", "unverified_closed")
+    def on_unverified_closed(self, envelope: Envelope) -> None:
+        self._follow_callback(envelope)
+
+    @consumes("callback", "task_returned")
+    def on_task_returned(self, envelope: Envelope) -> None:
+        self._follow_callback(envelope)
+
+    def _follow_callback(self, envelope: Envelope) -> None:
+        p = envelope.payload
+        order = queries.order_to_follow(self.db.conn, p["order_id"])
+        if order is None:
+            raise RetryLater(f"order {p['order_id']} not known to orders")
+        complaint_id = None
+        if envelope.event_type == "order_disputed" and p["complaint_requested"]:
+            # the customer asked for a complaint: its own order, linked, for the complaint
+            # group (request id from the dispute, so a redelivery opens no second one)
+            view = queries.order_row(self.db.conn, order.order_id)
+            data = load(_CREATE_ORDER, {
+                "request_id": f"dispute-{envelope.event_id}", "product_id": view["product_id"],
+                "order_type": "complaint", "channel": "phone",
+                "description": f"disputed at the callback: {', '.join(p['reasons'])}. "
+                               f"{p['notes']}"[:2000],
+                "related_order_id": order.order_id, "agent_id": "system"})
+            complaint_id = self._open_order(data)["order_id"]
+            order = queries.order_to_follow(self.db.conn, p["order_id"])
+        event = domain.verification(order, envelope.event_type, p, complaint_id)
+        if event is None:  # about a visit the order has moved past (dispatch reopened it)
+            return
+        self._append(f"order-{order.order_id}", order.version, [event], order.order_id,
+                     "system", causation_id=envelope.event_id)
 
     def _follow_dispatch(self, envelope: Envelope) -> None:
         order_id = envelope.payload["order_id"]

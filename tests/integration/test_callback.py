@@ -115,6 +115,8 @@ def test_a_completion_delivered_twice_makes_one_task_that_an_agent_verifies(loop
                                          "outcome": "verified", "satisfaction": 5,
                                          "notes": "很满意"})
     assert done["status"] == "verified"
+    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "verified",
+               message="orders to show verified")
     verified = [e for e in loop.callback.stream(f"task-{task['task_id']}")
                 if e["event_type"] == "order_verified"]
     assert verified[0]["causation_id"] and verified[0]["correlation_id"] == order_id
@@ -148,6 +150,8 @@ def test_no_answer_three_times_makes_the_order_unverified_for_a_supervisor(loop)
             assert loop.callback.next_task("a1") is None  # not before the next attempt time
             loop.clock.advance(minutes=wait_minutes)
     assert answer["status"] == "unverified"
+    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "unverified",
+               message="orders to show unverified")
     view = loop.callback.supervisor_view()
     assert [t["task_id"] for t in view["unverified"]] == [task_id]
     back = loop.callback.supervise({"task_id": task_id, "supervisor_id": "s1",
@@ -172,6 +176,15 @@ def test_a_dispute_about_the_partner_reopens_and_redispatches_to_another(loop):
     reopened = next(e for e in loop.dispatch.order_history(order_id)
                     if e["event_type"] == "order_reopened")
     assert reopened["payload"]["partner_excluded"] is True
+    shown = wait_until(lambda: (loop.orders.get_order(order_id)["status"] == "assigned"
+                                and loop.orders.get_order(order_id)), message="orders reopened")
+    assert shown["partner_id"] == second.partner_id
+    recorded = wait_until(lambda: [e for e in loop.orders.order_history(order_id)
+                                   if e["event_type"] == "order_verification_recorded"],
+                          message="the dispute in orders")
+    complaint_id = recorded[0]["payload"]["complaint_order_id"]
+    complaint = loop.orders.get_order(complaint_id)
+    assert (complaint["order_type"], complaint["related_order_id"]) == ("complaint", order_id)
     complete_visit(loop, second, order_id)
     assert one_task(loop, order_id, visit=2)["partner_id"] == second.partner_id
 
