@@ -22,14 +22,21 @@ def event(source: str, event_type: str, version: int = 1):
     return register
 
 
+_loaded = False
+
+
 def _load_all() -> None:
-    # importing the modules registers their schemas
-    from contracts import callback, dispatch, orders, settlement  # noqa: F401
+    """Import every contracts module once (importing one registers its schemas): a service
+    that imported only its own contracts still knows every event it may receive."""
+    global _loaded
+    if not _loaded:
+        from contracts import callback, dispatch, orders, settlement  # noqa: F401
+
+        _loaded = True
 
 
 def event_schema(event_type: str, version: int = 1) -> Schema:
-    if not _EVENT_SCHEMAS:
-        _load_all()
+    _load_all()
     try:
         return _EVENT_SCHEMAS[(event_type, version)]
     except KeyError:
@@ -40,8 +47,7 @@ def event_schema(event_type: str, version: int = 1) -> Schema:
 
 
 def event_types(source: str | None = None) -> list[str]:
-    if not _EVENT_SCHEMAS:
-        _load_all()
+    _load_all()
     return sorted(t for t, s in _EVENT_SOURCES.items() if source is None or s == source)
 
 
