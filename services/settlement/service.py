@@ -147,8 +147,16 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         else:
             data = csvfiles.parse_parts(csv_text)
             event = NewEvent("price_list_loaded", {"list_id": card_id, **data})
-        self._append(f"rates-{card_id}", 0, [event], card_id, f"cmd-{uuid.uuid4()}",
-                     actor=f"finance:{agent_id}")
+        (loaded,) = self._append(f"rates-{card_id}", 0, [event], card_id, f"cmd-{uuid.uuid4()}",
+                                 actor=f"finance:{agent_id}")
+        # claims held for want of a rate or price in force on their day are decided again
+        conn = self.db.conn
+        waiting = conn.execute(select(claims.c.claim_id).where(
+            claims.c.completed_on >= data["effective_from"],
+            or_(claims.c.lines.contains("no_rate_in_force"),
+                claims.c.lines.contains("part_not_on_price_list")))).scalars().all()
+        for claim_id in waiting:
+            self._decide(conn, self._claim(conn, claim_id), "rates_loaded", loaded.event_id)
         return {"card_id": card_id, "kind": kind, "effective_from": data["effective_from"],
                 "rows": len(data.get("parts", [])) + len(data.get("labour", []))
                 + len(data.get("travel", []))}

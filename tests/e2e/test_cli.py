@@ -22,7 +22,10 @@ def running_system(tmp_path, broker_uri, database_for):
     env = {**os.environ, "AMQP_URI": broker_uri, "SERVICELOOP_VAR": str(tmp_path),
            "DATABASE_URL_ORDERS": database_for("orders", "postgres"),
            "DATABASE_URL_DISPATCH": database_for("dispatch", "postgres"),
+           "DATABASE_URL_CALLBACK": database_for("callback", "sqlite"),
+           "DATABASE_URL_SETTLEMENT": database_for("settlement", "postgres"),
            "GATEWAY_PORT": str(port), "SERVICELOOP_GATEWAY": f"http://127.0.0.1:{port}",
+           "CALLBACK_PORT": str(free_port()), "PROVIDER_PORT": str(free_port()),
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.DEVNULL,
@@ -113,7 +116,7 @@ def test_an_order_is_assigned_and_taken_to_completed_with_the_partner_commands(r
         (("schedule", order_id, "--in-hours", "0", "--hours", "2"), "scheduled"),
         (("arrive", order_id, "--lat", "30.27", "--lon", "120.13"), "on_site"),
         (("complete", order_id, "--work", "换加热管", "--fault", "WH-E1", "--part",
-          "WH-P-ELEMENT:OLD-1:NEW-1:12000", "--labour", "8000", "--travel", "1500"),
+          "WH-P-HEATER-2KW:OLD-1:NEW-1:12000", "--labour", "8000", "--travel", "1500"),
          "completed"),
     ]
     for args, status in steps:
@@ -125,3 +128,38 @@ def test_an_order_is_assigned_and_taken_to_completed_with_the_partner_commands(r
                   as_json(cli("orders", "history", order_id, "--json"))
                   if e["event_type"] == "order_progressed"]
     assert progressed == ["assigned", "accepted", "scheduled", "on_site", "completed"]
+
+    # the callback: an agent verifies, and orders shows it
+    task = as_json(cli("callback", "next", "--agent", "a17", "--json"))
+    assert task["order_id"] == order_id and task["report"]["parts"][0]["new_serial"] == "NEW-1"
+    shown = cli("callback", "show", task["task_id"]).stdout
+    assert "换加热管" in shown and "WH-P-HEATER-2KW" in shown
+    cli("callback", "record", task["task_id"], "--agent", "a17", "--outcome", "verified",
+        "--satisfaction", "5")
+    wait_until(lambda: orders_status() == "verified", timeout=30, interval=0.3,
+               message="orders to show verified")
+
+    # finance: rates, the month's run, a statement, and a planted difference reconciled
+    rates = tmp_path / "rates.csv"
+    rates.write_text("effective_from,kind,order_type,category,region,up_to_km,cents\n"
+                     "2026-01-01,labour,repair,*,*,,6000\n2026-01-01,travel,,,*,50,1500\n")
+    cli("settlement", "rates", "load", str(rates))
+    claims = wait_until(lambda: [c for c in as_json(cli("settlement", "claims", order_id,
+                                                        "--json"))
+                                 if c["callback"] == "verified"],
+                        timeout=30, interval=0.3, message="the claim to be verified")
+    labour = next(line for line in claims[-1]["lines"] if line["line_id"] == "labour")
+    assert labour["decision"] == "cut" and labour["approved_cents"] == 6000
+    period = claims[-1]["completed_on"][:7]
+    printed = cli("settlement", "run", period).stdout
+    assert partner["partner_id"] in printed and order_id in printed
+    statement = cli("settlement", "statement", period, "--partner", partner["partner_id"],
+                    "--csv").stdout
+    assert statement.startswith("claim_id,order_id") and order_id in statement
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text(f"order_id,line_id,claimed_cents\n{order_id},labour,8000\n"
+                      f"{order_id},travel,1500\n{order_id},part-1,12500\n")
+    report = as_json(cli("settlement", "reconcile", period, "--partner",
+                         partner["partner_id"], str(theirs), "--json"))
+    assert [(d["line_id"], d["kind"]) for d in report["differences"]] == [
+        ("part-1", "amount_differs")]
