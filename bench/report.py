@@ -1,4 +1,4 @@
-"""Results to `bench/results/latest.json` and a Markdown table in `latest.md`."""
+"""Results to `bench/results/latest.json` and a Markdown table in `latest.md` (or another name)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+SETTLEMENT_TARGET_ORDERS = 100_000
+SETTLEMENT_SECONDS, SETTLEMENT_MIB = 60, 1024
 GATEWAY_OPERATIONS = {"get_order": ("GET /orders/<id>", "GET"),
                       "complete": ("POST /orders/<id>/complete", "POST (echo)")}
 
@@ -52,6 +54,9 @@ def with_target(result: dict) -> dict:
     elif result["bench"] == "gateway":
         target = "≥ 50% of bare @http"
         met = result["ratio"] >= 0.5
+    elif result["bench"] == "settlement" and result["orders"] >= SETTLEMENT_TARGET_ORDERS:
+        target = f"< {SETTLEMENT_SECONDS} s and < 1 GiB peak"
+        met = result["value"] < SETTLEMENT_SECONDS and result["peak_rss_mib"] < SETTLEMENT_MIB
     return {**result, "target": target, "met": met}
 
 
@@ -77,6 +82,15 @@ def _row(r: dict) -> list[str]:
         baseline = (f"bare @http {GATEWAY_OPERATIONS[r['operation']][1]} "
                     f"{_num(bare['per_s'])} requests/s, p50 {bare['p50_ms']:.1f} ms, "
                     f"p99 {bare['p99_ms']:.1f} ms")
+    elif r["bench"] == "settlement":
+        name = f"settlement.run, {r['orders']:,} orders, {r['partners']} partners"
+        measured = (f"{r['value']:.2f} s ({r['s_per_1k']:.3f} s per 1k orders), peak RSS "
+                    f"{r['peak_rss_mib']:.0f} MiB (+{r['peak_rss_mib'] - r['rss_before_mib']:.0f}"
+                    " during run)")
+        baseline = f"smallest size {r['baseline']:.3f} s per 1k orders"
+        met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        return [name, backend, measured, baseline, f"{r['ratio']:.2f}×", r["target"] or "—",
+                met]
     elif r["bench"] == "append":
         name = f"EventStore.append, {r['batch']} event{'s' if r['batch'] > 1 else ''}/txn"
         measured = f"{_num(r['value'])} events/s"
@@ -146,6 +160,21 @@ def markdown(report: dict) -> str:
                   f"{GATEWAY_OPERATIONS[r['operation']][0]}: signed "
                   f"{_cpu(r['signed'], 'request')}, bare {_cpu(r['bare'], 'request')}"
                   for r in gateway]
+    settlement = [r for r in report["results"] if r["bench"] == "settlement"]
+    if settlement:
+        lines += ["", "Settlement rows: one fresh database per size; the period's orders go in "
+                  "through the settlement service's own consumers (`deliver` to its "
+                  "order_created, order_completed, order_verified handlers, no broker), half "
+                  "of them with a replaced part. `run` is timed once, in a subprocess of its "
+                  "own: peak RSS is that process's `ru_maxrss` (imports included; in brackets "
+                  "what it grew by during `run`). Ratio = seconds per 1k orders against the "
+                  "smallest size (1.00× is linear). Each run is checked: statements pay the "
+                  "sum of `claims.payable_cents`, one line per claim, a second run returns the "
+                  "same statements. Generating the data (not measured):", ""]
+        lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, {r['orders']:,} orders: "
+                  f"{r['generation_seconds']:.0f} s, "
+                  f"{r['deliveries'] / r['generation_seconds']:.0f} deliveries/s"
+                  for r in settlement]
     lines += ["", "Baselines: plain INSERT = same driver and connection settings, a table with the "
               "log's columns and primary key only, no validation/hash/lock; raw SELECT = "
               "`SELECT <log columns> FROM events ORDER BY global_position` on the driver's own "
@@ -156,12 +185,12 @@ def markdown(report: dict) -> str:
 
 
 def write(results: list[dict], *, machine: dict, seconds: float, repetitions: int,
-          errors: list[str], settings: dict) -> str:
+          errors: list[str], settings: dict, name: str = "latest") -> str:
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
               "seconds": seconds, "repetitions": repetitions, "settings": settings,
               "results": [with_target(r) for r in results], "errors": errors}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     table = markdown(report)
-    (RESULTS_DIR / "latest.md").write_text(table)
+    (RESULTS_DIR / f"{name}.md").write_text(table)
     return table

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark beside its baseline, results in bench/results/latest.*.
 
-Usage: python -m bench.run [--quick] [--only append,replay,rpc,gateway]
-                           [--backends sqlite,postgres]
+Usage: python -m bench.run [--quick] [--only append,replay,rpc,gateway,settlement]
+                           [--backends sqlite,postgres] [--output latest]
+                           [--settlement-sizes 10000,30000,100000]
 """
 
 # nameko needs eventlet's patches, and psycopg2 only waits cooperatively once patched:
@@ -31,11 +32,12 @@ CATALOG_FILE = Path(__file__).resolve().parent.parent / "services" / "orders" / 
 FULL = {"repetitions": 3, "append_events": 1000, "append_batched_events": 2000,
         "replay_events": 200_000, "rpc_plan": [(1, 500), (16, 2000)], "rpc_warmup": 100,
         "rpc_rounds": 3, "gateway_partners": 16, "gateway_requests": 100,
-        "gateway_warmup": 10, "gateway_rounds": 3}
+        "gateway_warmup": 10, "gateway_rounds": 3,
+        "settlement_sizes": [10_000, 30_000, 100_000]}
 QUICK = {"repetitions": 3, "append_events": 200, "append_batched_events": 400,
          "replay_events": 20_000, "rpc_plan": [(1, 100), (16, 400)], "rpc_warmup": 20,
          "rpc_rounds": 1, "gateway_partners": 16, "gateway_requests": 20,
-         "gateway_warmup": 5, "gateway_rounds": 1}
+         "gateway_warmup": 5, "gateway_rounds": 1, "settlement_sizes": [1_000, 3_000]}
 
 
 def log(message: str) -> None:
@@ -61,11 +63,17 @@ def _guarded(name: str, errors: list[str], action: Callable[..., dict | list[dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
-    parser.add_argument("--only", default="append,replay,rpc,gateway")
+    parser.add_argument("--only", default="append,replay,rpc,gateway,settlement")
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--output", default="latest",
+                        help="results to bench/results/OUTPUT.{json,md}")
+    parser.add_argument("--settlement-sizes", default=None,
+                        help="orders per settlement period, comma-separated (overrides the plan)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     settings = dict(QUICK if args.quick else FULL)
+    if args.settlement_sizes:
+        settings["settlement_sizes"] = [int(n) for n in args.settlement_sizes.split(",")]
     only, backends = args.only.split(","), args.backends.split(",")
     machine = report.machine_info()
     reps = settings["repetitions"]
@@ -107,11 +115,19 @@ def main(argv: list[str] | None = None) -> int:
                                     warmup=settings["gateway_warmup"],
                                     rounds=settings["gateway_rounds"], log=log)
 
+    if "settlement" in only:
+        from bench.settlement import bench_settlement
+
+        for backend in ("postgres", "sqlite"):
+            if backend in backends:
+                results += _guarded(f"settlement.run {backend}", errors, bench_settlement,
+                                    backend, sizes=settings["settlement_sizes"], log=log)
+
     table = report.write(results, machine=machine, seconds=time.perf_counter() - started,
-                         repetitions=reps, errors=errors, settings=settings)
+                         repetitions=reps, errors=errors, settings=settings, name=args.output)
     print()
     print(table)
-    print(f"written to {report.RESULTS_DIR}/latest.json and latest.md")
+    print(f"written to {report.RESULTS_DIR}/{args.output}.json and {args.output}.md")
     return 1 if errors else 0
 
 

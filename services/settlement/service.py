@@ -381,9 +381,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         region = facts["province"]
         others = self._other_claims(conn, claim)
         new_serials = [line["new_serial"] for line in claim["lines"] if line.get("new_serial")]
-        serials = set(conn.execute(select(claim_parts.c.new_serial).where(
-            claim_parts.c.new_serial.in_(new_serials),
-            claim_parts.c.claim_id.in_(self._earlier_ids(conn, claim)))).scalars()) \
+        serials = set(conn.execute(self._earlier_serials(claim, new_serials)).scalars()) \
             if new_serials else set()
         old_serials = [line["old_serial"] for line in claim["lines"] if line.get("old_serial")]
         returned = set(conn.execute(select(part_returns.c.serial).where(
@@ -441,9 +439,11 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
             query = query.where(c.opened_position < self._position(claim))
         return [dict(r) for r in conn.execute(query).mappings()]
 
-    def _earlier_ids(self, conn, claim: dict):  # noqa: ANN001, ANN202
-        """A subquery: the ids of every claim that arrived before this one."""
-        query = select(claims.c.claim_id).where(claims.c.claim_id != claim["claim_id"])
+    def _earlier_serials(self, claim: dict, serials: list[str]):  # noqa: ANN202
+        """Which of `serials` an earlier claim already claimed (through the serial's index)."""
+        query = select(claim_parts.c.new_serial).join(
+            claims, claims.c.claim_id == claim_parts.c.claim_id).where(
+            claim_parts.c.new_serial.in_(serials), claims.c.claim_id != claim["claim_id"])
         if claim["version"]:
             query = query.where(claims.c.opened_position < self._position(claim))
         return query
