@@ -150,6 +150,16 @@ class OrderVerificationRecorded(Schema):
     complaint_order_id = fields.String(required=True, allow_none=True)
 
 
+@event("orders", "order_settled")
+class OrderSettled(Schema):
+    """The verified work was paid in a closed settlement period: the order's loop is closed."""
+
+    order_id = _id
+    period = fields.String(required=True)
+    partner_id = fields.String(required=True)
+    payable_cents = fields.Integer(required=True, strict=True)
+
+
 # -- RPC payloads ---------------------------------------------------------------------------
 
 

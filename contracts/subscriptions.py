@@ -48,4 +48,6 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("callback", "order_unverified", "orders", "on_order_unverified"),
     Subscription("callback", "unverified_closed", "orders", "on_unverified_closed"),
     Subscription("callback", "task_returned", "orders", "on_task_returned"),
+    # orders closes an order once its verified work is paid
+    Subscription("settlement", "period_closed", "orders", "on_period_closed"),
 ]

@@ -184,4 +184,5 @@ projector = Projector(READ_MODELS, {
     "order_cancelled": _order_cancelled,
     "order_progressed": _order_progressed,
     "order_verification_recorded": _verification_recorded,
+    "order_settled": lambda conn, e: _update_order(conn, e, status="closed"),
 })

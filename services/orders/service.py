@@ -258,6 +258,22 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     def on_task_returned(self, envelope: Envelope) -> None:
         self._follow_callback(envelope)
 
+    @consumes("settlement", "period_closed")
+    def on_period_closed(self, envelope: Envelope) -> None:
+        """A verified order paid in a closed period is closed: its loop is complete."""
+        p = envelope.payload
+        paid: dict[str, int] = {}
+        for line in p["lines"]:
+            if line["payable_cents"] > 0:
+                paid[line["order_id"]] = paid.get(line["order_id"], 0) + line["payable_cents"]
+        for order_id, cents in sorted(paid.items()):
+            order = queries.order_to_follow(self.db.conn, order_id)
+            if order is None or order.status != "verified":
+                continue
+            self._append(f"order-{order_id}", order.version, [NewEvent("order_settled", {
+                "order_id": order_id, "period": p["period"], "partner_id": p["partner_id"],
+                "payable_cents": cents})], order_id, "system", causation_id=envelope.event_id)
+
     def _follow_callback(self, envelope: Envelope) -> None:
         p = envelope.payload
         order = queries.order_to_follow(self.db.conn, p["order_id"])

@@ -38,6 +38,8 @@ def test_a_whole_loop_replays_in_causal_order_verifies_clean_and_closes(loop):  
     verify(loop, order_id)
     latest(loop, order_id, 2)
     loop.settlement.run(loop.clock.now().strftime("%Y-%m"))
+    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "closed",
+               message="orders to close the settled order")
     stranded = loop.orders.register_customer({
         "name": "远客", "phone": "13500000002", "agent_id": "a7", "address": ELSEWHERE,
         "products": [{"model": "WH-E60A", "serial": "WH-FAR", "purchase_date": "2026-03-01",

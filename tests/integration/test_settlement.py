@@ -56,7 +56,7 @@ def loop(container_factory, service_config, database_for, backend, broker_uri, c
     ]
     for container in containers:
         container.start()
-    relays = [start_relay(s, broker_uri, urls[s]) for s in SERVICES[:3]]
+    relays = [start_relay(s, broker_uri, urls[s]) for s in SERVICES]
     config = containers[0].config
     with ServiceRpcProxy("orders", config, timeout=20) as orders_rpc, \
             ServiceRpcProxy("dispatch", config, timeout=20) as dispatch_rpc, \
@@ -67,6 +67,7 @@ def loop(container_factory, service_config, database_for, backend, broker_uri, c
         system.callback, system.settlement = callback_rpc, settlement_rpc
         system.settlement_url = urls["settlement"]
         system.service_urls = urls
+        system.broker_uri = broker_uri
         system.settlement.load_rates(RATES)
         system.settlement.load_rates(PARTS)
         yield system
