@@ -263,3 +263,27 @@ def _publish(broker_uri: str, source: str, body: dict) -> None:
                           json.dumps(body).encode(), message_properties(body))
     connection.close()
 
+
+
+def test_a_dispute_not_about_the_partner_reopens_without_excluding_it_or_a_complaint(loop):
+    partner = loop.register_partner("甲", rating=5.0)
+    order_id = loop.repair("13700000008")
+    complete_visit(loop, partner, order_id)
+    task_id = one_task(loop, order_id)["task_id"]
+    loop.callback.next_task("a1")
+    loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1", "outcome": "disputed",
+                                  "dispute_reasons": ["not_fixed"]})
+    reopened = wait_until(lambda: next((e for e in loop.dispatch.order_history(order_id)
+                                        if e["event_type"] == "order_reopened"), None),
+                          message="dispatch to reopen the order")
+    assert reopened["payload"]["partner_excluded"] is False
+    view = wait_until(lambda: loop.dispatch_status(order_id) == "assigned"
+                      and loop.dispatch.get_order(order_id), message="re-dispatch")
+    assert view["partner_id"] == partner.partner_id  # still the best one: not excluded
+    recorded = wait_until(lambda: [e for e in loop.orders.order_history(order_id)
+                                   if e["event_type"] == "order_verification_recorded"],
+                          message="the dispute in orders")
+    assert recorded[0]["payload"]["outcome"] == "disputed"
+    assert recorded[0]["payload"]["complaint_order_id"] is None
+    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "assigned",
+               message="orders to follow the re-dispatch")
