@@ -80,6 +80,17 @@ class PriceListLoaded(Schema):
     parts = fields.List(fields.Nested(PartPrice), required=True)
 
 
+@event("settlement", "sla_breach_recorded")
+class SlaBreachRecorded(Schema):
+    """A dispatch SLA breach, kept for the partner's scorecard."""
+
+    breach_id = fields.String(required=True)  # the dispatch event's id
+    order_id = _id
+    partner_id = _id
+    kind = fields.String(required=True)
+    due_at = fields.String(required=True)
+
+
 @event("settlement", "order_facts_recorded")
 class OrderFactsRecorded(Schema):
     """What settlement keeps of an order from orders: warranty, product, where."""

@@ -30,6 +30,7 @@ SUBSCRIPTIONS: list[Subscription] = [
     Subscription("callback", "order_verified", "settlement", "on_order_verified"),
     Subscription("callback", "order_disputed", "settlement", "on_order_disputed"),
     Subscription("callback", "order_unverified", "settlement", "on_order_unverified"),
+    Subscription("dispatch", "sla_breached", "settlement", "on_sla_breached"),
     # orders shows the call centre the live status of each order as dispatch works it
     Subscription("dispatch", "order_assigned", "orders", "on_order_assigned"),
     Subscription("dispatch", "order_accepted", "orders", "on_order_accepted"),

@@ -74,8 +74,15 @@ def _rates_show(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    statements = []
     with cluster(timeout=600) as rpc:
-        statements = rpc.settlement.run(args.period)
+        partners = rpc.settlement.partners_to_close(args.period)
+        for n, partner_id in enumerate(partners, start=1):  # one partner per call: progress
+            statements.extend(rpc.settlement.run(args.period, partner_id))
+            print(f"\r  closing {args.period}: {n}/{len(partners)} partners", end="",
+                  file=sys.stderr, flush=True)
+    if partners:
+        print(file=sys.stderr)
     if args.json:
         emit(statements, True)
         return
@@ -133,7 +140,7 @@ def _scorecard(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.settlement.scorecard(args.period), args.json, lambda rows: table(rows, [
             "partner_id", "completed", "first_visit_fix_rate", "repeat_repairs",
-            "dispute_rate", "mean_satisfaction", "rejected_value_share"]))
+            "dispute_rate", "mean_satisfaction", "sla_breaches", "rejected_value_share"]))
 
 
 def _render(statement: dict) -> str:

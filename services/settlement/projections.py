@@ -104,7 +104,18 @@ settled = Table(
     Column("last_period", String(7), nullable=False),
 )
 
-READ_MODELS = [rate_cards, order_facts, claims, claim_parts, part_returns, statements, settled]
+sla_breaches = Table(
+    "sla_breaches", metadata,
+    Column("breach_id", String(80), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("partner_id", String(64), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("due_at", String(40), nullable=False),
+    Index("ix_sla_breaches_partner_due", "partner_id", "due_at"),
+)
+
+READ_MODELS = [rate_cards, order_facts, claims, claim_parts, part_returns, statements, settled,
+               sla_breaches]
 
 
 def _rate_card(conn: Connection, e: Envelope) -> None:
@@ -180,6 +191,13 @@ def _part_return(conn: Connection, e: Envelope) -> None:
         waived_by=p["waived_by"], recorded_at=e.occurred_at))
 
 
+def _sla_breach(conn: Connection, e: Envelope) -> None:
+    p = e.payload
+    conn.execute(sla_breaches.insert().values(
+        breach_id=p["breach_id"], order_id=p["order_id"], partner_id=p["partner_id"],
+        kind=p["kind"], due_at=p["due_at"]))
+
+
 def _period_closed(conn: Connection, e: Envelope) -> None:
     p = e.payload
     conn.execute(statements.insert().values(period=p["period"], partner_id=p["partner_id"],
@@ -215,4 +233,5 @@ projector = Projector(READ_MODELS, {
     "claim_decided": _claim_decided,
     "part_return_recorded": _part_return,
     "period_closed": _period_closed,
+    "sla_breach_recorded": _sla_breach,
 })

@@ -35,6 +35,7 @@ from services.settlement.projections import (
     projector,
     rate_cards,
     settled,
+    sla_breaches,
     statements,
 )
 
@@ -107,6 +108,17 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     @consumes("callback", "order_unverified")
     def on_order_unverified(self, envelope: Envelope) -> None:
         self._callback_outcome(envelope, "unverified")
+
+    @consumes("dispatch", "sla_breached")
+    def on_sla_breached(self, envelope: Envelope) -> None:
+        p = envelope.payload
+        if self.db.conn.execute(select(sla_breaches.c.breach_id)
+                                .where(sla_breaches.c.breach_id == envelope.event_id)).first():
+            return
+        self._append(f"sla-{envelope.event_id}", 0, [NewEvent("sla_breach_recorded", {
+            "breach_id": envelope.event_id, "order_id": p["order_id"],
+            "partner_id": p["partner_id"], "kind": p["kind"], "due_at": p["due_at"]})],
+            p["order_id"], envelope.event_id)
 
     def _callback_outcome(self, envelope: Envelope, state: str) -> None:
         p = envelope.payload
@@ -201,14 +213,22 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
         return [_claim_view(dict(r)) for r in rows]
 
     @rpc
-    def run(self, period: str) -> list[dict]:
-        """Close `period` (YYYY-MM) for every partner with claims; a closed one is answered as
-        it was closed. Returns the statements."""
-        start, end = _month(period)
+    def partners_to_close(self, period: str) -> list[str]:
+        """The partners `run(period)` closes: every one with a claim up to the period's end."""
+        _, end = _month(period)
         with self.db.reader() as conn:
-            partners = conn.execute(select(claims.c.partner_id).distinct()
-                                    .where(claims.c.completed_on <= end)
-                                    .order_by(claims.c.partner_id)).scalars().all()
+            return list(conn.execute(select(claims.c.partner_id).distinct()
+                                     .where(claims.c.completed_on <= end)
+                                     .order_by(claims.c.partner_id)).scalars().all())
+
+    @rpc
+    def run(self, period: str, partner_id: str | None = None) -> list[dict]:
+        """Close `period` (YYYY-MM) for every partner with claims (or only `partner_id`); a
+        closed one is answered as it was closed. Returns the statements."""
+        start, end = _month(period)
+        partners = self.partners_to_close(period)
+        if partner_id is not None:
+            partners = [p for p in partners if p == str(partner_id)]
         result = []
         for partner_id in partners:
             try:
@@ -313,13 +333,18 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
     @rpc
     def scorecard(self, period: str) -> list[dict]:
         """Per partner: completed, first-visit fix rate, repeat repairs, disputes,
-        satisfaction and the share of claimed value rejected, from the claims' evidence."""
+        satisfaction, SLA breaches and the share of claimed value rejected."""
         start, end = _month(period)
         with self.db.reader() as conn:
             rows = conn.execute(select(claims).where(and_(claims.c.completed_on >= start,
                                                           claims.c.completed_on <= end))
                                 .order_by(claims.c.opened_position)).mappings().all()
-        by_partner: dict[str, list[dict]] = {}
+            breaches: dict[str, int] = {}
+            for partner_id, due_at in conn.execute(
+                    select(sla_breaches.c.partner_id, sla_breaches.c.due_at)).tuples():
+                if start <= due_at[:10] <= end:
+                    breaches[partner_id] = breaches.get(partner_id, 0) + 1
+        by_partner: dict[str, list[dict]] = {partner_id: [] for partner_id in breaches}
         for row in rows:
             by_partner.setdefault(row["partner_id"], []).append(dict(row))
         cards = []
@@ -342,6 +367,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
                 "dispute_rate": _ratio(sum(c["callback"] == "disputed" for c in answered),
                                        len(answered)),
                 "mean_satisfaction": round(sum(scores) / len(scores), 2) if scores else None,
+                "sla_breaches": breaches.get(partner_id, 0),
                 "rejected_value_share": _ratio(sum(c["rejected_cents"] for c in own), claimed),
             })
         return cards

@@ -162,6 +162,9 @@ def test_a_period_closes_into_statements_and_late_evidence_is_next_periods_adjus
     assert statement["partner_id"] == partner.partner_id
     assert statement["payable_cents"] == 0 and statement["held_cents"] == 7500
     assert loop.settlement.run(period) == [statement]  # closed: the same to the cent
+    assert loop.settlement.partners_to_close(period) == [partner.partner_id]
+    assert loop.settlement.run(period, partner.partner_id) == [statement]
+    assert loop.settlement.run(period, "P-nobody") == []
 
     verify(loop, order_id)
     latest(loop, order_id, 2)
@@ -209,3 +212,22 @@ def test_bad_csv_is_refused_with_line_numbers_and_loads_nothing(loop):
         loop.settlement.load_rates("order,cents\nx,1\n")
     assert wrong.value.code == "wrong_columns"
     assert loop.settlement.current_rates() == before
+
+
+def test_the_scorecard_counts_completions_satisfaction_and_sla_breaches(loop):
+    partner = loop.register_partner()
+    done, late = loop.repair("13600000006"), loop.repair("13600000007")
+    complete(loop, partner, done, labour_fee_cents=6000)
+    verify(loop, done, satisfaction=4)
+    latest(loop, done, 2)
+    wait_until(lambda: loop.dispatch_status(late) == "assigned", message="assignment")
+    post(loop, partner, late, "accept")
+    loop.clock.advance(hours=25)  # accepted, never scheduled within 24 hours
+    assert loop.dispatch.run_timers()["sla_breached"] == 1
+    period = loop.clock.now().strftime("%Y-%m")
+    (card,) = wait_until(lambda: [c for c in loop.settlement.scorecard(period)
+                                  if c["sla_breaches"]], message="the breach in the scorecard")
+    assert card["partner_id"] == partner.partner_id
+    assert card["completed"] == 1 and card["mean_satisfaction"] == 4
+    assert card["first_visit_fix_rate"] == 1.0 and card["sla_breaches"] == 1
+    assert loop.settlement.scorecard("2026-12") == []
