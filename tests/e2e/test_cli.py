@@ -163,3 +163,21 @@ def test_an_order_is_assigned_and_taken_to_completed_with_the_partner_commands(r
                          partner["partner_id"], str(theirs), "--json"))
     assert [(d["line_id"], d["kind"]) for d in report["differences"]] == [
         ("part-1", "amount_differs")]
+
+    # the auditor: the order's history across the four logs, intact, checkpointed, closed
+    wait_until(lambda: orders_status() == "closed", timeout=30, interval=0.3,
+               message="orders to close the paid order")
+    replay = as_json(cli("audit", "replay", order_id, "--json"))
+    assert {e["source"] for e in replay} == {"orders", "dispatch", "callback", "settlement"}
+    kinds = [e["event_type"] for e in replay]
+    assert kinds[0] == "order_created"
+    assert kinds.index("order_completed") < kinds.index("order_verified") < \
+        kinds.index("order_settled")
+    checkpoint = tmp_path / "checkpoint.json"
+    cli("audit", "checkpoint", str(checkpoint))
+    verified = as_json(cli("audit", "verify", "--against", str(checkpoint), "--json"))
+    assert verified["breaks"] == [] and all(verified["events"].values())
+    loops = cli("audit", "loops", "--csv").stdout
+    assert loops.startswith("order_id,") and order_id not in loops
+    rebuilt = as_json(cli("audit", "rebuild", "orders", "--json"))
+    assert rebuilt["tables"] and all(t["equal"] for t in rebuilt["tables"].values())
