@@ -88,28 +88,41 @@ class Envelope(NamedTuple):
         return compute_hash(self[:10], self.payload_json, self.prev_hash)
 
 
-_HASH_KEYS = ("actor", "causation_id", "correlation_id", "event_id", "event_type",
-              "global_position", "occurred_at", "payload", "prev_hash", "schema_version",
-              "stream_id", "stream_version")
-_ENVELOPE_INDEX = {name: i for i, name in enumerate(Envelope._fields)}
-
-
 def compute_hash(head: Sequence, payload_json: str, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the event's fields (all but `hash`).
 
     `head` is the envelope's first ten fields; the payload is already canonical JSON, so
-    the document is assembled in sorted-key order without decoding it again.
+    the document is assembled in sorted-key order without decoding it again. Strings are
+    encoded by the json module's own C encoder, byte for byte what `json.dumps` gives.
     """
-    parts = []
-    for key in _HASH_KEYS:
-        if key == "payload":
-            value = payload_json
-        elif key == "prev_hash":
-            value = json.dumps(prev_hash)
-        else:
-            value = json.dumps(head[_ENVELOPE_INDEX[key]], ensure_ascii=False)
-        parts.append(f'"{key}":{value}')
-    return hashlib.sha256(("{" + ",".join(parts) + "}").encode("utf-8")).hexdigest()
+    (position, event_id, stream_id, stream_version, event_type, schema_version, occurred_at,
+     correlation_id, causation_id, actor) = head
+    document = (
+        f'{{"actor":{_string(actor)},"causation_id":{_string(causation_id)},'
+        f'"correlation_id":{_string(correlation_id)},"event_id":{_string(event_id)},'
+        f'"event_type":{_string(event_type)},"global_position":{_integer(position)},'
+        f'"occurred_at":{_string(occurred_at)},"payload":{payload_json},'
+        f'"prev_hash":{_ascii_string(prev_hash)},"schema_version":{_integer(schema_version)},'
+        f'"stream_id":{_string(stream_id)},"stream_version":{_integer(stream_version)}}}')
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+_encode_string = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False)
+_encode_ascii = json.encoder.encode_basestring_ascii  # json.dumps(text)
+
+
+def _string(value: object) -> str:
+    if type(value) is str:
+        return _encode_string(value)
+    return json.dumps(value, ensure_ascii=False)  # what the hash always said of the rest
+
+
+def _ascii_string(value: object) -> str:
+    return _encode_ascii(value) if type(value) is str else json.dumps(value)
+
+
+def _integer(value: object) -> str:
+    return int.__repr__(value) if type(value) is int else json.dumps(value, ensure_ascii=False)
 
 
 def define_log_tables(metadata: MetaData) -> Table:
