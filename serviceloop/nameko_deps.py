@@ -114,7 +114,9 @@ class EventLogRpc:
     """The auditor's read access every service offers (mix into the service class)."""
 
     @rpc
-    def events_since(self, position: int, limit: int = 1000) -> list[dict]:
+    def events_since(self, position: int, limit: int = 1000, raw: bool = False) -> list[dict]:
+        """Events after `position`, in log order. `raw`: each payload as the canonical JSON
+        text it was hashed and stored as (`payload_json`), for auditors re-computing hashes."""
         if not isinstance(position, int) or position < 0:
             raise ValidationFailed("position must be an integer >= 0", {"position": ["invalid"]})
         if not isinstance(limit, int) or not 1 <= limit <= MAX_EVENTS_PER_CALL:
@@ -122,7 +124,10 @@ class EventLogRpc:
                 f"limit must be 1..{MAX_EVENTS_PER_CALL}", {"limit": ["out of range"]}
             )
         with self.db.reader() as conn:
-            return [e.to_dict() for e in self.db.store.events_since(conn, position, limit)]
+            found = self.db.store.events_since(conn, position, limit)
+        if raw:
+            return [e._asdict() for e in found]
+        return [e.to_dict() for e in found]
 
     @rpc
     def stream(self, stream_id: str) -> list[dict]:
