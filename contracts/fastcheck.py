@@ -3,8 +3,9 @@
 marshmallow spends ~60 µs on a typical payload, mostly in its schema machinery; every append
 and every event an auditor verifies pays it. `compile_schema` turns a marshmallow schema
 into a plain function that answers True only for payloads marshmallow would also accept:
-exact types (str, int, bool, float, dict, list), required keys, no unknown keys, None only
-where the field allows it, and the Length, OneOf, Range and Regexp validators. Anything it
+exact types (str, int, bool, float, dict, list, ISO dates and times parsed by the function
+the field itself uses), required keys, no unknown keys, None only where the field allows
+it, and the Length, OneOf, Range and Regexp validators. Anything it
 does not know it hands to the field's own `deserialize` (dates, UUIDs, other validators), and
 a schema with schema-level hooks it does not compile at all. False means "not sure":
 the caller then asks marshmallow, which gives the real answer and the field errors.
@@ -100,6 +101,20 @@ def _exact_check(field: fields.Field) -> Check | None:
             return _all(lambda v: type(v) is list and all(inner(item) for item in v),
                         validators)
         return _all(inner, validators)
+    if kind in (fields.DateTime, fields.Date) and not validators and \
+            (field.format or kind.DEFAULT_FORMAT) in ("iso", "iso8601"):
+        parse = kind.DESERIALIZATION_FUNCS["iso"]  # what the field itself calls
+
+        def temporal(value: object) -> bool:
+            if type(value) is not str:
+                return False
+            try:
+                parse(value)
+            except ValueError:
+                return False
+            return True
+
+        return temporal
     if kind is fields.List:
         item = _compile_field(field.inner)
         return _all(lambda v: type(v) is list and all(item(x) for x in v), validators)
