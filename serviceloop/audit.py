@@ -60,8 +60,8 @@ def verify(logs: dict[str, list[dict]]) -> list[dict]:
                 breaks.append({"service": service, "position": at, "kind": kind,
                                "detail": detail})
 
-            if at != expected:
-                report("gap", f"expected position {expected}")
+            if at != expected:  # named at the first position that is missing or out of place
+                report("gap", f"expected position {expected}, found {at}", at=expected)
             if envelope.prev_hash != prev_hash:
                 report("chain", "prev_hash is not the previous event's hash")
             if envelope.computed_hash() != envelope.hash:
