@@ -22,25 +22,38 @@ COMMAND_PREFIXES = ("cmd-", "http-", "timer-", "run-", "req-", "test", "period-"
 
 def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = None,  # noqa: ANN001
              until: int | None = None) -> list[dict]:
-    """A service's whole log (or up to position `until`) through its events_since.
+    """A service's whole log (or up to position `until`) through its events_since."""
+    return read_logs(rpc, [service], progress, {service: until} if until else None)[service]
 
-    The next page is asked for as soon as a page arrives, so the service reads it while
-    this side decodes the last one."""
-    log: list[dict] = []
-    method = getattr(rpc, service).events_since
-    reply = method.call_async(0, PAGE, True)  # payloads as hashed: no re-encoding
-    while reply is not None:
-        page = reply.result()
-        if until is not None:
-            page = [e for e in page if e["global_position"] <= until]
-        more = len(page) == PAGE and (until is None or page[-1]["global_position"] < until)
-        reply = method.call_async(page[-1]["global_position"], PAGE, True) if more else None
-        for body in page:
-            body["payload"] = json.loads(body["payload_json"])
-        log.extend(page)
-        if progress:
-            progress(service, len(log))
-    return log
+
+def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
+              progress: Callable[[str, int], None] | None = None,
+              until: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Several services' whole logs (or each up to `until[service]`), read side by side.
+
+    Every service always has its next page asked for: it reads that page while this side
+    decodes the pages already here, and the services read in parallel."""
+    logs: dict[str, list[dict]] = {service: [] for service in services}
+    limit = until or {}
+    pending = {service: getattr(rpc, service).events_since.call_async(0, PAGE, True)
+               for service in logs}  # payloads as hashed: no re-encoding either side
+    while pending:
+        for service, reply in list(pending.items()):
+            page = reply.result()
+            last = limit.get(service)
+            if last is not None:
+                page = [e for e in page if e["global_position"] <= last]
+            if len(page) == PAGE and (last is None or page[-1]["global_position"] < last):
+                pending[service] = getattr(rpc, service).events_since.call_async(
+                    page[-1]["global_position"], PAGE, True)
+            else:
+                del pending[service]
+            for body in page:
+                body["payload"] = json.loads(body["payload_json"])
+            logs[service].extend(page)
+            if progress:
+                progress(service, len(logs[service]))
+    return logs
 
 
 # -- verify ---------------------------------------------------------------------------------

@@ -47,16 +47,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("service", choices=IMPLEMENTED)
 
 
-def _progress(service: str, count: int) -> None:
-    sys.stderr.write(f"\r  reading {service:11} {count:>9,} events")
-    sys.stderr.flush()
+class _Progress:
+    """One line on stderr: how far each log has been read."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, service: str, count: int) -> None:
+        self.counts[service] = count
+        sys.stderr.write("\r  reading " + ", ".join(
+            f"{s} {n:,}" for s, n in self.counts.items()) + " events")
+        sys.stderr.flush()
 
 
 def _all_logs(rpc) -> dict[str, list[dict]]:  # noqa: ANN001
-    logs = {}
-    for service in IMPLEMENTED:
-        logs[service] = audit.read_log(rpc, service, _progress)
-        sys.stderr.write("\n")
+    logs = audit.read_logs(rpc, IMPLEMENTED, _Progress())
+    sys.stderr.write("\n")
     return logs
 
 
