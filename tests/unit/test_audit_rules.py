@@ -185,3 +185,14 @@ def test_replay_puts_every_event_after_its_cause(logs):
     assert ordered[0]["event_type"] == "order_created"
     assert audit.state_as_of(ordered, NOW)["callback"]["event_type"] == "order_verified"
     assert canonical_json(ordered[-1]["payload"])  # every event kept whole
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_forked_verification_finds_exactly_what_one_pass_finds(logs, workers):
+    logs["orders"][6]["payload"]["status"] = "closed"
+    del logs["dispatch"][3]
+    logs["callback"][1]["hash"] = "f" * 64
+    one_pass = audit.verify(logs, workers=1)
+    assert len(one_pass) >= 4
+    assert audit.verify(logs, workers=workers) == one_pass
+    assert audit.verify(CAPTURED["logs"], workers=workers) == []
