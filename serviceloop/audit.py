@@ -4,6 +4,7 @@ history across the four logs, and the loops that are still open."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -125,12 +126,15 @@ def _in_processes(work: Callable[[list], object], shares: list[list]) -> list:
     """`work(share)` for each share: the first here, the others in forked children (which
     see this process's memory as it is), their answers back as JSON through pipes."""
     children = []
+    if len(shares) > 1:
+        gc.freeze()  # the logs stay shared: no collector walks (and so copies) them in a child
     for share in shares[1:]:
         reader, writer = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: work, answer, leave without running anything else
             status = 1
             try:
+                gc.disable()
                 os.close(reader)
                 with open(writer, "wb") as out:
                     out.write(json.dumps(work(share)).encode())
@@ -147,6 +151,7 @@ def _in_processes(work: Callable[[list], object], shares: list[list]) -> list:
         if status != 0:
             raise RuntimeError(f"a verifying process failed (status {status})")
         answers.append(json.loads(data))
+    gc.unfreeze()
     return answers
 
 
