@@ -6,7 +6,7 @@ SL := $(VENV)/bin/serviceloop
 STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install services migrate run demo test bench lint k8s-validate seed clean openapi
+.PHONY: install services migrate run demo test test-faults bench lint k8s-validate image seed clean openapi
 
 install: $(STAMP)
 
@@ -25,8 +25,9 @@ migrate: install services
 run: migrate
 	$(SL) up
 
-demo: migrate
-	$(SL) seed --customers 200
+# against `make run` in another terminal: seeds, drives orders round the loop, prints the audit
+demo: install
+	$(SL) demo
 
 test: install
 	@scripts/ensure-services --postgres
@@ -42,8 +43,16 @@ lint: install
 openapi: install
 	$(PY) -m contracts.openapi contracts/openapi.json
 
-k8s-validate:
-	@echo "k8s-validate: deploy/k8s manifests arrive with issue 8; nothing to validate yet"
+# the fault-injection suite alone (it also runs in `make test`)
+test-faults: install
+	@scripts/ensure-services --postgres
+	$(PY) -m pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
+
+k8s-validate: install
+	$(PY) scripts/k8s_validate.py
+
+image:
+	docker build -t serviceloop:latest .
 
 clean:
 	rm -rf var .pytest_cache

@@ -31,6 +31,7 @@ from contracts.errors import NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.eventstore import Envelope
+from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
         park(service.db, consumer, source, body if isinstance(body, dict) else {"raw": body},
              f"malformed: {error}", 0, now)
         return "parked"
+    log_context(envelope.correlation_id, envelope.event_id, f"consumer:{consumer}")
     for attempt in range(1, attempts + 1):
         try:
             with service.db.transaction() as conn:

@@ -94,6 +94,7 @@ class Relay:
         self.idle_poll = idle_poll
         self.clock = clock or SystemClock()
         self._stopping = False
+        self.holds_lease = False
         self._connection: pika.SelectConnection | None = None
         self._channel = None
         self._reset_window()
@@ -110,6 +111,7 @@ class Relay:
         delay = 0.5
         with relay_lease(self.engine, self.service):
             log.info("relay %s holds the lease", self.name)
+            self.holds_lease = True
             while not self._stopping:
                 started = time.monotonic()
                 try:
@@ -120,6 +122,10 @@ class Relay:
                     break
                 delay = 0.5 if time.monotonic() - started > 10 else min(delay * 2, 10)
                 time.sleep(delay)
+
+    def status(self) -> dict[str, int]:
+        """For /metrics: whether this relay publishes (one per log does), and its window."""
+        return {"holds_lease": int(self.holds_lease), "unconfirmed": len(self._unconfirmed)}
 
     def stop(self) -> None:
         self._stopping = True
@@ -240,4 +246,9 @@ def run_relay(service: str) -> None:
                   amqp_uri(), window=int(os.environ.get("RELAY_WINDOW", "2000")))
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    if os.environ.get("RELAY_HTTP_PORT"):  # /health/live, /health/ready, /metrics
+        from serviceloop.observability import BrokerCheck, serve_relay_health
+
+        serve_relay_health(int(os.environ["RELAY_HTTP_PORT"]), service, engine,
+                           BrokerCheck(amqp_uri()), relay.status)
     relay.run_forever()

@@ -73,6 +73,8 @@ def _up(args: argparse.Namespace) -> int:
     callback_port = os.environ.get("CALLBACK_PORT", "8081")
     # each HTTP-serving service gets its own port
     env_of = {
+        "orders": {"WEB_SERVER_PORT": os.environ.get("ORDERS_PORT", "8082")},
+        "settlement": {"WEB_SERVER_PORT": os.environ.get("SETTLEMENT_PORT", "8083")},
         "dispatch": {"WEB_SERVER_PORT": os.environ.get("GATEWAY_PORT", "8080")},
         "callback": {"WEB_SERVER_PORT": callback_port,
                      "PROVIDER_URL": os.environ.get("PROVIDER_URL",

@@ -30,6 +30,7 @@ from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.observability import Observable
 from services.callback import domain
 from services.callback.channel import ChannelError, SmsChannel, confirmation_text
 from services.callback.projections import metadata, projector, tasks
@@ -70,12 +71,21 @@ class CallbackSettings(DependencyProvider):
         return self
 
 
-class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     name = "callback"
 
     db = Database("callback", metadata)
     clock = ClockProvider()
     config = CallbackSettings()
+
+    def service_metrics(self, metrics, conn) -> None:  # noqa: ANN001 - for /metrics
+        by_status = dict(conn.execute(select(tasks.c.status, func.count())
+                                      .group_by(tasks.c.status)).tuples().all())
+        metrics.add("serviceloop_callback_queue_depth", "gauge",
+                    "Verification tasks waiting for an agent", by_status.get("open", 0))
+        for status, n in sorted(by_status.items()):
+            metrics.add("serviceloop_callback_tasks", "gauge", "Verification tasks by status",
+                        n, status=status)
 
     # -- following dispatch --------------------------------------------------------------------
 

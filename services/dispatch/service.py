@@ -33,6 +33,7 @@ from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.observability import Observable, count, log_context
 from services.dispatch import domain, gateway, queries
 from services.dispatch.assignment import choose_partner
 from services.dispatch.projections import (
@@ -86,7 +87,7 @@ def partner_endpoint(operation: str):  # noqa: ANN201
     return decorate
 
 
-class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     name = "dispatch"
 
     db = Database("dispatch", metadata)
@@ -399,6 +400,14 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp):
                params: dict[str, str]) -> Response:
         """Everything around a partner request; see services/dispatch/gateway.py."""
         correlation_id = str(uuid.uuid4())
+        log_context(correlation_id=correlation_id, actor=f"gateway:{operation}")
+        response = self._answer(operation, handler, request, params, correlation_id)
+        count(self.probes, "serviceloop_gateway_requests_total", operation=operation,
+              code=str(response.status_code))
+        return response
+
+    def _answer(self, operation: str, handler, request: Request,  # noqa: ANN001
+                params: dict[str, str], correlation_id: str) -> Response:
         try:
             return self._serve_signed(operation, handler, request, params, correlation_id)
         except ServiceError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from nameko.rpc import rpc
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from contracts import dispatch as _dispatch_events  # noqa: F401 - registers what orders follows
@@ -19,6 +20,7 @@ from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.observability import Observable
 from services.orders import domain, queries
 from services.orders.catalog import CATALOG, catalog_as_dict
 from services.orders.projections import metadata, order_row, projector
@@ -33,11 +35,20 @@ _CANCEL_ORDER = contract.CancelOrder()
 _LIST_ORDERS = contract.ListOrders()
 
 
-class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     name = "orders"
 
     db = Database("orders", metadata)
     clock = ClockProvider()
+
+    def service_metrics(self, metrics, conn) -> None:  # noqa: ANN001 - for /metrics
+        by_status = dict(conn.execute(text("SELECT status, COUNT(*) FROM orders "
+                                           "GROUP BY status")).tuples().all())
+        metrics.add("serviceloop_orders_created_total", "counter", "Orders created",
+                    sum(by_status.values()))
+        for status, n in sorted(by_status.items()):
+            metrics.add("serviceloop_orders", "gauge", "Orders by current status", n,
+                        status=status)
 
     # -- customers and products ----------------------------------------------------------------
 

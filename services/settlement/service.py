@@ -16,7 +16,7 @@ import uuid
 from datetime import date
 
 from nameko.rpc import rpc
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from contracts import settlement as contract
 from contracts.errors import ConcurrencyConflict, NotFound, ValidationFailed
@@ -25,6 +25,7 @@ from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.observability import Observable
 from services.settlement import csvfiles, rules
 from services.settlement.projections import (
     claim_parts,
@@ -43,11 +44,33 @@ _PART_RETURN = contract.PartReturn()
 MAX_CHECKIN_KM = 2.0
 
 
-class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp):
+class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     name = "settlement"
 
     db = Database("settlement", metadata)
     clock = ClockProvider()
+
+    def service_metrics(self, metrics, conn) -> None:  # noqa: ANN001 - for /metrics
+        """Claims with any line in each decision, and the cents decided each way."""
+        c = claims.c
+        row = conn.execute(select(
+            func.count(), func.sum(case((c.cut_cents > 0, 1), else_=0)),
+            func.sum(case((c.held_cents > 0, 1), else_=0)),
+            func.sum(case((c.rejected_cents > 0, 1), else_=0)),
+            func.sum(case((c.payable_cents > 0, 1), else_=0)),
+            func.sum(c.payable_cents), func.sum(c.cut_cents), func.sum(c.held_cents),
+            func.sum(c.rejected_cents))).one()
+        total, cut, held, rejected, approved = (int(v or 0) for v in row[:5])
+        metrics.add("serviceloop_settlement_claims_total", "counter", "Claims opened", total)
+        for decision, n in (("approved", approved), ("cut", cut), ("held", held),
+                            ("rejected", rejected)):
+            metrics.add("serviceloop_settlement_claims", "gauge",
+                        "Claims with at least one line so decided", n, decision=decision)
+        for decision, cents in zip(("approved", "cut", "held", "rejected"), row[5:],
+                                   strict=True):
+            metrics.add("serviceloop_settlement_cents", "gauge",
+                        "Claimed cents by decision (approved: payable by the manufacturer)",
+                        int(cents or 0), decision=decision)
 
     # -- evidence from the other services ------------------------------------------------------
 
