@@ -14,9 +14,17 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 from contracts.errors import ServiceError  # noqa: E402
-from serviceloop.cli import audit, callback, operations, orders, partner, settlement  # noqa: E402
+from serviceloop.cli import (  # noqa: E402
+    audit,
+    callback,
+    demo,
+    operations,
+    orders,
+    partner,
+    settlement,
+)
 
-GROUPS = (orders, partner, callback, settlement, audit, operations)
+GROUPS = (orders, partner, callback, settlement, audit, operations, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

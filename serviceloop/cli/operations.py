@@ -69,6 +69,11 @@ def _up(args: argparse.Namespace) -> int:
         commands["stand-in-provider"] = [str(bin_dir / "serviceloop"), "provider"]
     # eventlet announces its deprecation on import; nameko run imports it
     child_env = {**os.environ, "PYTHONWARNINGS": "ignore::Warning:nameko.cli.commands"}
+    # a movable clock (system time + the file's offset; no file = no offset), so `serviceloop
+    # demo` can let timeouts, retries and due dates pass
+    from serviceloop.simulation import clock_offset_path
+
+    child_env.setdefault("SERVICELOOP_CLOCK", f"file:{clock_offset_path()}")
     provider_port = os.environ.get("PROVIDER_PORT", "8090")
     callback_port = os.environ.get("CALLBACK_PORT", "8081")
     # each HTTP-serving service gets its own port
