@@ -90,8 +90,9 @@ class BrokerCheck:
         from kombu import Connection
 
         depths = {}
-        with eventlet.Timeout(CHECK_TIMEOUT), Connection(self.uri, connect_timeout=CHECK_TIMEOUT,
-                                                          heartbeat=0) as connection:
+        no_answer = TimeoutError("no answer from the broker")
+        with eventlet.Timeout(CHECK_TIMEOUT, no_answer), \
+                Connection(self.uri, connect_timeout=CHECK_TIMEOUT, heartbeat=0) as connection:
             connection.ensure_connection(max_retries=1)
             for queue in queues:
                 channel = connection.channel()

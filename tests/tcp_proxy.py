@@ -68,11 +68,13 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 def _serve(port: int, target: tuple[str, int]) -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    for _ in range(100):  # the port may linger a moment after the last proxy was killed
+    for attempt in range(100):  # the port may linger a moment after the last proxy was killed
         try:
             listener.bind(("127.0.0.1", port))
             break
         except OSError:
+            if attempt == 99:
+                raise
             time.sleep(0.05)
     listener.listen(128)
     sys.stdout.write("listening\n")
