@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
-from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
 from contracts.errors import NotFound, ServiceError
 from serviceloop import audit, simulation
@@ -82,7 +82,8 @@ class Demo:
             planted_for = pool.pop()
             plans = simulation.assign_plans(pool, min(len(pool), self.orders - 1), world.rng,
                                             SHARES)
-            with Simulation(world, partners, simulation.agents(AGENTS, world)):
+            supervisor = simulation.SimulatedSupervisor(world, rpc.dispatch.list_partners())
+            with Simulation(world, partners, simulation.agents(AGENTS, world), supervisor):
                 self._intake(rpc, world, plans)
                 self._settle_phase(rpc, world, 1, "partners and agents at work")
                 planted = simulation.open_order(rpc, world, planted_for, DUPLICATE_SERIAL)
@@ -134,13 +135,10 @@ class Demo:
 
     def _settle_phase(self, rpc, world: World, phase: int, what: str) -> None:  # noqa: ANN001
         """Wait until every order has gone as far as it can before time moves on."""
-        escalated: set[str] = set()
         shown = [0.0]
 
         def resting() -> bool:
-            escalated.update(o["order_id"] for o in rpc.dispatch.escalations())
-            waiting = [s for s in world.scripts.values()
-                       if s.order_id not in escalated and not _at_rest(s, phase)]
+            waiting = [s for s in world.scripts.values() if not _at_rest(s, phase)]
             if time.monotonic() - shown[0] > 5:
                 shown[0] = time.monotonic()
                 self.say(f"  {what}: {self._tally(world)}, {len(waiting)} still moving"
@@ -148,8 +146,6 @@ class Demo:
             return not waiting
 
         until(resting, 60 + 2 * len(world.scripts), what, every=1.0)
-        for order_id in escalated & set(world.scripts):
-            world.scripts[order_id].outcome = world.scripts[order_id].outcome or "escalated"
 
     def _claims_settled(self, rpc, world: World) -> list[str]:  # noqa: ANN001
         """Wait until settlement has decided every claim on its final evidence; the periods
@@ -166,7 +162,8 @@ class Demo:
             return not pending
 
         self.say(f"settlement: waiting for {len(pending)} claims to be decided …")
-        until(decided, 120, "settlement to decide every claim", every=1.0)
+        until(decided, 120, "settlement to decide every claim", every=1.0,
+              tolerate=(RemoteError, RpcTimeout))
         return sorted(periods)
 
     def _tally(self, world: World) -> str:

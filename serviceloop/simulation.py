@@ -269,6 +269,45 @@ class SimulatedAgent:
         return 1
 
 
+# -- supervisors ----------------------------------------------------------------------------
+
+
+class SimulatedSupervisor:
+    """Hands an escalated order (nobody qualified had capacity left) to a partner covering
+    the district who has not already had it; an order nobody covers stays escalated."""
+
+    def __init__(self, world: World, partners: list[dict]) -> None:
+        self.world = world
+        self.profiles = [profile(p) for p in partners]
+
+    def work(self, rpc) -> int:  # noqa: ANN001 - a nameko ClusterRpcProxy
+        acted = 0
+        for order in rpc.dispatch.escalations():
+            script = self.world.scripts.get(order["order_id"])
+            if script is None or script.outcome:
+                continue  # not this simulation's, or already given up on
+            district = (order["province"], order["city"], order["district"])
+            choices = sorted(p.partner_id for p in self.profiles
+                             if p.active and covers(p, district)
+                             and order["category"] in p.categories
+                             and p.partner_id not in order["excluded"])
+            if not choices:
+                script.outcome, script.finished = "escalated", time.monotonic()
+                continue
+            rpc.dispatch.assign({"order_id": order["order_id"], "agent_id": "sim-supervisor",
+                                 "partner_id": self.world.rng.choice(choices)})
+            acted += 1
+        return acted
+
+
+def profile(partner: dict) -> PartnerProfile:
+    """A partner as dispatch lists it, in assignment's terms."""
+    return PartnerProfile(partner["partner_id"], partner["name"], frozenset(
+        (r["province"], r["city"], r["district"]) for r in partner["regions"]),
+        frozenset(partner["categories"]), partner["daily_capacity"], partner["rating"],
+        partner["active"])
+
+
 # -- running the actors ---------------------------------------------------------------------
 
 
@@ -278,19 +317,23 @@ class Simulation:
     IDLE_POLL = (0.2, 1.0)  # seconds: first wait after an idle look, and the longest
 
     def __init__(self, world: World, partners: list[SimulatedPartner],
-                 agents: list[SimulatedAgent]) -> None:
+                 agents: list[SimulatedAgent],
+                 supervisor: SimulatedSupervisor | None = None) -> None:
         self.world = world
         self.partners = partners
         self.agents = agents
+        self.supervisor = supervisor
         self.running = False
-        self.pool = eventlet.GreenPool(len(partners) + len(agents) + 1)
+        self.pool = eventlet.GreenPool(len(partners) + len(agents) + 2)
 
     def start(self) -> Simulation:
         self.running = True
         for partner in self.partners:
             self.pool.spawn(self._loop, partner.work, f"partner {partner.partner_id}")
         for agent in self.agents:
-            self.pool.spawn(self._agent_loop, agent)
+            self.pool.spawn(self._with_rpc, agent.work, f"agent {agent.agent_id}")
+        if self.supervisor:
+            self.pool.spawn(self._with_rpc, self.supervisor.work, "supervisor")
         return self
 
     def stop(self) -> None:
@@ -305,9 +348,9 @@ class Simulation:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _agent_loop(self, agent: SimulatedAgent) -> None:
+    def _with_rpc(self, work: Callable, who: str) -> None:
         with cluster() as rpc:  # one proxy per green thread
-            self._loop(lambda: agent.work(rpc), f"agent {agent.agent_id}")
+            self._loop(lambda: work(rpc), who)
 
     def _loop(self, work: Callable[[], int], who: str) -> None:
         wait = self.IDLE_POLL[0]
@@ -350,10 +393,7 @@ class Candidate:
 
 def candidates(rpc, phones: Iterable[str], partners: list[dict]) -> list[Candidate]:  # noqa: ANN001
     """The products of these customers, with the number of partners covering each."""
-    profiles = [PartnerProfile(p["partner_id"], p["name"], frozenset(
-        (r["province"], r["city"], r["district"]) for r in p["regions"]),
-        frozenset(p["categories"]), p["daily_capacity"], p["rating"], p["active"])
-        for p in partners]
+    profiles = [profile(p) for p in partners]
     found = []
     for phone in phones:
         caller = rpc.orders.lookup(phone)
@@ -430,12 +470,17 @@ def return_old_parts(rpc, world: World, centre: str = "广州配件中心",  # n
     return returned
 
 
-def until(probe: Callable[[], object], timeout: float, what: str,
-          every: float = 0.5) -> object:
-    """`probe()`'s first truthy answer, or TimeoutError after `timeout` seconds."""
+def until(probe: Callable[[], object], timeout: float, what: str, every: float = 0.5,
+          tolerate: tuple[type[Exception], ...] = ()) -> object:
+    """`probe()`'s first truthy answer, or TimeoutError after `timeout` seconds; an error in
+    `tolerate` (a service restarting, a dropped connection) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while True:
-        answer = probe()
+        try:
+            answer = probe()
+        except tolerate as error:
+            log.warning("waiting for %s: %s", what, error)
+            answer = None
         if answer:
             return answer
         if time.monotonic() > deadline:
