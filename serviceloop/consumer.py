@@ -19,9 +19,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 
 import eventlet
-from nameko.events import event_handler
+from nameko.events import EventHandler
 from nameko.rpc import rpc
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
@@ -122,6 +123,25 @@ def _is_inbox_duplicate(error: IntegrityError) -> bool:
     return "inbox" in message or "inbox_pkey" in message
 
 
+def queue_arguments() -> dict:
+    """`QUEUE_TYPE=quorum` (a RabbitMQ cluster): replicated quorum queues; classic by default.
+
+    Every declaration of a queue (migrate's and the consumers' own) must say the same.
+    """
+    kind = os.environ.get("QUEUE_TYPE", "classic")
+    if kind not in ("classic", "quorum"):
+        raise ValueError(f"QUEUE_TYPE is {kind!r}: use 'classic' or 'quorum'")
+    return {"x-queue-type": "quorum"} if kind == "quorum" else {}
+
+
+class ReliableEventHandler(EventHandler):
+    """nameko's event handler, declaring its queue with serviceloop's queue arguments."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.queue.queue_arguments = {**(self.queue.queue_arguments or {}), **queue_arguments()}
+
+
 def consumes(source: str, event_type: str, *, attempts: int = DEFAULT_ATTEMPTS,
              backoff: float = DEFAULT_BACKOFF):  # noqa: ANN201
     """Decorate `handler(self, envelope)` as a reliable consumer of `source`'s `event_type`.
@@ -131,7 +151,8 @@ def consumes(source: str, event_type: str, *, attempts: int = DEFAULT_ATTEMPTS,
     """
 
     def decorate(handler):  # noqa: ANN001, ANN202
-        @event_handler(source, event_type, reliable_delivery=True, requeue_on_error=True)
+        @ReliableEventHandler.decorator(source, event_type, reliable_delivery=True,
+                                        requeue_on_error=True)
         @functools.wraps(handler)
         def entrypoint(self, body):  # noqa: ANN001, ANN202
             consumer = f"{self.name}.{handler.__name__}"

@@ -56,7 +56,7 @@ def declare_broker_topology(uri: str | None = None) -> list[str]:
     import pika
 
     from contracts.subscriptions import SUBSCRIPTIONS
-    from serviceloop.consumer import queue_name
+    from serviceloop.consumer import queue_arguments, queue_name
     from serviceloop.relay import event_exchange
 
     connection = pika.BlockingConnection(pika.URLParameters(uri or amqp_uri()))
@@ -67,7 +67,7 @@ def declare_broker_topology(uri: str | None = None) -> list[str]:
         declared = []
         for sub in SUBSCRIPTIONS:
             name = queue_name(sub.source, sub.event_type, sub.consumer, sub.method)
-            channel.queue_declare(name, durable=True)
+            channel.queue_declare(name, durable=True, arguments=queue_arguments() or None)
             channel.queue_bind(name, event_exchange(sub.source), routing_key=sub.event_type)
             declared.append(name)
         return declared

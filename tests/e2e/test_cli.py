@@ -26,6 +26,7 @@ def running_system(tmp_path, broker_uri, database_for):
            "DATABASE_URL_SETTLEMENT": database_for("settlement", "postgres"),
            "GATEWAY_PORT": str(port), "SERVICELOOP_GATEWAY": f"http://127.0.0.1:{port}",
            "CALLBACK_PORT": str(free_port()), "PROVIDER_PORT": str(free_port()),
+           "ORDERS_PORT": str(free_port()), "SETTLEMENT_PORT": str(free_port()),
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.DEVNULL,
