@@ -32,7 +32,7 @@ from serviceloop.relay import event_exchange, message_properties
 from serviceloop.services import SERVICE_CLASSES
 from services.settlement.projections import claims, order_facts
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.helpers import wait_until
+from tests.helpers import queue_drained, wait_until
 from tests.integration.dispatch_system import DispatchSystem, declare, free_port
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -260,7 +260,7 @@ def test_a_worker_killed_before_it_finished_is_redelivered_and_applied_once(serv
     wait_until(lambda: claims_of(url) == {order_id(order): 1}, message="the claim")
     wait_until(lambda: queue_state(broker_uri, COMPLETIONS)[0] == 0, message="a drained queue")
     publish(broker_uri, "dispatch", order["on_order_completed"])  # and once more, late
-    wait_until(lambda: queue_state(broker_uri, COMPLETIONS)[0] == 0, message="a drained queue")
+    wait_until(lambda: queue_drained(broker_uri, COMPLETIONS), message="the copy acknowledged")
     assert claims_of(url) == {order_id(order): 1}
 
 
