@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 import requests
@@ -109,6 +109,15 @@ class System:
             yield
         finally:
             os.kill(self.up.pid, signal.SIGCONT)
+
+    # -- the broker ---------------------------------------------------------------------------
+
+    def close_broker_connections(self) -> None:
+        """`rabbitmqctl close_all_connections` for this run's virtual host only: the broker
+        is shared with other tests, so never --global and never stop_app."""
+        vhost = unquote(urlparse(self.env["AMQP_URI"]).path[1:])
+        subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost,
+                        "fault injection"], check=True, capture_output=True, timeout=30)
 
     # -- the databases -----------------------------------------------------------------------
 
