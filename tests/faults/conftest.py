@@ -119,6 +119,15 @@ class System:
         subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost,
                         "fault injection"], check=True, capture_output=True, timeout=30)
 
+    def queues_drained(self) -> bool:
+        """No message waits in any queue of the run's virtual host, ready or unacknowledged."""
+        vhost = unquote(urlparse(self.env["AMQP_URI"]).path[1:])
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name",
+                                 "messages"], capture_output=True, text=True, check=True,
+                                timeout=30).stdout
+        return all(line.rsplit("\t", 1)[-1].strip() == "0"
+                   for line in listed.splitlines()[1:] if "\t" in line)
+
     # -- the databases -----------------------------------------------------------------------
 
     def terminate_backends(self, service: str) -> int:

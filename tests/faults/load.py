@@ -26,7 +26,7 @@ from serviceloop.partner_sdk import PartnerClient
 from serviceloop.seeding import demo_customers, seed_customers, seed_rates
 from services.orders.catalog import CATALOG
 
-CUSTOMERS = 400
+CUSTOMERS = 200
 PARTNERS = 4
 LABOUR_CENTS, TRAVEL_CENTS, TRAVEL_KM = 5000, 1000, 5  # under every demo card rate
 CLAIM_CENTS = LABOUR_CENTS + TRAVEL_CENTS
@@ -74,7 +74,7 @@ class Load:
     system: object
     world: World
     agents: int = 2
-    partner_options: dict = field(default_factory=dict)
+    partner_class: type[PartnerClient] = PartnerClient
     accepted: dict[str, str] = field(default_factory=dict)  # order_id -> request_id
     completed: set[str] = field(default_factory=set)  # orders a partner saw completed
     verified: set[str] = field(default_factory=set)  # tasks an agent saw verified
@@ -91,9 +91,8 @@ class Load:
     def __enter__(self) -> Load:
         self.running = True
         for credentials in self.world.partners:
-            client = PartnerClient(self.system.gateway(), credentials["partner_id"],
-                                   credentials["secret"], **{"timeout": 10, "retries": 3,
-                                                             **self.partner_options})
+            client = self.partner_class(self.system.gateway(), credentials["partner_id"],
+                                        credentials["secret"], timeout=10, retries=3)
             self.pool.spawn(self._loop, SimulatedPartner(client, self).work,
                             f"partner {client.partner_id}")
         for n in range(self.agents):
