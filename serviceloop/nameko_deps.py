@@ -15,6 +15,7 @@ from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.db import is_sqlite, make_engine
 from serviceloop.eventstore import EventStore
+from serviceloop.observability import log_context
 from serviceloop.unit_of_work import UnitOfWork, read_only
 
 MAX_EVENTS_PER_CALL = 10_000
@@ -55,6 +56,9 @@ class Database(DependencyProvider):
         self.stop()
 
     def get_dependency(self, worker_ctx) -> WorkerDatabase:  # noqa: ANN001
+        # until a consumer or the gateway says more: the nameko call this worker serves
+        log_context(causation_id=worker_ctx.call_id,
+                    actor=worker_ctx.context_data.get("actor") or "system")
         unit = WorkerDatabase(self.engine, self.store, self._write_gate)
         self._units[worker_ctx] = unit
         return unit

@@ -51,11 +51,11 @@ def running(tmp_path, broker_uri, database_for):
 
     def answers() -> bool:
         try:
-            return all(get(s, "/health/live").status_code == 200 for s in SERVICES)
+            return all(get(s, "/health/ready").status_code == 200 for s in SERVICES)
         except requests.RequestException:
             return False
 
-    wait_until(answers, timeout=90, interval=0.5, message="every service to be live")
+    wait_until(answers, timeout=90, interval=0.5, message="every service to be ready")
     yield get, env, urls, proxy, tmp_path / "up.log"
     os.killpg(up.pid, signal.SIGTERM)
     up.wait(30)
@@ -85,14 +85,15 @@ def test_probes_and_metrics_follow_what_the_services_do(running):
                     "--purchased", "2026-01-05", "--installed", "2026-01-06"],
                    env=env, check=True, capture_output=True, timeout=60)
     wait_until(lambda: metric(get("orders", "/metrics").text, "serviceloop_events_appended_total",
-                              service="orders") == 2, message="the registration in the log")
+                              service="orders") == 2, timeout=60,
+               message="the registration in the log")
 
     def published() -> bool:
         body = get("orders", "/metrics").text
         return metric(body, "serviceloop_relay_lag_events", service="orders") == 0 and \
             metric(body, "serviceloop_events_published_total", service="orders") == 2
 
-    wait_until(published, message="the relay to publish and record it")
+    wait_until(published, timeout=60, message="the relay to publish and record it")
     assert metric(get("orders", "/metrics").text, "serviceloop_orders_created_total") == 0
 
     unsigned = requests.get(f"http://127.0.0.1:{urlparse(get('dispatch', '/').url).port}"
