@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -159,7 +160,17 @@ def check_object(obj: dict) -> list[str]:
     return problems
 
 
+_SCHEMA_ANSWERS: dict[str, list[str]] = {}  # most objects are the same in every rendering
+
+
 def schema_problems(obj: dict) -> list[str]:
+    key = json.dumps(obj, sort_keys=True)
+    if key not in _SCHEMA_ANSWERS:
+        _SCHEMA_ANSWERS[key] = _schema_problems(obj)
+    return _SCHEMA_ANSWERS[key]
+
+
+def _schema_problems(obj: dict) -> list[str]:
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
