@@ -81,7 +81,8 @@ def park(db, consumer: str, source: str, body: dict, error: str, attempts: int, 
 
 
 def deliver(service, handler, consumer: str, source: str, body: object, *,  # noqa: ANN001
-            attempts: int = DEFAULT_ATTEMPTS, backoff: float = DEFAULT_BACKOFF) -> str:
+            attempts: int = DEFAULT_ATTEMPTS, backoff: float = DEFAULT_BACKOFF,
+            park_on_failure: bool = True) -> str:
     """Run `handler(service, envelope)` under the policy above; returns what happened."""
     now = isoformat(service.clock.now())
     try:
@@ -101,6 +102,8 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
                     return "duplicate"
                 handler(service, envelope)
                 record_handled(conn, consumer, source, envelope, now)
+            if park_on_failure:  # not while handing back: the caller is already doing so
+                hand_back_waiting(service, envelope.correlation_id)
             return "handled"
         except IntegrityError as error:
             if _is_inbox_duplicate(error):
@@ -112,10 +115,38 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
                     envelope.event_id, failure)
         if attempt < attempts:
             eventlet.sleep(min(MAX_BACKOFF, backoff * 2 ** (attempt - 1)))
+    if not park_on_failure:
+        return "waiting"
     park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}", attempts,
          isoformat(service.clock.now()))
     log.error("%s parked %s after %d attempts", consumer, envelope.event_id, attempts)
     return "parked"
+
+
+def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
+    """Messages parked because they came before the event they depend on (RetryLater), for
+    the same order, delivered again now that one of its events was handled: the catch-up
+    has already moved past them, and nothing else would ever bring them back."""
+    with service.db.reader() as conn:
+        rows = conn.execute(text(
+            "SELECT id, consumer, source, envelope FROM parked_messages "
+            "WHERE replayed_at IS NULL AND error LIKE 'RetryLater:%' ORDER BY id")).all()
+    handed_back = 0
+    for row in rows:
+        body = json.loads(row.envelope)
+        if body.get("correlation_id") != correlation_id:
+            continue
+        method = getattr(type(service), row.consumer.split(".", 1)[1])
+        if deliver(service, method.handler, row.consumer, row.source, body, attempts=1,
+                   park_on_failure=False) == "waiting":
+            continue
+        with service.db.transaction() as conn:
+            conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
+                         {"t": isoformat(service.clock.now()), "i": row.id})
+        handed_back += 1
+    if handed_back:
+        log.info("%d parked messages of %s handed back", handed_back, correlation_id)
+    return handed_back
 
 
 def _is_inbox_duplicate(error: IntegrityError) -> bool:
