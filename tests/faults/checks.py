@@ -31,7 +31,13 @@ def settled_logs(system, load: Load, timeout: float = 120) -> dict[str, list[dic
         created = {e["payload"]["order_id"] for e in logs["orders"]
                    if e["event_type"] == "order_created"}
         busy = [loop for loop in loops if loop["missing"] not in LEGITIMATELY_OPEN]
-        return logs if set(load.accepted) <= created and not busy else None
+        verified = {e["payload"]["order_id"] for e in logs["callback"]
+                    if e["event_type"] == "order_verified"}
+        claimed = {e["payload"]["order_id"] for e in logs["settlement"]
+                   if e["event_type"] == "claim_decided"
+                   and e["payload"]["callback"] == "verified"}
+        done = set(load.accepted) <= created and not busy and verified <= claimed
+        return logs if done else None
 
     return wait_until(settled, timeout=timeout, interval=1.0,
                       message="every accepted order to be verified and claimed")
@@ -53,11 +59,20 @@ def assert_nothing_lost_or_doubled(system, load: Load) -> dict[str, list[dict]]:
                           for e in logs[service] if e["event_type"] in kinds)
         wrong = {key: n for key, n in counted.items() if key[0] in orders and n != 1}
         missing = [(o, k) for o in orders for k in kinds if (o, k) not in counted]
-        assert not wrong, f"{service}: events applied more than once: {list(wrong)[:5]}"
+        assert not wrong, f"{service}: events applied more than once: {list(wrong)[:5]}\n" + \
+            history(logs[service], next(iter(wrong))[0])
         assert not missing, f"{service}: lost: {missing[:5]}"
     assert_each_cause_applied_once(logs)
     assert_one_approved_claim_per_order(logs, orders)
     return logs
+
+
+def history(log: list[dict], order_id: str) -> str:
+    """One order's events in one log, a line each, for a failure's message."""
+    return "\n".join(f"  {e['global_position']} {e['stream_id']} v{e['stream_version']} "
+                     f"{e['event_type']} by {e['actor']} at {e['occurred_at']} "
+                     f"cause {e['causation_id']}"
+                     for e in log if e["payload"].get("order_id") == order_id)
 
 
 def assert_each_cause_applied_once(logs: dict[str, list[dict]]) -> None:

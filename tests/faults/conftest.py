@@ -115,18 +115,30 @@ class System:
     def close_broker_connections(self) -> None:
         """`rabbitmqctl close_all_connections` for this run's virtual host only: the broker
         is shared with other tests, so never --global and never stop_app."""
-        vhost = unquote(urlparse(self.env["AMQP_URI"]).path[1:])
-        subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost,
+        subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--vhost", self.vhost(),
                         "fault injection"], check=True, capture_output=True, timeout=30)
 
+    def queues(self) -> dict[str, int]:
+        """Every queue of the run's virtual host -> messages in it, ready or unacknowledged."""
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", self.vhost(),
+                                 "name", "messages"], capture_output=True, text=True,
+                                check=True, timeout=30).stdout
+        return {name: int(count) for name, _, count in
+                (line.rpartition("\t") for line in listed.splitlines()[1:] if "\t" in line)}
+
     def queues_drained(self) -> bool:
-        """No message waits in any queue of the run's virtual host, ready or unacknowledged."""
-        vhost = unquote(urlparse(self.env["AMQP_URI"]).path[1:])
-        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name",
-                                 "messages"], capture_output=True, text=True, check=True,
-                                timeout=30).stdout
-        return all(line.rsplit("\t", 1)[-1].strip() == "0"
-                   for line in listed.splitlines()[1:] if "\t" in line)
+        return not any(self.queues().values())
+
+    def purge_queues_of(self, consumer: str) -> list[str]:
+        """Drop every message waiting for `consumer`: the broker forgot them."""
+        names = [q for q in self.queues() if q.split("--")[-1].startswith(f"{consumer}.")]
+        for name in names:
+            subprocess.run(["rabbitmqctl", "-q", "purge_queue", "-p", self.vhost(), name],
+                           check=True, capture_output=True, timeout=30)
+        return names
+
+    def vhost(self) -> str:
+        return unquote(urlparse(self.env["AMQP_URI"]).path[1:])
 
     # -- the databases -----------------------------------------------------------------------
 
