@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -27,6 +28,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from serviceloop.client import cluster
+from serviceloop.config import PROJECT_ROOT
 from serviceloop.services import IMPLEMENTED, SERVICE_CLASSES
 from tests.conftest import POSTGRES_ADMIN_URL, _pg_url
 from tests.faults.load import World, seed_world
@@ -50,6 +52,7 @@ class System:
     proxy: TcpProxy
     up: subprocess.Popen
     folder: Path
+    log: IO
     seed: str = field(default_factory=lambda: os.environ.get("FAULTS_SEED",
                                                              uuid.uuid4().hex[:8]))
 
@@ -91,8 +94,12 @@ class System:
                           message=f"{name} to be restarted") and self.processes()[name]
 
     def live(self, service: str) -> bool:
+        return self.ready(self.ports[service])
+
+    @staticmethod
+    def ready(port: int) -> bool:
         try:
-            return requests.get(f"http://127.0.0.1:{self.ports[service]}/health/ready",
+            return requests.get(f"http://127.0.0.1:{port}/health/ready",
                                 timeout=5).status_code == 200
         except requests.RequestException:
             return False
@@ -100,6 +107,27 @@ class System:
     def wait_ready(self, timeout: float = 90) -> None:
         wait_until(lambda: all(self.live(s) for s in IMPLEMENTED), timeout=timeout,
                    interval=0.5, message="every service to be ready")
+
+    @contextmanager
+    def replica(self, service: str) -> Iterator[int]:
+        """A second process of `service` (nameko workers compete on its queues); its port."""
+        port = free_port()
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "nameko"), "run", "--config",
+             str(PROJECT_ROOT / "config.yaml"), SERVICE_CLASSES[service]],
+            cwd=PROJECT_ROOT, env={**self.env, "WEB_SERVER_PORT": str(port)},
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: self.ready(port), timeout=60, interval=0.5,
+                       message=f"a second {service} to be ready")
+            yield port
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
 
     @contextmanager
     def supervisor_paused(self) -> Iterator[None]:
@@ -201,7 +229,7 @@ def system(tmp_path_factory, broker_uri, migrated_templates) -> Iterator[System]
     log = open(folder / "up.log", "w")  # noqa: SIM115 - closed below
     up = subprocess.Popen([*CLI, "up"], env={**env, "AMQP_URI": proxy.uri(broker_uri)},
                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    running = System(env, ports, databases, proxy, up, folder)
+    running = System(env, ports, databases, proxy, up, folder, log)
     try:
         with pytest.MonkeyPatch.context() as patch:
             for key in ("AMQP_URI", "SERVICELOOP_VAR", "SERVICELOOP_CLOCK", "AMQP_HEARTBEAT",
