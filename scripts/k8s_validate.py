@@ -417,7 +417,21 @@ def check_network_policies(objects: list[dict]) -> list[str]:
         if (pod.database or pod.broker) and not any(
                 selects(p["spec"].get("podSelector", {}), pod.labels) for p in policies):
             problems.append(f"{pod}: no NetworkPolicy selects it")
+    # and not so tight that a service, its relay or its migration cannot do its work
+    clients = [pod for pod in everyone if pod.component in ("service", "relay", "migration")]
+    for target in (pod for pod in everyone if pod.database or pod.broker):
+        problems += [f"{source} cannot reach {target}: no NetworkPolicy lets it in"
+                     for source in clients if (target.broker or source.name == target.database)
+                     and not admitted(source, target, policies)]
     return problems
+
+
+def admitted(source: Pod, target: Pod, policies: list[dict]) -> bool:
+    return any(selects(peer.get("podSelector", {}), source.labels)
+               for policy in policies if selects(policy["spec"].get("podSelector", {}),
+                                                 target.labels)
+               for rule in policy["spec"].get("ingress") or []
+               for peer in rule.get("from") or [] if "namespaceSelector" not in peer)
 
 
 def peer_problems(peer: dict, targets: list[Pod], everyone: list[Pod]) -> list[str]:

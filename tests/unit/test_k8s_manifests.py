@@ -109,6 +109,11 @@ BROKEN = [
      "networkpolicies.yaml", "app.kubernetes.io/name: settlement}",
      "app.kubernetes.io/name: callback}", "prod",
      "lets Deployment/callback reach Cluster/settlement-db, the settlement database"),
+    ("a database its own migration cannot reach", "components/postgres-statefulset/"
+     "networkpolicies.yaml",
+     "matchLabels: {app.kubernetes.io/part-of: serviceloop, app.kubernetes.io/name: orders}",
+     "matchLabels: {app.kubernetes.io/name: orders, app.kubernetes.io/component: service}",
+     "dev", "Job/orders-migrate cannot reach StatefulSet/orders-db"),
     ("orders reachable from the ingress controller", "base/networkpolicies.yaml",
      "values: [dispatch, callback]", "values: [dispatch, callback, orders]", "dev",
      "lets namespace ingress-nginx reach Deployment/orders"),
