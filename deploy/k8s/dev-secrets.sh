@@ -1,8 +1,9 @@
 #!/bin/sh
 # Creates the Secrets the dev overlay (plain StatefulSets) reads, with random values, in
-# namespace ${NAMESPACE:-serviceloop}. Nothing is written to disk; run it once before
-# `kubectl apply -k deploy/k8s/overlays/dev`. Existing Secrets are left alone, so running it
-# again never changes a password a database was initialised with.
+# namespace ${NAMESPACE:-serviceloop}; run it once before `kubectl apply -k
+# deploy/k8s/overlays/dev`. Nothing is kept on disk (the values pass through kubectl's
+# arguments: fine for dev, not for production). Existing Secrets are left alone, so running
+# it again never changes a password a database was initialised with.
 set -eu
 ns=${NAMESPACE:-serviceloop}
 host=${GATEWAY_HOST:-partners.serviceloop.test}
