@@ -14,6 +14,7 @@ BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 SETTLEMENT_TARGET_ORDERS = 100_000
 SETTLEMENT_SECONDS, SETTLEMENT_MIB = 60, 1024
 AUDIT_EVENTS_PER_S, LOOPS_ORDERS, LOOPS_SECONDS = 100_000, 250_000, 60
+LOOP_TARGET_PER_S = 50
 GATEWAY_OPERATIONS = {"get_order": ("GET /orders/<id>", "GET"),
                       "complete": ("POST /orders/<id>/complete", "POST (echo)")}
 
@@ -61,10 +62,25 @@ def with_target(result: dict) -> dict:
     elif result["bench"] == "audit_verify":
         target = f"≥ {AUDIT_EVENTS_PER_S:,} events/s"
         met = result["value"] >= AUDIT_EVENTS_PER_S
+    elif result["bench"] == "loop":
+        target = (f"≥ {LOOP_TARGET_PER_S} loops/s sustained, no growth in memory or queue "
+                  "depth")
+        met = result["value"] >= LOOP_TARGET_PER_S and not loop_growth(result)
     elif result["bench"] == "audit_loops":
         target = f"{LOOPS_ORDERS:,} orders in < {LOOPS_SECONDS} s"
         met = result["seconds_per_250k"] < LOOPS_SECONDS
     return {**result, "target": target, "met": met}
+
+
+def loop_growth(result: dict) -> list[str]:
+    """What grew from the first half of the window to the second (memory > 10 %, queues
+    by more than the orders in flight)."""
+    grew = []
+    if result["rss_late_mib"] > 1.1 * result["rss_early_mib"]:
+        grew.append(f"RSS {result['rss_early_mib']:.0f} -> {result['rss_late_mib']:.0f} MiB")
+    if result["queued_late"] > result["queued_early"] + result["in_flight"]:
+        grew.append(f"queued {result['queued_early']:.0f} -> {result['queued_late']:.0f}")
+    return grew
 
 
 def _num(value: float) -> str:
@@ -113,6 +129,21 @@ def _row(r: dict) -> list[str]:
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
         return [name, backend, measured, baseline,
                 f"{r['loops_with_read_seconds'] / r['read_seconds']:.2f}×", r["target"], met]
+    elif r["bench"] == "loop":
+        name = (f"whole loop (intake RPC → dispatch → gateway → callback RPC → settlement), "
+                f"{r['in_flight']} orders in flight, {r['window_s']:.0f} s")
+        measured = (f"{r['value']:.1f} loops/s verified, create_order → verified p50 "
+                    f"{r['p50_ms'] / 1000:.1f} s, p99 {r['p99_ms'] / 1000:.1f} s")
+        raw = r["raw"]
+        baseline = (f"one no-op RPC {_num(raw['rpc']['per_s'])}/s "
+                    f"({raw['rpc']['process_cpu_ms_per_call']:.2f} ms CPU); one event delivery "
+                    f"{_num(raw['event_delivery']['per_s'])}/s "
+                    f"({raw['event_delivery']['process_cpu_ms_per_event']:.2f} ms); one append "
+                    f"{_num(raw['append']['per_s'])}/s "
+                    f"({raw['append']['process_cpu_ms_per_append']:.2f} ms)")
+        met = "yes" if r["met"] else "**no**"
+        return [name, backend, measured, baseline, f"{r['ratio']:.0%} of target",
+                r["target"], met]
     elif r["bench"] == "append":
         name = f"EventStore.append, {r['batch']} event{'s' if r['batch'] > 1 else ''}/txn"
         measured = f"{_num(r['value'])} events/s"
@@ -208,6 +239,7 @@ def markdown(report: dict) -> str:
                   "(not measured): " + ", ".join(
                       f"{r['generate_seconds']:.0f} s ({_num(r['generate_events_per_s'])} "
                       "events/s)" for r in audit_rows) + "."]
+    lines += _loop_notes([r for r in report["results"] if r["bench"] == "loop"])
     lines += ["", "Baselines: plain INSERT = same driver and connection settings, a table with the "
               "log's columns and primary key only, no validation/hash/lock; raw SELECT = "
               "`SELECT <log columns> FROM events ORDER BY global_position` on the driver's own "
@@ -215,6 +247,44 @@ def markdown(report: dict) -> str:
     if report.get("errors"):
         lines += ["", "Errors:", ""] + [f"- {e}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _loop_notes(rows: list[dict]) -> list[str]:
+    """Where the whole loop's time and CPU go (bench/loop.py)."""
+    lines = []
+    for r in rows:
+        lines += ["", f"Whole loop: {r['loops']} loops verified in the {r['window_s']:.0f} s "
+                  f"window after {r['warmup_s']:.0f} s of warm-up ({r['orders_opened']} orders "
+                  f"opened in all; after the load stopped {r['drain']['not_verified']} were not "
+                  f"verified within {r['drain']['seconds']:.0f} s; of "
+                  f"{r['settlement']['claims_checked']} verified orders' claims, settlement had "
+                  f"not decided {r['settlement']['undecided']} as verified "
+                  f"{r['settlement']['check_seconds']:.0f} s later, and `run` took "
+                  f"{r['settlement']['run_seconds']:.1f} s). CPU per loop by process "
+                  f"({r['cpu_cores_total']:.2f} cores busy in all; the busiest of ours: "
+                  f"{r['busiest_process']}):", ""]
+        lines += [f"- {role}: {c['ms_per_loop']:.1f} ms per loop ({c['cores']:.2f} cores)"
+                  for role, c in sorted(r["cpu"].items(), key=lambda kv: -kv[1]["cores"])]
+        lines += ["", "Where an order's time goes (median of each stage):", ""]
+        lines += [f"- {stage}: {s['p50_ms'] / 1000:.2f} s" for stage, s in r["stages"].items()
+                  if s["p50_ms"] is not None]
+        grew = loop_growth(r)
+        parked = {service: len(messages)
+                  for service, messages in r["settlement"]["parked"].items() if messages}
+        if parked or r["settlement"]["undecided"]:
+            lines += ["", "**Not all claims came through:** messages parked by consumers "
+                      f"after their retries: {parked or 'none'}; first of them: "
+                      + "; ".join(f"{m['consumer']} {m['event_type']}: {m['error']}"
+                                  for messages in r["settlement"]["parked"].values()
+                                  for m in messages[:2])]
+        lines += ["", f"Partners looked for new assignments {r['partner_polls_per_loop']:.1f} "
+                  "times per order (a signed GET each, idle partners every 0.2–1 s).",
+                  "", f"Memory (every process but PostgreSQL's, whose backends share their "
+                  f"buffers) {r['rss_early_mib']:.0f} MiB in the first half "
+                  f"of the window, {r['rss_late_mib']:.0f} MiB in the second; messages queued "
+                  f"{r['queued_early']:.0f} then {r['queued_late']:.0f} (medians of samples): "
+                  + ("; ".join(grew) if grew else "no growth") + "."]
+    return lines
 
 
 def write(results: list[dict], *, machine: dict, seconds: float, repetitions: int,

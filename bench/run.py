@@ -1,6 +1,6 @@
 """`make bench`: every benchmark beside its baseline, results in bench/results/latest.*.
 
-Usage: python -m bench.run [--quick] [--only append,replay,rpc,gateway,settlement]
+Usage: python -m bench.run [--quick] [--only append,replay,rpc,gateway,settlement,audit,loop]
                            [--backends sqlite,postgres] [--output latest]
                            [--settlement-sizes 10000,30000,100000]
 """
@@ -33,12 +33,14 @@ FULL = {"repetitions": 3, "append_events": 1000, "append_batched_events": 2000,
         "replay_events": 200_000, "rpc_plan": [(1, 500), (16, 2000)], "rpc_warmup": 100,
         "rpc_rounds": 3, "gateway_partners": 16, "gateway_requests": 100,
         "gateway_warmup": 10, "gateway_rounds": 3,
-        "settlement_sizes": [10_000, 30_000, 100_000], "audit_events": 1_000_000}
+        "settlement_sizes": [10_000, 30_000, 100_000], "audit_events": 1_000_000,
+        "loop": {"in_flight": 64, "warmup_s": 30, "measure_s": 300, "sample_s": 10}}
 QUICK = {"repetitions": 3, "append_events": 200, "append_batched_events": 400,
          "replay_events": 20_000, "rpc_plan": [(1, 100), (16, 400)], "rpc_warmup": 20,
          "rpc_rounds": 1, "gateway_partners": 16, "gateway_requests": 20,
          "gateway_warmup": 5, "gateway_rounds": 1, "settlement_sizes": [1_000, 3_000],
-         "audit_events": 50_000}
+         "audit_events": 50_000,
+         "loop": {"in_flight": 32, "warmup_s": 15, "measure_s": 45, "sample_s": 5}}
 
 
 def log(message: str) -> None:
@@ -64,7 +66,7 @@ def _guarded(name: str, errors: list[str], action: Callable[..., dict | list[dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
-    parser.add_argument("--only", default="append,replay,rpc,gateway,settlement,audit")
+    parser.add_argument("--only", default="append,replay,rpc,gateway,settlement,audit,loop")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--output", default="latest",
                         help="results to bench/results/OUTPUT.{json,md}")
@@ -129,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
         results += _guarded("audit verify and loops sqlite", errors, bench_audit_results,
                             settings["audit_events"], "sqlite", log)
+
+    if "loop" in only:
+        from bench.loop import bench_loop
+
+        results += _guarded("whole loop postgres", errors, bench_loop, **settings["loop"],
+                            log=log)
 
     table = report.write(results, machine=machine, seconds=time.perf_counter() - started,
                          repetitions=reps, errors=errors, settings=settings, name=args.output)

@@ -83,6 +83,9 @@ class Script:
     no_answers: int = 0
     outcome: str | None = None  # verified | unverified (the callback's final word)
     finished: float | None = None  # monotonic time of the outcome
+    # monotonic time of each step first seen here: "assigned" (a partner saw it),
+    # "completed" (the gateway took the report), "task" (an agent got the callback task)
+    marks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +107,12 @@ class World:
         self.completions: list[Completion] = []
         self.problems: list[str] = []  # what an actor was refused, for the report
         self.acted = 0  # actions taken, so progress can be shown
+        self.finished = 0  # scripts with an outcome
+        self.polls = 0  # partners' looks at the gateway for new assignments
+
+    def finish(self, script: Script, outcome: str) -> None:
+        script.outcome, script.finished = outcome, time.monotonic()
+        self.finished += 1
 
     def script(self, order_id: str, order_type: str = "repair") -> Script:
         """An order nobody planned (left from an earlier run) is treated as ordinary."""
@@ -141,32 +150,44 @@ class RateCard:
 
 
 class SimulatedPartner:
-    """A partner's system: polls the gateway for new assignments and works each one as its
-    script says (reject it, let it time out, or accept, schedule, arrive and complete)."""
+    """A partner's system: polls the gateway for new assignments and has its technicians
+    work each one as its script says (reject it, let it time out, or accept, schedule,
+    arrive and complete)."""
 
-    def __init__(self, client: PartnerClient, world: World) -> None:
+    def __init__(self, client: PartnerClient, world: World, technicians: int = 4) -> None:
         self.client = client
         self.partner_id = client.partner_id
         self.world = world
+        self.technicians = eventlet.GreenPool(technicians)
+        self.busy: set[str] = set()  # orders a technician is on
         self.unfinished: set[str] = set()  # orders a refused step left half-way
 
     def work(self) -> int:
-        """One look at the gateway; how many orders it acted on."""
+        """One look at the gateway; how many orders went to a technician."""
         views = self.client.list_orders(status="assigned", page_size=100)["items"]
+        self.world.polls += 1
         views += [self.client.get_order(order_id) for order_id in list(self.unfinished)]
-        acted = 0
-        for view in views:
-            try:
-                acted += self.act(view)
+        fresh = [view for view in views if view["order_id"] not in self.busy]
+        for view in fresh:
+            self.world.script(view["order_id"], view["order_type"]).marks.setdefault(
+                "assigned", time.monotonic())
+            self.busy.add(view["order_id"])
+            self.technicians.spawn(self._visit, view)
+        return len(fresh)
+
+    def _visit(self, view: dict) -> None:
+        try:
+            self.act(view)
+            self.unfinished.discard(view["order_id"])
+        except ServiceError as error:
+            self.world.problems.append(f"partner {self.partner_id} on "
+                                       f"{view['order_id']}: {error.code}")
+            if getattr(error, "status", 0) in (0, 409) or error.code == "order_reassigned":
                 self.unfinished.discard(view["order_id"])
-            except ServiceError as error:
-                self.world.problems.append(f"partner {self.partner_id} on "
-                                           f"{view['order_id']}: {error.code}")
-                if getattr(error, "status", 0) in (0, 409) or error.code == "order_reassigned":
-                    self.unfinished.discard(view["order_id"])
-                else:
-                    self.unfinished.add(view["order_id"])
-        return acted
+            else:
+                self.unfinished.add(view["order_id"])
+        finally:
+            self.busy.discard(view["order_id"])
 
     def act(self, view: dict) -> int:
         script = self.world.script(view["order_id"], view["order_type"])
@@ -195,6 +216,7 @@ class SimulatedPartner:
             report = self.report(view, script)
             self.client.complete(order_id, **report)
             script.visits.append(self.partner_id)
+            script.marks.setdefault("completed", time.monotonic())
             self.world.completions.append(Completion(order_id, self.partner_id, report))
         self.world.acted += 1
         return 1
@@ -243,6 +265,7 @@ class SimulatedAgent:
         if task is None:
             return 0
         script = self.world.script(task["order_id"])
+        script.marks.setdefault("task", time.monotonic())
         record = {"task_id": task["task_id"], "agent_id": self.agent_id}
         if script.plan == DISPUTED and task["visit"] == 1:
             record.update(outcome="disputed", dispute_reasons=[
@@ -262,9 +285,9 @@ class SimulatedAgent:
         if record["outcome"] == "no_answer":
             script.no_answers += 1
             if answer["status"] == "unverified":
-                script.outcome, script.finished = "unverified", time.monotonic()
+                self.world.finish(script, "unverified")
         elif record["outcome"] == "verified":
-            script.outcome, script.finished = "verified", time.monotonic()
+            self.world.finish(script, "verified")
         self.world.acted += 1
         return 1
 
@@ -292,7 +315,7 @@ class SimulatedSupervisor:
                              and order["category"] in p.categories
                              and p.partner_id not in order["excluded"])
             if not choices:
-                script.outcome, script.finished = "escalated", time.monotonic()
+                self.world.finish(script, "escalated")
                 continue
             rpc.dispatch.assign({"order_id": order["order_id"], "agent_id": "sim-supervisor",
                                  "partner_id": self.world.rng.choice(choices)})
@@ -340,6 +363,7 @@ class Simulation:
         self.running = False
         self.pool.waitall()
         for partner in self.partners:
+            partner.technicians.waitall()
             partner.client.close()
 
     def __enter__(self) -> Simulation:
@@ -368,10 +392,10 @@ class Simulation:
 
 
 def partners_from_folder(world: World, folder: Path | None = None,
-                         gateway: str | None = None) -> list[SimulatedPartner]:
+                         technicians: int = 4) -> list[SimulatedPartner]:
     """One simulated partner per credentials file `serviceloop seed` saved."""
     folder = folder or var_dir() / "partners"
-    return [SimulatedPartner(PartnerClient.from_file(path, gateway, timeout=30), world)
+    return [SimulatedPartner(PartnerClient.from_file(path, timeout=30), world, technicians)
             for path in sorted(folder.glob("*.json"))]
 
 
