@@ -143,6 +143,11 @@ def _relay(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if os.environ.get("LOG_FORMAT") == "json":  # as the services' config.yaml does
+        from serviceloop.observability import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     logging.getLogger("pika").setLevel(logging.WARNING)
     run_relay(args.service)
 
