@@ -56,7 +56,7 @@ SERVICES = ("orders", "dispatch", "callback", "settlement")
 SERVICE_CLASSES = {"orders": OrdersService, "dispatch": DispatchService,
                    "callback": CallbackService, "settlement": SettlementService}
 PAID = ("approved", "cut")
-ORDERS_PER_EXAMPLE = 2
+ORDERS_PER_EXAMPLE = 2  # open at once; with every one closed there is always a rule to take
 # the model's status -> what happens next to the order
 NEXT_STEP = {"assigned": "accept", "accepted": "complete", "completed": "call_the_customer"}
 FAULTS_PER_EXAMPLE = 2
@@ -198,7 +198,8 @@ class LoopModel(RuleBasedStateMachine):
 
     # -- the agent, the partner, finance ------------------------------------------------------
 
-    @precondition(lambda self: len(self.orders) < ORDERS_PER_EXAMPLE)
+    @precondition(lambda self: len(self.orders) - len(self.in_state("closed"))
+                  < ORDERS_PER_EXAMPLE)
     @rule()
     def create_repair(self) -> None:
         today = self.loop.clock.now().date()
@@ -284,7 +285,7 @@ class LoopModel(RuleBasedStateMachine):
         self.old_parts.remove(serial)
         self.loop.settlement.record_part_return({"serial": serial, "parts_centre": "广州"})
 
-    @precondition(lambda self: any(self.visits.values()))
+    @precondition(lambda self: self.in_state("verified"))
     @rule()
     def run_the_period(self) -> None:
         period = self.period()
@@ -396,6 +397,6 @@ class LoopModel(RuleBasedStateMachine):
 
 def test_the_loop_keeps_its_promises_under_duplicates_and_restarts(system):
     run_state_machine_as_test(lambda: LoopModel(system), settings=settings(
-        max_examples=12, stateful_step_count=15, deadline=None, derandomize=True,
+        max_examples=10, stateful_step_count=15, deadline=None, derandomize=True,
         database=None, phases=(Phase.explicit, Phase.generate),
         suppress_health_check=list(HealthCheck)))
