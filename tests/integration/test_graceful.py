@@ -290,9 +290,11 @@ def test_a_poison_message_is_parked_after_bounded_tries_shown_to_the_operator_an
     (order,) = repairs(1)
     env = settlement.env
 
-    def parked(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLI, "parked", "settlement", *args], env=env, timeout=60,
-                              capture_output=True, text=True, check=True)
+    def parked(*args: str, exit_code: int = 0) -> subprocess.CompletedProcess:
+        result = subprocess.run([*CLI, "parked", "settlement", *args], env=env, timeout=60,
+                                capture_output=True, text=True)
+        assert result.returncode == exit_code, result.stderr
+        return result
 
     # a completion for an order settlement has never heard of fails every time
     completion = order["on_order_completed"]
@@ -305,14 +307,20 @@ def test_a_poison_message_is_parked_after_bounded_tries_shown_to_the_operator_an
     assert queue_state(broker_uri, COMPLETIONS) == (0, 1)  # not looping on the broker
     assert claims_of(url) == {}
 
-    # the order's facts arrive; the operator hands the parked message back, once
+    # the operator hands it back while its cause is still there: parked again, not lost
+    assert parked("--replay", str(shown["id"])).stdout.strip() == "parked"
+    (again,) = json.loads(parked("--json").stdout)
+    assert again["id"] != shown["id"] and again["event_id"] == completion["event_id"]
+    assert claims_of(url) == {}
+
+    # the order settlement was waiting for arrives: the message is handed back, once
     known_to_settlement(broker_uri, url, [order])
-    assert parked("--replay", str(shown["id"])).stdout.strip() == "handled"
+    wait_until(lambda: claims_of(url) == {order_id(order): 1}, message="the claim")
+    wait_until(lambda: json.loads(parked("--json").stdout) == [],
+               message="nothing left parked")
+    refused = parked("--replay", str(again["id"]), exit_code=2)
+    assert json.loads(refused.stderr)["error"]["code"] == "not_found"
     assert claims_of(url) == {order_id(order): 1}
-    assert json.loads(parked("--json").stdout) == []
-    with pytest.raises(subprocess.CalledProcessError) as again:
-        parked("--replay", str(shown["id"]))
-    assert "no parked message" in again.value.stderr
 
 
 # -- the gateway without its database ----------------------------------------------------
