@@ -73,13 +73,18 @@ def with_target(result: dict) -> dict:
 
 
 def loop_growth(result: dict) -> list[str]:
-    """What grew from the first half of the window to the second (memory > 10 %, queues
-    by more than the orders in flight)."""
+    """What grew from the first half of the window to the second: memory by over 10 %,
+    messages queued by over half (and 5). With N orders kept in flight a queue cannot grow
+    without bound; one that grows is where the orders pile up."""
     grew = []
     if result["rss_late_mib"] > 1.1 * result["rss_early_mib"]:
-        grew.append(f"RSS {result['rss_early_mib']:.0f} -> {result['rss_late_mib']:.0f} MiB")
-    if result["queued_late"] > result["queued_early"] + result["in_flight"]:
-        grew.append(f"queued {result['queued_early']:.0f} -> {result['queued_late']:.0f}")
+        grew.append(f"memory grew, {result['rss_early_mib']:.0f} -> "
+                    f"{result['rss_late_mib']:.0f} MiB")
+    if result["queued_late"] > 1.5 * result["queued_early"] + 5:
+        deepest = result["samples"][-1]["deepest"]
+        grew.append(f"messages queued grew, {result['queued_early']:.0f} -> "
+                    f"{result['queued_late']:.0f} (deepest at the end: {deepest[0]}, "
+                    f"{deepest[1]})")
     return grew
 
 
