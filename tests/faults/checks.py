@@ -22,21 +22,27 @@ ONCE_PER_ORDER = {
 }
 
 
+def scenario_orders(logs: dict[str, list[dict]], load: Load) -> set[str]:
+    """The orders opened while this scenario's load ran (earlier scenarios were checked)."""
+    return {e["payload"]["order_id"] for e in logs["orders"]
+            if e["event_type"] == "order_created" and e["global_position"] > load.since}
+
+
 def settled_logs(system, load: Load, timeout: float = 120) -> dict[str, list[dict]]:  # noqa: ANN001
     """The four logs, once every accepted order's loop has gone as far as it can go."""
     def settled() -> dict | None:
         with system.rpc() as rpc:
             logs = audit.read_logs(rpc, IMPLEMENTED)
-            loops = audit.open_loops(logs, load.world.clock.now())
-        created = {e["payload"]["order_id"] for e in logs["orders"]
-                   if e["event_type"] == "order_created"}
-        busy = [loop for loop in loops if loop["missing"] not in LEGITIMATELY_OPEN]
+        orders = scenario_orders(logs, load)
+        loops = audit.open_loops(logs, load.world.clock.now())
+        busy = [loop for loop in loops if loop["missing"] not in LEGITIMATELY_OPEN
+                and loop["order_id"] in orders]
         verified = {e["payload"]["order_id"] for e in logs["callback"]
                     if e["event_type"] == "order_verified"}
         claimed = {e["payload"]["order_id"] for e in logs["settlement"]
                    if e["event_type"] == "claim_decided"
                    and e["payload"]["callback"] == "verified"}
-        done = set(load.accepted) <= created and not busy and verified <= claimed
+        done = set(load.accepted) <= orders and not busy and verified & orders <= claimed
         return logs if done else None
 
     return wait_until(settled, timeout=timeout, interval=1.0,
@@ -48,10 +54,10 @@ def assert_nothing_lost_or_doubled(system, load: Load) -> dict[str, list[dict]]:
     print(f"\n{load.summary()}; events: "
           + ", ".join(f"{s} {len(log)}" for s, log in logs.items()))
     assert audit.verify(logs) == []
+    orders = scenario_orders(logs, load)
     loops = audit.open_loops(logs, load.world.clock.now())
-    assert {loop["missing"] for loop in loops} <= LEGITIMATELY_OPEN
-    orders = {e["payload"]["order_id"] for e in logs["orders"]
-              if e["event_type"] == "order_created"}
+    assert {loop["missing"] for loop in loops if loop["order_id"] in orders} <= \
+        LEGITIMATELY_OPEN
     assert set(load.accepted) <= orders, "an order create_order accepted is not in the log"
 
     for service, kinds in ONCE_PER_ORDER.items():
@@ -62,7 +68,7 @@ def assert_nothing_lost_or_doubled(system, load: Load) -> dict[str, list[dict]]:
         assert not wrong, f"{service}: events applied more than once: {list(wrong)[:5]}\n" + \
             history(logs[service], next(iter(wrong))[0])
         assert not missing, f"{service}: lost: {missing[:5]}"
-    assert_each_cause_applied_once(logs)
+    assert_each_cause_applied_once(logs, orders)
     assert_one_approved_claim_per_order(logs, orders)
     return logs
 
@@ -75,13 +81,13 @@ def history(log: list[dict], order_id: str) -> str:
                      for e in log if e["payload"].get("order_id") == order_id)
 
 
-def assert_each_cause_applied_once(logs: dict[str, list[dict]]) -> None:
+def assert_each_cause_applied_once(logs: dict[str, list[dict]], orders: set[str]) -> None:
     """A consumer that handled one event twice leaves two events of one type with the same
     cause in its log."""
     for service, log in logs.items():
         others = {e["event_id"] for s, other in logs.items() if s != service for e in other}
         counted = Counter((e["causation_id"], e["event_type"]) for e in log
-                          if e["causation_id"] in others)
+                          if e["causation_id"] in others and e["correlation_id"] in orders)
         twice = [key for key, n in counted.items() if n > 1]
         assert not twice, f"{service} applied an event twice: {twice[:5]}"
 
@@ -93,6 +99,7 @@ def assert_one_approved_claim_per_order(logs: dict[str, list[dict]], orders: set
     for event in logs["settlement"]:
         if event["event_type"] == "claim_decided":
             last_decision[event["payload"]["claim_id"]] = event["payload"]
+    last_decision = {claim: d for claim, d in last_decision.items() if d["order_id"] in orders}
     claims = Counter(decision["order_id"] for decision in last_decision.values())
     assert {o: n for o, n in claims.items() if n != 1} == {}, "an order claimed twice"
     assert orders <= set(claims), "a completed order without its claim"

@@ -12,7 +12,7 @@ from tests.faults.conftest import HEARTBEAT
 from tests.faults.load import Load
 from tests.helpers import wait_until
 
-LOAD_SECONDS = 20
+LOAD_SECONDS = 12
 
 
 def test_broker_cut_and_closed_connections_are_survived(system, world):

@@ -8,7 +8,7 @@ from tests.faults.checks import assert_nothing_lost_or_doubled
 from tests.faults.load import Load
 from tests.helpers import wait_until
 
-LOAD_SECONDS = 20
+LOAD_SECONDS = 12
 ROUNDS = 3
 
 

@@ -12,7 +12,7 @@ from tests.faults.conftest import HEARTBEAT
 from tests.faults.load import Load
 from tests.helpers import wait_until
 
-LOAD_SECONDS = 15
+LOAD_SECONDS = 10
 FROZEN = "settlement"
 
 

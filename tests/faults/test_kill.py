@@ -10,7 +10,7 @@ from tests.faults.load import Load
 from tests.helpers import wait_until
 
 VICTIMS = ("orders", "dispatch", "callback", "settlement", "dispatch-relay")
-LOAD_SECONDS = 25
+LOAD_SECONDS = 15
 
 
 def test_killed_services_and_relay_restart_and_lose_nothing(system, world):

@@ -11,7 +11,7 @@ from tests.faults.checks import assert_nothing_lost_or_doubled
 from tests.faults.load import Load
 from tests.helpers import wait_until
 
-LOAD_SECONDS = 10
+LOAD_SECONDS = 8
 LATE = ("callback", "settlement")
 
 

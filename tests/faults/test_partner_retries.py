@@ -9,7 +9,7 @@ from serviceloop.partner_sdk import PartnerClient
 from tests.faults.checks import assert_nothing_lost_or_doubled
 from tests.faults.load import Load
 
-LOAD_SECONDS = 15
+LOAD_SECONDS = 10
 
 
 class ImpatientPartner(PartnerClient):

@@ -18,7 +18,7 @@ from tests.faults.load import Load
 
 CALL_TIMEOUT = 5  # seconds the caller waits for an answer
 REPLY_QUEUE_TTL_MS = 2000  # nameko's is 5 minutes; shortened so the broker outlasts it
-LOAD_SECONDS = 15
+LOAD_SECONDS = 10
 
 
 def test_a_caller_cut_off_fails_in_time_and_its_retry_has_one_effect(system, world,
