@@ -11,6 +11,7 @@ import sys
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from serviceloop.demo import render
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import free_port
 
@@ -102,6 +103,11 @@ def test_the_demo_drives_every_kind_of_loop_and_its_audit_is_what_the_logs_say(
                     approved += sum(line["manufacturer_cents"] for line in claim["lines"]
                                     if line["decision"] in ("approved", "cut"))
         assert statement["payable_cents"] == approved
+
+    # and the same report for people names each of them
+    text = render(report)
+    assert f"LOOPS CLOSED: {report['loops_closed']} of 30" in text
+    assert bad["order_id"] in text and unreachable["order_id"] in text
 
     verified = cli("audit", "verify", "--json", check=False)
     assert verified.returncode == 0 and json.loads(verified.stdout)["breaks"] == []
