@@ -19,7 +19,7 @@ def test_killed_services_and_relay_restart_and_lose_nothing(system, world):
         load.open_orders(LOAD_SECONDS)
         for victim in system.rng.sample(VICTIMS, len(VICTIMS)):
             # a random moment: after a random number of further orders were accepted
-            wanted = len(load.accepted) + system.rng.randint(1, 6)
+            wanted = len(load.accepted) + system.rng.randint(1, 3)
             wait_until(lambda n=wanted: len(load.accepted) >= n, timeout=60,
                        message="orders to be accepted")
             old = system.signal(victim, signal.SIGKILL)
