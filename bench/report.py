@@ -274,6 +274,9 @@ def _loop_notes(rows: list[dict]) -> list[str]:
         lines += [f"- {stage}: {s['p50_ms'] / 1000:.2f} s" for stage, s in r["stages"].items()
                   if s["p50_ms"] is not None]
         grew = loop_growth(r)
+        if r.get("products_ran_out"):
+            lines += ["", "**The load generator ran out of products to open orders for:** "
+                      "the rate above is a floor."]
         parked = {service: len(messages)
                   for service, messages in r["settlement"]["parked"].items() if messages}
         if parked or r["settlement"]["undecided"]:
