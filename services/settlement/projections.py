@@ -14,10 +14,12 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    func,
     select,
+    text,
 )
 
-from serviceloop.eventstore import Envelope, define_log_tables
+from serviceloop.eventstore import APPEND_LOCK_KEY, Envelope, define_log_tables
 from serviceloop.projections import Projector
 
 metadata = MetaData()
@@ -179,8 +181,11 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
 
 
 def _next_position(conn: Connection) -> int:
-    from sqlalchemy import func
-
+    """One more than the last claim opened. Two workers opening claims at once must not both
+    read the same last one: on PostgreSQL take the log's append lock (held to commit, and
+    taken again by the append that follows) first; SQLite writers are serialised already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
     return (conn.execute(select(func.max(claims.c.opened_position))).scalar() or 0) + 1
 
 
