@@ -277,6 +277,10 @@ def state_as_of(events: list[dict], moment: datetime) -> dict[str, dict | None]:
 LINKS = ("created", "dispatched", "completed", "verified", "settled")
 
 
+OUTCOMES = {"order_verified": "verified", "order_disputed": "disputed",
+            "order_unverified": "unverified"}
+
+
 def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | None = None,
                partner: str | None = None) -> list[dict]:
     """Every order whose loop is not closed, the link that is missing, its age and SLA."""
@@ -287,9 +291,8 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
             orders[p["order_id"]] = {"order_id": p["order_id"], "order_type": p["order_type"],
                                      "created_at": event["occurred_at"], "cancelled": False,
                                      "routed_to": p["routed_to"], "partner_id": None,
-                                     "dispatched": False, "completed": False,
-                                     "verified": False, "disputed": False, "revisited": False,
-                                     "settled": False, "unverified": False,
+                                     "dispatched": False, "visits": 0, "outcomes": {},
+                                     "settled": False, "paid": False,
                                      "last_at": event["occurred_at"]}
         elif event["event_type"] == "order_cancelled" and p["order_id"] in orders:
             orders[p["order_id"]]["cancelled"] = True
@@ -301,29 +304,41 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
         if kind == "order_assigned":
             order.update(dispatched=True, partner_id=event["payload"]["partner_id"])
         elif kind == "order_completed":
-            order["revisited"] = order["disputed"]
-            order.update(completed=True, verified=False, last_at=event["occurred_at"])
+            order["visits"] += 1
+            order["last_at"] = max(order["last_at"], event["occurred_at"])
         elif kind == "order_withdrawn":
             order["cancelled"] = True
+    # each log is read on its own, so callback's outcomes are matched to dispatch's visits by
+    # their visit number (a task's, for an outcome that does not carry one), not by time
+    visit_of_task: dict[str, int] = {}
     for event in logs.get("callback", []):
-        order = orders.get(event["payload"].get("order_id", ""))
-        if order is None or event["payload"].get("task_id", "").startswith("review-"):
+        p = event["payload"]
+        order = orders.get(p.get("order_id", ""))
+        if order is None or p.get("task_id", "").startswith("review-"):
             continue
-        if event["event_type"] == "order_verified":
-            order.update(verified=True, last_at=event["occurred_at"])
-        elif event["event_type"] == "order_disputed":
-            order.update(disputed=True, completed=False, revisited=False,
-                         last_at=event["occurred_at"])
-        elif event["event_type"] == "order_unverified":
-            order["unverified"] = True
-    paid_claims = set()
+        if event["event_type"] == "verification_task_created":
+            visit_of_task[p["task_id"]] = p["visit"]
+        elif event["event_type"] in OUTCOMES:
+            visit = p.get("visit") or visit_of_task.get(p["task_id"], 1)
+            order["outcomes"][visit] = OUTCOMES[event["event_type"]]
+            order["last_at"] = max(order["last_at"], event["occurred_at"])
+    for order in orders.values():
+        visits = order["visits"]
+        latest = order["outcomes"].get(visits)
+        order.update(completed=visits > 0 and latest != "disputed",
+                     disputed=latest == "disputed", verified=latest == "verified",
+                     unverified=latest == "unverified")
     for event in logs.get("settlement", []):
-        if event["event_type"] == "period_closed":
-            paid_claims |= {(line["order_id"]) for line in event["payload"]["lines"]
-                            if line["payable_cents"] > 0}
-    for order_id in paid_claims:
-        if order_id in orders:
-            orders[order_id]["settled"] = True
+        if event["event_type"] != "period_closed":
+            continue
+        for line in event["payload"]["lines"]:
+            order = orders.get(line["order_id"])
+            if order is None:
+                continue
+            # settled: decided for good in a closed period (nothing left held), even when
+            # nothing is owed to the partner (the customer paid, or the claim was rejected)
+            order["settled"] |= line["held_cents"] == 0
+            order["paid"] |= line["payable_cents"] > 0
 
     loops = []
     for order in orders.values():
@@ -334,7 +349,7 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
         if partner and order["partner_id"] != partner:
             continue
         missing, sla = None, None
-        if order["settled"] and not order["verified"]:
+        if order["paid"] and not order["verified"]:
             missing, sla = "settled_without_verification", "must never happen"
         elif not order["dispatched"]:
             missing, sla = "never_dispatched", "assign at once"

@@ -251,11 +251,6 @@ def render(report: dict) -> str:
     for loop in report["loops_open"]:
         out.append(f"  {loop['order_id']}  {loop['missing']:<26} ({loop['plan']}; "
                    f"SLA: {loop['sla']})")
-        if loop["missing"] == "disputed_never_revisited" and loop["outcome"] == "verified":
-            # serviceloop.audit.open_loops reads dispatch's log before callback's, so the
-            # re-visit's completion comes before the dispute it answers
-            out.append(f"      but re-visited by {loop['visits'][-1]} and verified: a known "
-                       "gap in `audit loops`")
     out.append("\nRE-DISPATCHED AFTER AN ACCEPT TIMEOUT")
     for item in report["redispatched_after_timeout"]:
         out.append(f"  {item['order_id']}  not accepted by {', '.join(item['ignored_by'])}; "

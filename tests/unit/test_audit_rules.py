@@ -151,6 +151,38 @@ def test_disputed_and_never_revisited(logs):
     assert loops_of(logs)[CLOSED] == "disputed_never_revisited"
 
 
+def test_a_dispute_revisited_and_verified_closes_the_loop(logs):
+    (completed,) = [e for e in logs["dispatch"] if e["event_type"] == "order_completed"
+                    and e["correlation_id"] == CLOSED]
+    (verified,) = [e for e in logs["callback"] if e["event_type"] == "order_verified"
+                   and e["correlation_id"] == CLOSED]
+    # the second visit's completion and verification, after the first visit's dispute
+    logs["dispatch"].append(copy.deepcopy(completed))
+    logs["callback"].append({**copy.deepcopy(verified),
+                             "payload": {**verified["payload"], "visit": 2}})
+    verified["event_type"] = "order_disputed"
+    assert CLOSED not in loops_of(logs)
+    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs["callback"].pop()  # the re-visit happened, its verification not yet
+    assert loops_of(logs)[CLOSED] == "never_verified"
+    logs["dispatch"].pop()  # nor the re-visit
+    assert loops_of(logs)[CLOSED] == "disputed_never_revisited"
+
+
+def statement_lines(logs: dict) -> list[dict]:
+    return [line for e in logs["settlement"] if e["event_type"] == "period_closed"
+            for line in e["payload"]["lines"] if line["order_id"] == CLOSED]
+
+
+def test_work_the_customer_paid_for_is_settled_with_nothing_payable(logs):
+    for line in statement_lines(logs):
+        line["payable_cents"] = 0
+    assert CLOSED not in loops_of(logs)
+    for line in statement_lines(logs):
+        line["held_cents"] = 1000  # still held at the close: not settled yet
+    assert loops_of(logs)[CLOSED] == "never_settled"
+
+
 def test_unverified_after_every_attempt_is_held(logs):
     for event in logs["callback"]:
         if event["event_type"] == "order_verified":
