@@ -18,7 +18,7 @@ LOAD_SECONDS = 12
 def test_broker_cut_and_closed_connections_are_survived(system, world):
     with Load(system, world) as load:
         load.open_orders(LOAD_SECONDS)
-        wanted = len(load.accepted) + system.rng.randint(3, 8)
+        wanted = len(load.accepted) + system.rng.randint(2, 5)
         wait_until(lambda: len(load.accepted) >= wanted, timeout=60,
                    message="orders to be accepted")
         system.proxy.cut()
@@ -26,7 +26,7 @@ def test_broker_cut_and_closed_connections_are_survived(system, world):
                    message="every service to notice the broker is away")
         time.sleep(3 * HEARTBEAT)  # the fault's length, not a wait for anything
         system.proxy.restore()
-        wanted = len(load.accepted) + system.rng.randint(3, 8)
+        wanted = len(load.accepted) + system.rng.randint(2, 5)
         wait_until(lambda: len(load.accepted) >= wanted, timeout=90,
                    message="orders accepted again once the broker is back")
         system.close_broker_connections()

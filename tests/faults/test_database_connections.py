@@ -17,7 +17,7 @@ def test_terminated_database_connections_are_reopened_and_lose_nothing(system, w
     with Load(system, world) as load:
         load.open_orders(LOAD_SECONDS)
         for _ in range(ROUNDS):
-            wanted = len(load.accepted) + system.rng.randint(3, 10)
+            wanted = len(load.accepted) + system.rng.randint(2, 5)
             wait_until(lambda n=wanted: len(load.accepted) >= n, timeout=60,
                        message="orders to be accepted")
             terminated += sum(system.terminate_backends(s) for s in IMPLEMENTED)

@@ -24,7 +24,7 @@ def waiting_for(system, service: str) -> int:  # noqa: ANN001
 def test_a_frozen_consumer_is_replaced_and_its_late_commit_changes_nothing(system, world):
     with system.replica(FROZEN), Load(system, world) as load:
         load.open_orders(LOAD_SECONDS)
-        wanted = len(load.accepted) + system.rng.randint(3, 8)
+        wanted = len(load.accepted) + system.rng.randint(2, 5)
         wait_until(lambda: len(load.completed) >= wanted, timeout=60,
                    message="orders to be completed")
         system.signal(FROZEN, signal.SIGSTOP)
