@@ -99,6 +99,12 @@ def sampled(order_id: str, share: float) -> bool:
 
 
 def lease(task: Task, agent_id: str, now: datetime, settings: Settings) -> NewEvent:
+    """Hand a free task to an agent: an open one, or one whose lease ran out. The agent chose
+    it from a list read a moment ago; meanwhile another may have taken or finished it."""
+    expired = task.status == "leased" and task.lease_until is not None and task.lease_until < now
+    if task.channel != "agent" or not (task.status == "open" or expired):
+        raise Conflict(f"task {task.task_id} is {task.status}: no longer free to call",
+                       {"task_id": [task.status]}, code="task_taken")
     return NewEvent("task_leased", {"task_id": task.task_id, "order_id": task.order_id,
                                     "agent_id": agent_id,
                                     "lease_until": isoformat(now + settings.lease)})

@@ -23,7 +23,13 @@ from sqlalchemy import func, or_, select
 from werkzeug.wrappers import Request, Response
 
 from contracts import callback as contract
-from contracts.errors import ConcurrencyConflict, NotFound, ServiceError, ValidationFailed
+from contracts.errors import (
+    ConcurrencyConflict,
+    Conflict,
+    NotFound,
+    ServiceError,
+    ValidationFailed,
+)
 from contracts.registry import load
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
@@ -127,7 +133,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         for task_id in candidates:
             try:
                 return self._lease(task_id, agent_id)
-            except ConcurrencyConflict:  # another agent took it first: the next one
+            except Conflict:  # another agent took or finished it first: the next one
                 self.db.rollback()
         return None
 
