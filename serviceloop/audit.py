@@ -335,9 +335,10 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
             order = orders.get(line["order_id"])
             if order is None:
                 continue
-            # settled: decided for good in a closed period (nothing left held), even when
-            # nothing is owed to the partner (the customer paid, or the claim was rejected)
-            order["settled"] |= line["held_cents"] == 0
+            # settled: paid in a closed period, or decided there for good with nothing owed
+            # to the partner (the customer paid, or the claim was rejected); a line still
+            # held and paying nothing is not settled yet
+            order["settled"] |= line["payable_cents"] > 0 or line["held_cents"] == 0
             order["paid"] |= line["payable_cents"] > 0
 
     loops = []
