@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from contracts.errors import ServiceUnavailable
 
 
 class UnitOfWork:
@@ -81,8 +84,18 @@ class UnitOfWork:
 
 @contextmanager
 def read_only(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads that must not take SQLite's write lock."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(read_only=True)
-        with conn.begin():
-            yield conn
+    """A connection for reads that must not take SQLite's write lock.
+
+    A connection the database dropped (restart, `pg_terminate_backend`) is found on use and
+    the pool renews them all; the read that found it says "try again" as a typed error,
+    rather than handing the caller the driver's text.
+    """
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(read_only=True)
+            with conn.begin():
+                yield conn
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        raise ServiceUnavailable("the database connection was dropped; try again") from error
