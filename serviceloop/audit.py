@@ -197,8 +197,14 @@ def verify_against(logs: dict[str, list[dict]], saved: dict) -> list[dict]:
         log = logs.get(service, [])
         prefix = [e for e in log if e["global_position"] <= point["position"]]
         if len(prefix) < point["position"]:
-            breaks.append({"service": service, "position": len(prefix), "kind": "shrunk",
-                           "detail": f"the checkpoint saw {point['position']} events"})
+            missing = _first_missing(prefix)
+            end = log[-1]["global_position"] if log else 0
+            detail = (f"position {missing} missing: the log shrank from {point['position']} "
+                      f"to {end}" if end < point["position"] else
+                      f"position {missing} missing: {len(prefix)} of the "
+                      f"{point['position']} events the checkpoint saw are left")
+            breaks.append({"service": service, "position": missing, "kind": "shrunk",
+                           "detail": detail})
             continue
         if prefix and prefix[-1]["hash"] != point["hash"]:
             breaks.append({"service": service, "position": point["position"],
@@ -208,6 +214,14 @@ def verify_against(logs: dict[str, list[dict]], saved: dict) -> list[dict]:
                            "kind": "merkle", "detail": "the log up to the checkpoint was "
                                                       "rewritten (Merkle root differs)"})
     return breaks
+
+
+def _first_missing(prefix: list[dict]) -> int:
+    """The first position 1, 2, 3 … not where it belongs in `prefix`."""
+    for expected, body in enumerate(prefix, 1):
+        if body["global_position"] != expected:
+            return expected
+    return len(prefix) + 1
 
 
 # -- one order across the four logs ---------------------------------------------------------
@@ -261,42 +275,254 @@ def causal_order(events: Iterable[dict]) -> list[dict]:
     return ordered
 
 
-def state_as_of(events: list[dict], moment: datetime) -> dict[str, dict | None]:
-    """Per service, the last event of the order at `moment` (what it knew then)."""
-    state: dict[str, dict | None] = dict.fromkeys(SERVICES)
+
+# callback's outcome events, and the outcome each records for the visit it verified
+OUTCOMES = {"order_verified": "verified", "order_disputed": "disputed",
+            "order_unverified": "unverified", "unverified_closed": "closed_unverified"}
+
+
+# -- one order's state in each service, as of a moment --------------------------------------
+# Each service's state is a fold of its own events for the order, read the way that service's
+# read models read them (services/*/projections.py), so `--as-of` shows what each service held.
+
+
+def _orders_step(state: dict, kind: str, p: dict) -> None:
+    if kind == "order_created":
+        state.update(status=p["status"], order_type=p["order_type"], routed_to=p["routed_to"],
+                     fault_code=p["fault_code"], in_warranty=p["in_warranty"], partner_id=None)
+    elif kind == "order_fault_recorded":
+        state.update(status=p["status"], fault_code=p["fault_code"])
+    elif kind == "order_cancelled":
+        state.update(status="cancelled", cancel_reason=p["reason"])
+    elif kind == "order_progressed":
+        state.update({k: p[k] for k in ("status", "partner_id", "window_start", "window_end")})
+    elif kind == "order_verification_recorded":
+        state.update(status=p["status"], verification=p["outcome"])
+    elif kind == "order_settled":
+        state.update(status="closed", settled_period=p["period"], paid_cents=p["payable_cents"])
+
+
+def _dispatch_step(state: dict, kind: str, p: dict) -> None:
+    free = dict(partner_id=None, window_start=None, window_end=None)  # nobody holds it
+    if kind == "order_received":
+        state.update(status=p["status"], fault_code=p["fault_code"], attempt=0, visits=0,
+                     excluded=[], **free)
+    elif kind == "fault_code_received":
+        state.update(status="ready", fault_code=p["fault_code"])
+    elif kind == "order_assigned":
+        state.update(free, status="assigned", partner_id=p["partner_id"], attempt=p["attempt"],
+                     accept_by=p["accept_by"])
+    elif kind == "order_accepted":
+        state.update(status="accepted", schedule_by=p["schedule_by"])
+    elif kind in ("order_rejected", "assignment_timed_out", "sla_breached"):
+        state.update(free, status="ready", ended_by=kind,
+                     excluded=sorted({*state.get("excluded", []), p["partner_id"]}))
+    elif kind == "order_escalated":
+        state.update(free, status="escalated", escalation=p["reason"])
+    elif kind == "appointment_scheduled":
+        state.update(status="scheduled", window_start=p["window_start"],
+                     window_end=p["window_end"])
+    elif kind == "appointment_cancelled":
+        state.update(status="accepted", window_start=None, window_end=None)
+    elif kind == "partner_arrived":
+        state.update(status="on_site", within_window=p["within_window"])
+    elif kind == "order_completed":
+        state.update(status="completed", visits=state.get("visits", 0) + 1,
+                     labour_fee_cents=p["labour_fee_cents"],
+                     travel_fee_cents=p["travel_fee_cents"],
+                     parts_fee_cents=p["parts_fee_cents"],
+                     parts=[part["part_code"] for part in p["parts"]])
+    elif kind == "order_reopened":
+        state.update(free, status="ready", reopened_for=p["reasons"])
+    elif kind == "order_withdrawn":
+        state.update(status="withdrawn")
+
+
+_TASK_STATUS = {"task_leased": "leased", "confirmation_requested": "awaiting_reply",
+                "callback_unanswered": "open", "order_verified": "verified",
+                "order_disputed": "disputed", "order_unverified": "unverified",
+                "unverified_closed": "closed", "task_returned": "open"}
+
+
+def _callback_step(state: dict, kind: str, p: dict) -> None:
+    """The order's current verification task (the latest visit's; a sampled review of an
+    automatic verification is counted, not shown in its place)."""
+    if kind == "verification_task_created":
+        if p["review_of"]:
+            state["reviews"] = state.get("reviews", 0) + 1
+            return
+        state.update(task_id=p["task_id"], visit=p["visit"], channel=p["channel"],
+                     due_at=p["due_at"], task_status="open", outcome=None, attempts=0)
+        return
+    if p["task_id"] != state.get("task_id") or kind not in _TASK_STATUS:
+        return
+    state["task_status"] = _TASK_STATUS[kind]
+    if kind in OUTCOMES:
+        state["outcome"] = OUTCOMES[kind]
+        state["satisfaction"] = p.get("satisfaction")
+    if kind == "order_disputed":
+        state["dispute_reasons"] = p["reasons"]
+    if kind in ("confirmation_requested", "callback_unanswered"):
+        state["attempts"] = p["attempt"]
+    elif kind == "order_unverified":
+        state["attempts"] = p["attempts"]
+    elif kind == "task_returned":
+        state.update(attempts=0, outcome=None)
+
+
+def _settlement_step(state: dict, kind: str, p: dict) -> None:
+    """The order's latest claim (one per completion) as last decided."""
+    if kind == "order_facts_recorded":
+        state["facts_recorded"] = True
+    elif kind == "sla_breach_recorded":
+        state["sla_breaches"] = state.get("sla_breaches", 0) + 1
+    elif kind == "claim_decided":
+        lines = p["lines"]
+        state.update(claim_id=p["claim_id"], callback=p["callback"],
+                     decisions={line["line_id"]: line["decision"] for line in lines},
+                     claimed_cents=sum(line["claimed_cents"] for line in lines),
+                     approved_cents=sum(line["approved_cents"] for line in lines),
+                     held_cents=sum(line["claimed_cents"] for line in lines
+                                    if line["decision"] == "held"))
+
+
+FOLDS = {"orders": _orders_step, "dispatch": _dispatch_step, "callback": _callback_step,
+         "settlement": _settlement_step}
+
+
+def fold_service(service: str, events: Iterable[dict]) -> dict | None:
+    """One service's state of the order after `events` (that service's, in log order); None
+    when it has none. Plain dicts: what a person or `--json` reads."""
+    state: dict | None = None
+    for event in events:
+        if state is None:
+            state = {"order_id": event["correlation_id"], "events": 0}
+        FOLDS[service](state, event["event_type"], event["payload"])
+        state.update(events=state["events"] + 1, last_event=event["event_type"],
+                     last_at=event["occurred_at"], position=event["global_position"],
+                     actor=event["actor"])
+    return state
+
+
+def state_as_of(events: Iterable[dict], moment: datetime) -> dict[str, dict | None]:
+    """Per service, the order's state as that service held it at `moment`: the fold of its
+    events that had occurred by then (each tagged with its `source`), in its log order."""
+    mine: dict[str, list[dict]] = {service: [] for service in SERVICES}
     for event in events:
         if parse_time(event["occurred_at"]) <= moment:
-            state[event["source"]] = {"event_type": event["event_type"],
-                                      "occurred_at": event["occurred_at"],
-                                      "actor": event["actor"]}
-    return state
+            mine.setdefault(event["source"], []).append(event)
+    return {service: fold_service(service, sorted(log, key=lambda e: e["global_position"]))
+            if service in FOLDS else None for service, log in mine.items()}
 
 
 # -- open loops -----------------------------------------------------------------------------
 
-LINKS = ("created", "dispatched", "completed", "verified", "settled")
-
-
-OUTCOMES = {"order_verified": "verified", "order_disputed": "disputed",
-            "order_unverified": "unverified"}
+# each missing link: the SLA it breaks, and after how many seconds it is broken
+SLAS = {
+    "never_dispatched": ("assign at once", 300),
+    "never_completed": ("accept 2 h, schedule 24 h", 26 * 3600),
+    "disputed_never_revisited": ("re-visit", 26 * 3600),
+    "never_verified": ("verify within 48 h", 48 * 3600),
+    "unverified_held": ("verify within 48 h", 0),
+    "never_settled": ("next period's run", 62 * 86400),
+    # orders closes a paid order as soon as it reads the period's close: minutes, not hours
+    "settled_not_closed_in_orders": ("orders closes it at the period's close", 3600),
+    "closed_unverified_not_closed_in_orders": ("orders closes it with the task", 3600),
+    "settled_without_verification": ("must never happen", 0),
+}
+CLOSED_IN_ORDERS_BUT = "closed_in_orders_but_"  # + the link the other logs say is missing
 
 
 def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | None = None,
                partner: str | None = None) -> list[dict]:
-    """Every order whose loop is not closed, the link that is missing, its age and SLA."""
+    """Every order whose loop is not closed, the link that is missing, its age at `now` (the
+    services' time, never the auditor's wall clock) and the SLA it breaks.
+
+    A loop is closed when orders has closed the order and dispatch, callback and settlement
+    agree: completed, verified (or closed unverified by a supervisor) and settled. Orders
+    closes an order when a closed period pays it, so an order settled with nothing payable
+    (customer-paid, rejected) is closed by the other three logs alone."""
+    orders = _orders_from_their_log(logs.get("orders", []))
+    _follow_dispatch(orders, logs.get("dispatch", []))
+    _follow_callback(orders, logs.get("callback", []))
+    _follow_settlement(orders, logs.get("settlement", []))
+    loops = []
+    for order in orders.values():
+        if order["cancelled"] or order["routed_to"] != "dispatch":
+            continue
+        if since and parse_time(order["created_at"]) < since:
+            continue
+        if partner and order["partner_id"] != partner:
+            continue
+        missing = _missing_link(order)
+        if missing:
+            age = now - parse_time(order["last_at"])
+            sla, limit = SLAS.get(missing, ("must never happen", 0))
+            loops.append({"order_id": order["order_id"], "order_type": order["order_type"],
+                          "partner_id": order["partner_id"], "missing": missing,
+                          "since": order["last_at"],
+                          "age_hours": round(age.total_seconds() / 3600, 1),
+                          "sla": sla, "sla_broken": age.total_seconds() > limit})
+    return sorted(loops, key=lambda loop: loop["since"])
+
+
+def _missing_link(order: dict) -> str | None:
+    """The first link missing in the order's loop, or None when the loop is closed."""
+    latest = order["outcomes"].get(order["visits"])
+    completed = order["visits"] > 0 and latest != "disputed"
+    if order["paid"] and latest != "verified":
+        return "settled_without_verification"
+    if not order["dispatched"]:
+        missing = "never_dispatched"
+    elif latest == "disputed":
+        missing = "disputed_never_revisited"
+    elif not completed:
+        missing = "never_completed"
+    elif latest == "closed_unverified":  # a supervisor closed it unverified: nothing is paid
+        missing = None
+    elif latest != "verified":
+        missing = "unverified_held" if latest == "unverified" else "never_verified"
+    elif not order["settled"]:
+        missing = "never_settled"
+    else:
+        missing = None
+    if missing:  # orders closed what another log says is still open
+        return CLOSED_IN_ORDERS_BUT + missing if order["closed_in_orders"] else missing
+    if order["closed_in_orders"]:
+        return None
+    if order["paid"]:
+        return "settled_not_closed_in_orders"
+    if latest == "closed_unverified":
+        return "closed_unverified_not_closed_in_orders"
+    return None  # settled with nothing payable: orders does not close these (see above)
+
+
+def _orders_from_their_log(log: list[dict]) -> dict[str, dict]:
     orders: dict[str, dict] = {}
-    for event in logs.get("orders", []):
-        p = event["payload"]
-        if event["event_type"] == "order_created":
+    for event in log:
+        p, kind = event["payload"], event["event_type"]
+        if kind == "order_created":
             orders[p["order_id"]] = {"order_id": p["order_id"], "order_type": p["order_type"],
                                      "created_at": event["occurred_at"], "cancelled": False,
                                      "routed_to": p["routed_to"], "partner_id": None,
                                      "dispatched": False, "visits": 0, "outcomes": {},
                                      "settled": False, "paid": False,
+                                     "closed_in_orders": False,
                                      "last_at": event["occurred_at"]}
-        elif event["event_type"] == "order_cancelled" and p["order_id"] in orders:
-            orders[p["order_id"]]["cancelled"] = True
-    for event in logs.get("dispatch", []):
+            continue
+        order = orders.get(p.get("order_id", ""))
+        if order is None:
+            continue
+        if kind == "order_cancelled":
+            order["cancelled"] = True
+        elif kind == "order_settled" or (kind == "order_verification_recorded"
+                                         and p["status"] == "closed"):
+            order["closed_in_orders"] = True  # as orders' own read model closes it
+    return orders
+
+
+def _follow_dispatch(orders: dict[str, dict], log: list[dict]) -> None:
+    for event in log:
         order = orders.get(event["payload"].get("order_id", ""))
         if order is None:
             continue
@@ -308,27 +534,27 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
             order["last_at"] = max(order["last_at"], event["occurred_at"])
         elif kind == "order_withdrawn":
             order["cancelled"] = True
-    # each log is read on its own, so callback's outcomes are matched to dispatch's visits by
-    # their visit number (a task's, for an outcome that does not carry one), not by time
+
+
+def _follow_callback(orders: dict[str, dict], log: list[dict]) -> None:
+    """Each log is read on its own, so callback's outcomes are matched to dispatch's visits by
+    their visit number (a task's, for an outcome that does not carry one), not by time."""
     visit_of_task: dict[str, int] = {}
-    for event in logs.get("callback", []):
-        p = event["payload"]
+    for event in log:
+        p, kind = event["payload"], event["event_type"]
         order = orders.get(p.get("order_id", ""))
         if order is None or p.get("task_id", "").startswith("review-"):
             continue
-        if event["event_type"] == "verification_task_created":
+        if kind == "verification_task_created":
             visit_of_task[p["task_id"]] = p["visit"]
-        elif event["event_type"] in OUTCOMES:
+        elif kind in OUTCOMES or kind == "task_returned":
             visit = p.get("visit") or visit_of_task.get(p["task_id"], 1)
-            order["outcomes"][visit] = OUTCOMES[event["event_type"]]
+            order["outcomes"][visit] = OUTCOMES.get(kind)  # sent back: no outcome yet
             order["last_at"] = max(order["last_at"], event["occurred_at"])
-    for order in orders.values():
-        visits = order["visits"]
-        latest = order["outcomes"].get(visits)
-        order.update(completed=visits > 0 and latest != "disputed",
-                     disputed=latest == "disputed", verified=latest == "verified",
-                     unverified=latest == "unverified")
-    for event in logs.get("settlement", []):
+
+
+def _follow_settlement(orders: dict[str, dict], log: list[dict]) -> None:
+    for event in log:
         if event["event_type"] != "period_closed":
             continue
         for line in event["payload"]["lines"]:
@@ -338,44 +564,35 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
             # settled: paid in a closed period, or decided there for good with nothing owed
             # to the partner (the customer paid, or the claim was rejected); a line still
             # held and paying nothing is not settled yet
-            order["settled"] |= line["payable_cents"] > 0 or line["held_cents"] == 0
+            settles = line["payable_cents"] > 0 or line["held_cents"] == 0
+            order["settled"] |= settles
             order["paid"] |= line["payable_cents"] > 0
-
-    loops = []
-    for order in orders.values():
-        if order["cancelled"] or order["routed_to"] != "dispatch":
-            continue
-        if since and parse_time(order["created_at"]) < since:
-            continue
-        if partner and order["partner_id"] != partner:
-            continue
-        missing, sla = None, None
-        if order["paid"] and not order["verified"]:
-            missing, sla = "settled_without_verification", "must never happen"
-        elif not order["dispatched"]:
-            missing, sla = "never_dispatched", "assign at once"
-        elif order["disputed"] and not order["completed"]:
-            missing, sla = "disputed_never_revisited", "re-visit"
-        elif not order["completed"]:
-            missing, sla = "never_completed", "accept 2 h, schedule 24 h"
-        elif not order["verified"]:
-            missing = "unverified_held" if order["unverified"] else "never_verified"
-            sla = "verify within 48 h"
-        elif not order["settled"]:
-            missing, sla = "never_settled", "next period's run"
-        if missing:
-            age = now - parse_time(order["last_at"])
-            loops.append({"order_id": order["order_id"], "order_type": order["order_type"],
-                          "partner_id": order["partner_id"], "missing": missing,
-                          "since": order["last_at"],
-                          "age_hours": round(age.total_seconds() / 3600, 1),
-                          "sla": sla, "sla_broken": _broken(missing, age.total_seconds())})
-    return sorted(loops, key=lambda loop: loop["since"])
+            if settles:
+                order["last_at"] = max(order["last_at"], event["occurred_at"])
 
 
-def _broken(missing: str, age_seconds: float) -> bool:
-    limits = {"never_dispatched": 300, "never_completed": 26 * 3600,
-              "never_verified": 48 * 3600, "unverified_held": 0,
-              "disputed_never_revisited": 26 * 3600, "never_settled": 62 * 86400,
-              "settled_without_verification": 0}
-    return age_seconds > limits.get(missing, 0)
+def loops_now(logs: dict[str, list[dict]], clock_now: datetime,
+              given: datetime | None = None) -> tuple[datetime, str]:
+    """The moment open loops are aged at, and where it came from: `given` (an auditor's
+    `--now`) if any, else the services' clock, but never before the newest event in the
+    logs (a clock behind the services' would age loops negatively)."""
+    if given is not None:
+        return given, "--now"
+    newest = max((log[-1]["occurred_at"] for log in logs.values() if log), default=None)
+    if newest is not None and parse_time(newest) > clock_now:
+        return parse_time(newest), "the newest event (the services' clock reads earlier)"
+    return clock_now, "the services' clock"
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+def progress_bar(label: str, done: int, total: int, width: int = 24) -> str:
+    """`orders      [############············]    1,200/2,400   50%`: how much of a log has
+    been read, against its head position when reading began (a log that grew since counts
+    as its new length)."""
+    total = max(total, done)
+    share = done / total if total else 1.0
+    filled = int(share * width)
+    return (f"{label:<11} [{'#' * filled}{'·' * (width - filled)}] "
+            f"{done:>9,}/{total:<9,} {int(share * 100):>3}%")

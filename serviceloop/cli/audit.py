@@ -7,14 +7,17 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from serviceloop import audit
 from serviceloop.cli.output import emit, table
 from serviceloop.client import cluster
-from serviceloop.clock import isoformat, parse_time
+from serviceloop.clock import clock_from_setting, isoformat, parse_time
 from serviceloop.services import IMPLEMENTED
 
 
@@ -42,27 +45,63 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="only orders created since (ISO time)")
     p.add_argument("--partner")
     p.add_argument("--csv", action="store_true")
+    p.add_argument("--now", help="ISO time to age the loops at (default: the services' clock, "
+                                 "never before the newest event)")
 
     p = add("rebuild", _rebuild, "drop a service's read models, rebuild them from its log")
     p.add_argument("service", choices=IMPLEMENTED)
 
 
 class _Progress:
-    """One line on stderr: how far each log has been read."""
+    """A bar per log on stderr: events read against the log's head position (`log_head`) when
+    reading began. On a terminal the bars are redrawn in place; elsewhere (a pipe, a CI log)
+    a log's bar is written at each quarter, so the output stays plain lines."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+    def __init__(self, totals: dict[str, int], out: TextIO | None = None) -> None:
+        self.totals, self.out = totals, out or sys.stderr
+        self.counts = dict.fromkeys(totals, 0)
+        self.tty = self.out.isatty()
+        self.quarters = dict.fromkeys(totals, -1)
+        self.drawn, self.shown_at = False, 0.0
 
     def __call__(self, service: str, count: int) -> None:
         self.counts[service] = count
-        sys.stderr.write("\r  reading " + ", ".join(
-            f"{s} {n:,}" for s, n in self.counts.items()) + " events")
-        sys.stderr.flush()
+        if not self.tty:
+            quarter = self._share(service) * 4 // 1
+            if quarter > self.quarters[service]:
+                self.quarters[service] = quarter
+                self.out.write(self._bar(service) + "\n")
+        elif time.monotonic() - self.shown_at > 0.1 or count >= self.totals[service]:
+            self.shown_at = time.monotonic()
+            self._redraw()
+
+    def close(self) -> None:
+        if self.tty:
+            self._redraw()
+        self.out.flush()
+
+    def _share(self, service: str) -> float:
+        total = max(self.totals[service], self.counts[service])
+        return self.counts[service] / total if total else 1.0
+
+    def _bar(self, service: str) -> str:
+        return audit.progress_bar(service, self.counts[service], self.totals[service])
+
+    def _redraw(self) -> None:
+        up = f"\x1b[{len(self.counts)}F" if self.drawn else ""  # back to the first bar
+        self.out.write(up + "".join(f"\x1b[2K{self._bar(s)}\n" for s in self.counts))
+        self.out.flush()
+        self.drawn = True
+
+
+def _heads(rpc) -> dict[str, int]:  # noqa: ANN001
+    return {service: getattr(rpc, service).log_head()["position"] for service in IMPLEMENTED}
 
 
 def _all_logs(rpc) -> dict[str, list[dict]]:  # noqa: ANN001
-    logs = audit.read_logs(rpc, IMPLEMENTED, _Progress())
-    sys.stderr.write("\n")
+    progress = _Progress(_heads(rpc))
+    logs = audit.read_logs(rpc, IMPLEMENTED, progress)
+    progress.close()
     return logs
 
 
@@ -72,13 +111,29 @@ def _replay(args: argparse.Namespace) -> None:
                   for e in getattr(rpc, service).events_for(args.order_id)]
     ordered = audit.causal_order(events)
     if args.as_of:
-        state = audit.state_as_of(ordered, parse_time(args.as_of))
-        emit(state, args.json, lambda s: table(
-            [{"service": k, **(v or {"event_type": "(nothing yet)"})} for k, v in s.items()],
-            ["service", "event_type", "occurred_at", "actor"]))
+        moment = parse_time(args.as_of)
+        emit({"order_id": args.order_id, "as_of": isoformat(moment),
+              "services": audit.state_as_of(ordered, moment)}, args.json, _render_state)
         return
     emit(ordered, args.json, lambda rows: table(rows, [
         "occurred_at", "source", "global_position", "event_type", "actor"]))
+
+
+_BOOKKEEPING = ("order_id", "events", "last_event", "last_at", "position", "actor")
+
+
+def _render_state(answer: dict) -> str:
+    lines = [f"order {answer['order_id']} as of {answer['as_of']}"]
+    for service, state in answer["services"].items():
+        if state is None:
+            lines.append(f"  {service:11} (nothing yet)")
+            continue
+        facts = ", ".join(f"{k}={v}" for k, v in state.items()
+                          if k not in _BOOKKEEPING and v not in (None, [], {}))
+        lines.append(f"  {service:11} {facts}")
+        lines.append(f"  {'':11} after {state['events']} events, the last {state['last_event']}"
+                     f" at {state['last_at']} (position {state['position']}, {state['actor']})")
+    return "\n".join(lines)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -108,7 +163,9 @@ def _checkpoint(args: argparse.Namespace) -> None:
 def _loops(args: argparse.Namespace) -> None:
     with cluster(timeout=120) as rpc:
         logs = _all_logs(rpc)
-        now = datetime.now(UTC)
+    now, source = audit.loops_now(logs, _services_clock().now(),
+                                  parse_time(args.now) if args.now else None)
+    sys.stderr.write(f"ages as of {isoformat(now)} ({source})\n")
     loops = audit.open_loops(logs, now, since=parse_time(args.since) if args.since else None,
                              partner=args.partner)
     columns = ["order_id", "order_type", "partner_id", "missing", "since", "age_hours", "sla",
@@ -123,9 +180,39 @@ def _loops(args: argparse.Namespace) -> None:
     emit(loops, args.json, lambda rows: table(rows, columns))
 
 
+def _services_clock():  # noqa: ANN202
+    """The clock the services run on: `SERVICELOOP_CLOCK`, else what `serviceloop up` hands
+    them (system time plus the offset file `serviceloop demo` moves)."""
+    setting = os.environ.get("SERVICELOOP_CLOCK")
+    if not setting:
+        from serviceloop.simulation import clock_offset_path
+
+        setting = f"file:{clock_offset_path()}"
+    return clock_from_setting(setting)
+
+
 def _rebuild(args: argparse.Namespace) -> int:
+    import eventlet
+
     with cluster(timeout=600) as rpc:
-        result = getattr(rpc, args.service).rebuild_read_models()
+        service = getattr(rpc, args.service)
+        progress = _Progress({args.service: service.log_head()["position"]})
+        progress(args.service, 0)
+        started = time.monotonic()
+
+        def elapsed() -> None:  # the service replays in one transaction: no count until done
+            while True:
+                eventlet.sleep(1)
+                sys.stderr.write(f"  replaying … {time.monotonic() - started:.0f} s\r")
+
+        ticker = eventlet.spawn(elapsed) if progress.tty else None
+        try:
+            result = service.rebuild_read_models()
+        finally:
+            if ticker is not None:
+                ticker.kill()
+        progress(args.service, result["events"])
+        progress.close()
     emit(result, args.json, lambda r: f"replayed {r['events']} events\n" + "\n".join(
         f"  {name:16} {'equal' if t['equal'] else 'DIFFERENT'}"
         for name, t in r["tables"].items()))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from serviceloop import audit
+from serviceloop.clock import isoformat
 from serviceloop.eventstore import Envelope, canonical_json
 
 CAPTURED = json.loads((Path(__file__).resolve().parents[2] / "bench" / "data" /
@@ -79,8 +80,16 @@ def test_a_truncated_tail_is_found_by_what_points_at_it_and_by_the_checkpoint(lo
     assert {b["kind"] for b in breaks} == {"causation"}  # the chain itself still holds
     assert any(completed in b["detail"] for b in breaks)
     assert audit.verify_against(logs, point) == [{
-        "service": "dispatch", "position": 6, "kind": "shrunk",
-        "detail": "the checkpoint saw 9 events"}]
+        "service": "dispatch", "position": 7, "kind": "shrunk",
+        "detail": "position 7 missing: the log shrank from 9 to 6"}]
+
+
+def test_a_row_deleted_below_the_checkpoint_is_named_by_the_checkpoint(logs):
+    point = audit.checkpoint(logs, "then")
+    del logs["dispatch"][2]  # position 3
+    (found,) = audit.verify_against(logs, point)
+    assert (found["service"], found["position"], found["kind"]) == ("dispatch", 3, "shrunk")
+    assert found["detail"] == "position 3 missing: 8 of the 9 events the checkpoint saw are left"
 
 
 def test_a_log_rewritten_with_every_hash_recomputed_fails_only_against_the_checkpoint(logs):
@@ -117,6 +126,12 @@ def without(logs: dict, service: str, event_type: str, order_id: str = CLOSED) -
         e["event_type"] == event_type and e["correlation_id"] == order_id)]}
 
 
+def unsettled(logs: dict) -> dict:
+    """Before the period closed: no statement in settlement, so nothing closed in orders."""
+    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    return without(logs, "orders", "order_settled")
+
+
 def test_the_closed_loop_is_not_listed_and_the_assigned_one_is(logs):
     assert loops_of(logs) == {OPEN: "never_completed"}
 
@@ -127,13 +142,12 @@ def test_created_but_never_dispatched(logs):
 
 
 def test_completed_but_never_verified(logs):
-    logs = without(logs, "callback", "order_verified")
-    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs = unsettled(without(logs, "callback", "order_verified"))
     assert loops_of(logs)[CLOSED] == "never_verified"
 
 
 def test_verified_but_never_settled(logs):
-    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs = unsettled(logs)
     assert loops_of(logs) == {OPEN: "never_completed", CLOSED: "never_settled"}
 
 
@@ -143,11 +157,57 @@ def test_settled_without_verification_is_named(logs):
     assert row["missing"] == "settled_without_verification" and row["sla_broken"]
 
 
+def test_paid_but_never_closed_in_orders(logs):
+    logs = without(logs, "orders", "order_settled")  # orders never read the period's close
+    (row,) = [r for r in audit.open_loops(logs, NOW) if r["order_id"] == CLOSED]
+    assert row["missing"] == "settled_not_closed_in_orders"
+    assert row["since"] == next(e["occurred_at"] for e in logs["settlement"]
+                                if e["event_type"] == "period_closed")
+
+
+def test_closed_in_orders_but_not_settled_is_named_by_what_the_other_log_lacks(logs):
+    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    assert loops_of(logs) == {OPEN: "never_completed",
+                              CLOSED: "closed_in_orders_but_never_settled"}
+    logs = without(logs, "callback", "order_verified")
+    (row,) = [r for r in audit.open_loops(logs, NOW) if r["order_id"] == CLOSED]
+    assert row["missing"] == "closed_in_orders_but_never_verified"
+    assert row["sla"] == "must never happen" and row["sla_broken"]
+
+
+def test_an_order_closed_in_orders_and_never_dispatched_is_listed(logs):
+    logs = without(logs, "dispatch", "order_assigned")
+    assert loops_of(logs)[CLOSED] == "closed_in_orders_but_never_dispatched"
+
+
+def close_unverified(logs: dict) -> dict:
+    """The customer never answered and a supervisor closed the task: callback and orders
+    both say closed, settlement pays nothing."""
+    logs = unsettled(logs)
+    (verified,) = [e for e in logs["callback"] if e["event_type"] == "order_verified"
+                   and e["correlation_id"] == CLOSED]
+    verified["event_type"] = "order_unverified"
+    logs["callback"].append({**verified, "event_type": "unverified_closed", "payload": {
+        "task_id": verified["payload"]["task_id"], "order_id": CLOSED,
+        "supervisor_id": "s1", "note": "three calls, no answer"}})
+    return logs
+
+
+def test_closed_unverified_by_a_supervisor_is_closed_when_orders_agrees(logs):
+    logs = close_unverified(logs)
+    assert loops_of(logs)[CLOSED] == "closed_unverified_not_closed_in_orders"
+    (recorded,) = [e for e in logs["orders"] if e["event_type"] == "order_verification_recorded"
+                   and e["correlation_id"] == CLOSED]
+    logs["orders"].append({**recorded, "payload": {
+        **recorded["payload"], "outcome": "closed_unverified", "status": "closed"}})
+    assert CLOSED not in loops_of(logs)
+
+
 def test_disputed_and_never_revisited(logs):
     for event in logs["callback"]:
         if event["event_type"] == "order_verified":
             event["event_type"] = "order_disputed"
-    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs = unsettled(logs)
     assert loops_of(logs)[CLOSED] == "disputed_never_revisited"
 
 
@@ -162,7 +222,7 @@ def test_a_dispute_revisited_and_verified_closes_the_loop(logs):
                              "payload": {**verified["payload"], "visit": 2}})
     verified["event_type"] = "order_disputed"
     assert CLOSED not in loops_of(logs)
-    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs = unsettled(logs)
     logs["callback"].pop()  # the re-visit happened, its verification not yet
     assert loops_of(logs)[CLOSED] == "never_verified"
     logs["dispatch"].pop()  # nor the re-visit
@@ -175,6 +235,7 @@ def statement_lines(logs: dict) -> list[dict]:
 
 
 def test_work_the_customer_paid_for_is_settled_with_nothing_payable(logs):
+    logs = without(logs, "orders", "order_settled")  # orders closes only what is paid
     for line in statement_lines(logs):
         line["payable_cents"] = 0
     assert CLOSED not in loops_of(logs)
@@ -187,8 +248,15 @@ def test_unverified_after_every_attempt_is_held(logs):
     for event in logs["callback"]:
         if event["event_type"] == "order_verified":
             event["event_type"] = "order_unverified"
-    logs = without(logs, "settlement", "period_closed", "period-2026-11")
+    logs = unsettled(logs)
     assert loops_of(logs)[CLOSED] == "unverified_held"
+
+
+def test_a_task_sent_back_by_a_supervisor_is_waiting_for_verification_again(logs):
+    logs = close_unverified(logs)
+    closed = logs["callback"][-1]
+    closed["event_type"] = "task_returned"
+    assert loops_of(logs)[CLOSED] == "never_verified"
 
 
 def test_a_cancelled_order_is_no_open_loop(logs):
@@ -205,6 +273,23 @@ def test_since_and_partner_narrow_the_list(logs):
     assert len(audit.open_loops(logs, NOW, partner=CAPTURED["partner_id"])) == 1
 
 
+def test_ages_are_counted_from_the_last_step_to_the_moment_given(logs):
+    # every captured event happened at 09:00; the open order was assigned then
+    (row,) = audit.open_loops(logs, NOW)
+    assert (row["since"], row["age_hours"], row["sla_broken"]) == (
+        "2026-11-02T09:00:00.000000Z", 1.0, False)
+    (row,) = audit.open_loops(logs, NOW + timedelta(hours=26, minutes=30))
+    assert (row["age_hours"], row["sla_broken"]) == (27.5, True)
+
+
+def test_loops_are_aged_at_the_services_time_never_before_the_newest_event(logs):
+    newest = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    later, earlier = newest + timedelta(days=3), newest - timedelta(days=300)
+    assert audit.loops_now(logs, later) == (later, "the services' clock")
+    assert audit.loops_now(logs, earlier)[0] == newest  # a clock behind the services'
+    assert audit.loops_now(logs, later, given=earlier) == (earlier, "--now")
+
+
 def test_replay_puts_every_event_after_its_cause(logs):
     events = [{**e, "source": s} for s, log in logs.items() for e in log
               if e["correlation_id"] == CLOSED]
@@ -215,8 +300,94 @@ def test_replay_puts_every_event_after_its_cause(logs):
             e["event_id"] for e in events}
         seen.add(event["event_id"])
     assert ordered[0]["event_type"] == "order_created"
-    assert audit.state_as_of(ordered, NOW)["callback"]["event_type"] == "order_verified"
+    assert audit.state_as_of(ordered, NOW)["callback"]["last_event"] == "order_verified"
     assert canonical_json(ordered[-1]["payload"])  # every event kept whole
+
+
+# -- the order's state in each service as of a moment --------------------------------------
+
+# minutes after 09:00 at which each of the closed order's events happened: (service, position)
+HISTORY = {("orders", 3): 0, ("dispatch", 2): 1, ("settlement", 3): 1, ("dispatch", 3): 2,
+           ("orders", 4): 2, ("dispatch", 4): 10, ("orders", 5): 10, ("dispatch", 5): 11,
+           ("dispatch", 6): 30, ("dispatch", 7): 60, ("orders", 6): 60, ("callback", 1): 61,
+           ("settlement", 4): 61, ("callback", 2): 80, ("callback", 3): 90, ("orders", 7): 90,
+           ("settlement", 5): 91, ("orders", 8): 200}
+
+
+def at(minutes: int) -> datetime:
+    return datetime(2026, 11, 2, 9, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def history(logs) -> list[dict]:
+    """The closed order's events from the four logs, spread over the morning as above."""
+    events = [{**e, "source": s} for s, log in logs.items() for e in log
+              if e["correlation_id"] == CLOSED]
+    for event in events:
+        event["occurred_at"] = isoformat(at(HISTORY[event["source"], event["global_position"]]))
+    return events
+
+
+def test_before_the_order_existed_no_service_knew_it(history):
+    assert audit.state_as_of(history, at(-1)) == dict.fromkeys(
+        ("orders", "dispatch", "callback", "settlement"))
+
+
+def test_just_after_assignment_orders_and_dispatch_name_the_partner(history):
+    partner = CAPTURED["partner_id"]
+    state = audit.state_as_of(history, at(5))
+    assert {k: state["orders"][k] for k in ("status", "partner_id", "order_type", "events")} \
+        == {"status": "assigned", "partner_id": partner, "order_type": "repair", "events": 2}
+    assert {k: state["dispatch"][k] for k in ("status", "partner_id", "attempt", "visits")} \
+        == {"status": "assigned", "partner_id": partner, "attempt": 1, "visits": 0}
+    assert state["callback"] is None
+    assert state["settlement"]["facts_recorded"] and "claim_id" not in state["settlement"]
+
+
+def test_on_site_the_appointment_is_known_and_nothing_is_claimed(history):
+    state = audit.state_as_of(history, at(45))
+    assert state["orders"]["status"] == "accepted"  # what orders had heard from dispatch
+    dispatch = state["dispatch"]
+    assert (dispatch["status"], dispatch["window_start"], dispatch["window_end"],
+            dispatch["within_window"]) == (
+        "on_site", "2026-11-02T09:00:00.000000Z", "2026-11-02T11:00:00.000000Z", True)
+    assert (state["callback"], state["dispatch"]["last_event"]) == (None, "partner_arrived")
+
+
+def test_after_completion_the_task_is_leased_and_the_claim_held_for_the_callback(history):
+    state = audit.state_as_of(history, at(85))
+    assert (state["orders"]["status"], state["dispatch"]["status"],
+            state["dispatch"]["visits"], state["dispatch"]["labour_fee_cents"]) == (
+        "completed", "completed", 1, 6000)
+    callback = state["callback"]
+    assert (callback["task_status"], callback["visit"], callback["outcome"]) == (
+        "leased", 1, None)
+    settlement = state["settlement"]
+    assert (settlement["callback"], settlement["decisions"], settlement["held_cents"],
+            settlement["approved_cents"]) == (
+        "pending", {"labour": "held", "travel": "held"}, 7500, 0)
+
+
+def test_once_verified_the_claim_is_approved_and_once_paid_orders_closes(history):
+    state = audit.state_as_of(history, at(120))
+    assert (state["orders"]["status"], state["orders"]["verification"]) == (
+        "verified", "verified")
+    assert (state["callback"]["task_status"], state["callback"]["satisfaction"]) == (
+        "verified", 5)
+    assert (state["settlement"]["callback"], state["settlement"]["approved_cents"]) == (
+        "verified", 7500)
+    assert "paid_cents" not in state["orders"]
+    closed = audit.state_as_of(history, at(200))["orders"]
+    assert (closed["status"], closed["paid_cents"], closed["settled_period"],
+            closed["last_event"]) == ("closed", 7500, "2026-11", "order_settled")
+
+
+def test_the_progress_bar_shows_count_total_and_share():
+    assert audit.progress_bar("orders", 1200, 2400, width=10) == (
+        "orders      [#####·····]     1,200/2,400      50%")
+    assert audit.progress_bar("dispatch", 0, 0, width=4).endswith("[####]         0/0         100%")
+    grown = audit.progress_bar("callback", 5, 3, width=4)  # the log grew while being read
+    assert "5/5" in grown and grown.endswith("100%")
 
 
 @pytest.mark.parametrize("workers", [2, 3])
