@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from sqlalchemy import text
 
 from serviceloop import audit
+from serviceloop.cli import main
+from serviceloop.clock import isoformat
 from serviceloop.db import make_engine
 from serviceloop.services import IMPLEMENTED
 from tests.helpers import wait_until
@@ -31,10 +34,15 @@ class _rpc:  # the fixture's proxies, as the audit module reaches services
         self.callback, self.settlement = system.callback, system.settlement
 
 
-def test_a_whole_loop_replays_in_causal_order_verifies_clean_and_closes(loop):  # noqa: F811
+def test_a_whole_loop_replays_in_causal_order_verifies_clean_and_closes(
+        loop, broker_uri, monkeypatch, capsys):  # noqa: F811
     partner = loop.register_partner()
     order_id = loop.repair("13500000001")
     complete(loop, partner, order_id, labour_fee_cents=6000)
+    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "completed"
+               and loop.callback.tasks_for_order(order_id), message="the completion followed")
+    completed_at = loop.clock.now()
+    loop.clock.advance(hours=1)  # the customer is called back an hour later
     verify(loop, order_id)
     latest(loop, order_id, 2)
     loop.settlement.run(loop.clock.now().strftime("%Y-%m"))
@@ -60,6 +68,23 @@ def test_a_whole_loop_replays_in_causal_order_verifies_clean_and_closes(loop):  
     assert ("settlement", "claim_decided") in kinds
     then = audit.state_as_of(ordered, loop.clock.now() - timedelta(days=365))
     assert set(then.values()) == {None}
+
+    # the auditor's command: each service's state half an hour after the completion
+    monkeypatch.setenv("AMQP_URI", broker_uri)
+    moment = isoformat(completed_at + timedelta(minutes=30))
+    assert main(["audit", "replay", order_id, "--as-of", moment, "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert (state["order_id"], state["as_of"]) == (order_id, moment)
+    services = state["services"]
+    assert (services["orders"]["status"], services["orders"]["partner_id"]) == (
+        "completed", partner.partner_id)
+    assert (services["dispatch"]["status"], services["dispatch"]["visits"]) == ("completed", 1)
+    assert (services["callback"]["task_status"], services["callback"]["outcome"]) == (
+        "open", None)
+    assert (services["settlement"]["callback"], services["settlement"]["approved_cents"]) == (
+        "pending", 0)
+    now = audit.state_as_of(ordered, loop.clock.now())
+    assert (now["orders"]["status"], now["callback"]["outcome"]) == ("closed", "verified")
 
     logs = logs_of(loop)
     assert audit.verify(logs) == []
