@@ -174,8 +174,21 @@ class Demo:
     def _audit(self, rpc, world: World, planted: Script | None,  # noqa: ANN001
                statements: list[dict]) -> dict:
         self.say("audit: reading the four logs …")
-        logs = audit.read_logs(rpc, IMPLEMENTED)
-        loops = audit.open_loops(logs, self.clock.now())
+        read: dict = {}
+
+        def orders_caught_up() -> bool:
+            """Orders closes a paid order when it reads the period's close, a moment after the
+            run: until then the audit rightly lists it settled_not_closed_in_orders."""
+            read["logs"] = audit.read_logs(rpc, IMPLEMENTED)
+            read["loops"] = audit.open_loops(read["logs"], self.clock.now())
+            return not any(loop["missing"] == "settled_not_closed_in_orders"
+                           and loop["order_id"] in world.scripts for loop in read["loops"])
+
+        try:
+            until(orders_caught_up, 60, "orders to close the paid orders", every=1.0)
+        except TimeoutError as error:  # then the report shows them open, as they are
+            self.say(f"  {error}")
+        logs, loops = read["logs"], read["loops"]
         ours = [loop for loop in loops if loop["order_id"] in world.scripts]
         bad = []
         if planted is not None:

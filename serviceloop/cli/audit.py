@@ -17,7 +17,7 @@ from typing import TextIO
 from serviceloop import audit
 from serviceloop.cli.output import emit, table
 from serviceloop.client import cluster
-from serviceloop.clock import clock_from_setting, isoformat, parse_time
+from serviceloop.clock import Clock, clock_from_setting, isoformat, parse_time
 from serviceloop.services import IMPLEMENTED
 
 
@@ -62,6 +62,7 @@ class _Progress:
         self.counts = dict.fromkeys(totals, 0)
         self.tty = self.out.isatty()
         self.quarters = dict.fromkeys(totals, -1)
+        self.written: dict[str, int] = {}
         self.drawn, self.shown_at = False, 0.0
 
     def __call__(self, service: str, count: int) -> None:
@@ -70,7 +71,7 @@ class _Progress:
             quarter = self._share(service) * 4 // 1
             if quarter > self.quarters[service]:
                 self.quarters[service] = quarter
-                self.out.write(self._bar(service) + "\n")
+                self._write_plain(service)
         elif time.monotonic() - self.shown_at > 0.1 or count >= self.totals[service]:
             self.shown_at = time.monotonic()
             self._redraw()
@@ -78,7 +79,14 @@ class _Progress:
     def close(self) -> None:
         if self.tty:
             self._redraw()
+        for service, count in self.counts.items():
+            if not self.tty and self.written.get(service) != count:  # it grew while read
+                self._write_plain(service)
         self.out.flush()
+
+    def _write_plain(self, service: str) -> None:
+        self.written[service] = self.counts[service]
+        self.out.write(self._bar(service) + "\n")
 
     def _share(self, service: str) -> float:
         total = max(self.totals[service], self.counts[service])
@@ -180,7 +188,7 @@ def _loops(args: argparse.Namespace) -> None:
     emit(loops, args.json, lambda rows: table(rows, columns))
 
 
-def _services_clock():  # noqa: ANN202
+def _services_clock() -> Clock:
     """The clock the services run on: `SERVICELOOP_CLOCK`, else what `serviceloop up` hands
     them (system time plus the offset file `serviceloop demo` moves)."""
     setting = os.environ.get("SERVICELOOP_CLOCK")
@@ -203,7 +211,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         def elapsed() -> None:  # the service replays in one transaction: no count until done
             while True:
                 eventlet.sleep(1)
-                sys.stderr.write(f"  replaying … {time.monotonic() - started:.0f} s\r")
+                sys.stderr.write(f"\x1b[2K  replaying … {time.monotonic() - started:.0f} s\r")
 
         ticker = eventlet.spawn(elapsed) if progress.tty else None
         try:
@@ -211,6 +219,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         finally:
             if ticker is not None:
                 ticker.kill()
+                sys.stderr.write("\x1b[2K")
         progress(args.service, result["events"])
         progress.close()
     emit(result, args.json, lambda r: f"replayed {r['events']} events\n" + "\n".join(
