@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import eventlet
+from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
+from nameko.rpc import Rpc
 from nameko.web.handlers import http
 from sqlalchemy import Connection, text
 from werkzeug.wrappers import Request, Response
@@ -32,6 +34,9 @@ from serviceloop.config import amqp_uri
 CHECK_TIMEOUT = 2.0  # seconds: a probe never waits longer on one dependency
 BROKER_CHECK_TTL = 2.0  # seconds a broker answer is reused
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# named, and looked up, apart from this module: nameko's logging config imports this module
+# for JsonFormatter and so disables any logger the module had already made
+WORKER_LOG = "serviceloop.worker"
 
 # what the current green thread works on, for log lines (set where work starts)
 _CONTEXT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("serviceloop_log",
@@ -43,6 +48,13 @@ def log_context(correlation_id: str | None = None, causation_id: str | None = No
     """Say what this green thread is working on: every log line it writes carries it."""
     _CONTEXT.set({"correlation_id": correlation_id, "causation_id": causation_id,
                   "actor": actor})
+
+
+def _about_order(correlation_id: str) -> None:
+    """Name the order a worker turned out to be about, unless something already did."""
+    context = dict(_CONTEXT.get() or {})
+    if not context.get("correlation_id"):
+        _CONTEXT.set({**context, "correlation_id": correlation_id})
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -171,6 +183,26 @@ class Probes(DependencyProvider):
 
     def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
         return self
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None) -> None:  # noqa: ANN001
+        """One log line per consumed event and per RPC a person (not `system`) made, in the
+        worker's own green thread, so it carries the order, the cause and the actor."""
+        entrypoint = worker_ctx.entrypoint
+        if isinstance(entrypoint, EventHandler):
+            what = f"{entrypoint.source_service}.{entrypoint.event_type}"
+        elif isinstance(entrypoint, Rpc) and \
+                worker_ctx.context_data.get("actor") not in (None, "system"):
+            what = "rpc"
+            if isinstance(result, dict) and isinstance(result.get("order_id"), str):
+                _about_order(result["order_id"])  # an RPC's answer names the order it served
+        else:  # probes, metrics, timers, internal reads: not news
+            return
+        name = f"{worker_ctx.service_name}.{entrypoint.method_name}"
+        log = logging.getLogger(WORKER_LOG)
+        if exc_info is None:
+            log.info("%s handled %s", name, what)
+        else:
+            log.info("%s did not complete %s: %s", name, what, _why(exc_info[1]))
 
 
 class Observable:
