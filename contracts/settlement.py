@@ -49,6 +49,16 @@ class LineSchema(Schema):
     customer_cents = fields.Integer(**_cents)
 
 
+class StatementLineDecision(Schema):
+    """One claim line (labour, travel, part-N) that was not approved in full, and why."""
+
+    line_id = fields.String(required=True)
+    decision = fields.String(required=True, validate=validate.OneOf(DECISIONS[1:]))
+    reasons = fields.List(fields.String(), required=True)
+    claimed_cents = fields.Integer(**_cents)
+    approved_cents = fields.Integer(**_cents)
+
+
 class StatementLine(Schema):
     claim_id = fields.String(required=True)
     order_id = fields.String(required=True)
@@ -59,7 +69,9 @@ class StatementLine(Schema):
     cut_cents = fields.Integer(**_cents)
     held_cents = fields.Integer(**_cents)
     rejected_cents = fields.Integer(**_cents)
-    reasons = fields.List(fields.String(), required=True)
+    reasons = fields.List(fields.String(), required=True)  # every line's, merged
+    # which line was cut, held or rejected and why (absent in statements closed before it)
+    decisions = fields.List(fields.Nested(StatementLineDecision), load_default=list)
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -97,15 +97,29 @@ def _statement(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         statement = rpc.settlement.statement(args.period, args.partner)
     if args.csv:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, STATEMENT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for line in statement["lines"]:
-            writer.writerow({**{k: line[k] for k in STATEMENT_COLUMNS},
-                             "reasons": " ".join(line["reasons"])})
-        sys.stdout.write(out.getvalue())
+        sys.stdout.write(statement_csv(statement))
         return
     emit(statement, args.json, _render)
+
+
+def statement_csv(statement: dict) -> str:
+    """One row per claim or adjustment; `reasons` names each line cut, held or rejected."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, STATEMENT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for line in statement["lines"]:
+        writer.writerow({**{k: line[k] for k in STATEMENT_COLUMNS},
+                         "reasons": line_reasons(line)})
+    return out.getvalue()
+
+
+def line_reasons(line: dict) -> str:
+    """'labour cut: labour_above_rate_card; part-1 held: old_part_not_returned' (a statement
+    closed before lines were named says its merged reasons)."""
+    if "decisions" not in line:
+        return " ".join(line["reasons"])
+    return "; ".join(f"{d['line_id']} {d['decision']}: {' '.join(d['reasons'])}"
+                     for d in line["decisions"])
 
 
 def _claims(args: argparse.Namespace) -> None:
@@ -131,8 +145,11 @@ def _reconcile(args: argparse.Namespace) -> None:
         report = rpc.settlement.reconcile(args.period, args.partner,
                                           args.file.read_text(encoding="utf-8"))
     emit(report, args.json, lambda r: table(r["differences"], [
-        "order_id", "line_id", "kind", "claimed_cents", "our_cents"])
-        + f"\n\ntheirs {_money(r['their_claimed_cents'])}  ours "
+        "order_id", "line_id", "kind", "claimed_cents", "our_cents", "difference_cents"])
+        + "\n\n" + "\n".join(
+            f"{kind}: {t['count']}  difference {_money(t['difference_cents'])}"
+            for kind, t in r.get("totals", {}).items() if t["count"])
+        + f"\ntheirs {_money(r['their_claimed_cents'])}  ours "
           f"{_money(r['our_claimed_cents'])}  difference {_money(r['difference_cents'])}")
 
 
@@ -149,7 +166,7 @@ def _render(statement: dict) -> str:
             f"{_money(statement['adjustments_cents'])})  cut {_money(statement['cut_cents'])}"
             f"  held {_money(statement['held_cents'])}  rejected "
             f"{_money(statement['rejected_cents'])}")
-    rows = [{**line, "reasons": " ".join(line["reasons"])} for line in statement["lines"]]
+    rows = [{**line, "reasons": line_reasons(line)} for line in statement["lines"]]
     return head + "\n" + table(rows, STATEMENT_COLUMNS[1:])
 
 

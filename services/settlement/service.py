@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import uuid
 from datetime import date
 
+from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 from sqlalchemy import and_, case, func, or_, select
 
@@ -26,7 +28,7 @@ from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
-from services.settlement import csvfiles, rules
+from services.settlement import csvfiles, ratecard, reports, rules
 from services.settlement.projections import (
     claim_parts,
     claims,
@@ -41,7 +43,36 @@ from services.settlement.projections import (
 )
 
 _PART_RETURN = contract.PartReturn()
-MAX_CHECKIN_KM = 2.0
+DEFAULT_MAX_CHECKIN_KM = 2.0
+
+
+def _max_checkin_km(value: object) -> float:
+    try:
+        km = float(value)
+    except (TypeError, ValueError):
+        km = -1.0
+    if not km > 0:
+        raise ValueError(f"SETTLEMENT_MAX_CHECKIN_KM must be a positive number, not {value!r}")
+    return km
+
+
+class SettlementSettings(DependencyProvider):
+    """Config: SETTLEMENT_MAX_CHECKIN_KM (2.0), how far from the customer's address an
+    arrival may check in before the claim is held; the nameko config key, else the
+    environment variable of the same name."""
+
+    def __init__(self) -> None:
+        # read here too, so the class built without nameko (bench, tests) has it
+        self.max_checkin_km = _max_checkin_km(
+            os.environ.get("SETTLEMENT_MAX_CHECKIN_KM", DEFAULT_MAX_CHECKIN_KM))
+
+    def setup(self) -> None:
+        self.max_checkin_km = _max_checkin_km(self.container.config.get(
+            "SETTLEMENT_MAX_CHECKIN_KM",
+            os.environ.get("SETTLEMENT_MAX_CHECKIN_KM", DEFAULT_MAX_CHECKIN_KM)))
+
+    def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
+        return self
 
 
 class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
@@ -49,6 +80,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     db = Database("settlement", metadata)
     clock = ClockProvider()
+    settings = SettlementSettings()
 
     def service_metrics(self, metrics, conn) -> None:  # noqa: ANN001 - for /metrics
         """Claims with any line in each decision, and the cents decided each way."""
@@ -184,12 +216,14 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             event = NewEvent("price_list_loaded", {"list_id": card_id, **data})
         (loaded,) = self._append(f"rates-{card_id}", 0, [event], card_id, f"cmd-{uuid.uuid4()}",
                                  actor=f"finance:{agent_id}")
-        # claims held for want of a rate or price in force on their day are decided again
+        # every open claim on or after the card's date is priced again with the card now in
+        # force on its completion day (held for want of a rate, or priced with an older card);
+        # a claim already in a closed statement keeps the card it was settled with
         conn = self.db.conn
-        waiting = conn.execute(select(claims.c.claim_id).where(
-            claims.c.completed_on >= data["effective_from"],
-            or_(claims.c.lines.contains("no_rate_in_force"),
-                claims.c.lines.contains("part_not_on_price_list")))).scalars().all()
+        waiting = conn.execute(select(claims.c.claim_id).outerjoin(
+            settled, settled.c.claim_id == claims.c.claim_id).where(
+            claims.c.completed_on >= data["effective_from"], settled.c.claim_id.is_(None))
+            .order_by(claims.c.opened_position)).scalars().all()
         for claim_id in waiting:
             self._decide(conn, self._claim(conn, claim_id), "rates_loaded", loaded.event_id)
         return {"card_id": card_id, "kind": kind, "effective_from": data["effective_from"],
@@ -200,8 +234,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def current_rates(self, on: str | None = None) -> dict:
         day = on or self.clock.now().date().isoformat()
         with self.db.reader() as conn:
-            return {"on": day, "rates": _card_in_force(conn, "rates", day),
-                    "parts": _card_in_force(conn, "parts", day)}
+            return {"on": day, "rates": _card_in_force(conn, "rates", day)[1],
+                    "parts": _card_in_force(conn, "parts", day)[1]}
 
     @rpc
     @transactional
@@ -268,36 +302,20 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             statements.c.period == period, statements.c.partner_id == partner_id)).scalar()
         if stored:
             return json.loads(stored)
-        rows = conn.execute(select(claims, settled.c.settled_cents).outerjoin(
-            settled, settled.c.claim_id == claims.c.claim_id).where(
-            claims.c.partner_id == partner_id, claims.c.completed_on <= end)
-            .order_by(claims.c.completed_on, claims.c.claim_id)).mappings().all()
-        lines = []
-        for row in rows:
-            reasons = sorted({r for line in json.loads(row["lines"]) for r in line["reasons"]})
-            if row["settled_cents"] is None:
-                lines.append({
-                    "claim_id": row["claim_id"], "order_id": row["order_id"],
-                    "completed_on": row["completed_on"], "kind": "claim",
-                    "claimed_cents": row["claimed_cents"], "payable_cents": row["payable_cents"],
-                    "cut_cents": row["cut_cents"], "held_cents": row["held_cents"],
-                    "rejected_cents": row["rejected_cents"], "reasons": reasons})
-            elif row["payable_cents"] != row["settled_cents"]:
-                lines.append({
-                    "claim_id": row["claim_id"], "order_id": row["order_id"],
-                    "completed_on": row["completed_on"], "kind": "adjustment",
-                    "claimed_cents": 0,
-                    "payable_cents": row["payable_cents"] - row["settled_cents"],
-                    "cut_cents": 0, "held_cents": row["held_cents"],
-                    "rejected_cents": row["rejected_cents"], "reasons": reasons})
-        body = {"period": period, "partner_id": partner_id, "lines": lines,
-                **{key: sum(line[key] for line in lines if line["kind"] == "claim")
-                   for key in ("payable_cents", "cut_cents", "held_cents", "rejected_cents")},
-                "adjustments_cents": sum(line["payable_cents"] for line in lines
-                                         if line["kind"] == "adjustment")}
-        body["payable_cents"] += body["adjustments_cents"]
+        body = _statement(conn, period, partner_id, end)
         self._append(f"period-{period}-{partner_id}", 0, [NewEvent("period_closed", body)],
                      f"period-{period}", f"run-{period}", actor="finance:run")
+        return json.loads(json.dumps(body, default=str))
+
+    @rpc
+    def preview(self, period: str, partner_id: str) -> dict:
+        """The statement `run(period, partner_id)` would close now, closing nothing (a closed
+        period answers its closed statement)."""
+        _, end = _month(period)
+        with self.db.reader() as conn:
+            stored = conn.execute(select(statements.c.body).where(
+                statements.c.period == period, statements.c.partner_id == partner_id)).scalar()
+            body = json.loads(stored) if stored else _statement(conn, period, partner_id, end)
         return json.loads(json.dumps(body, default=str))
 
     @rpc
@@ -320,38 +338,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         with self.db.reader() as conn:
             rows = conn.execute(select(claims).where(claims.c.partner_id == partner_id)) \
                 .mappings().all()
-        ours: dict[tuple[str, str], dict] = {}
-        in_period: set[str] = set()
-        for row in rows:
-            for line in json.loads(row["lines"]):
-                ours[(row["order_id"], line["line_id"])] = line
-            if start <= row["completed_on"] <= end:
-                in_period.add(row["order_id"])
-        known_orders = {order for order, _ in ours}
-        differences = []
-        for row in theirs:
-            key = (row["order_id"], row["line_id"])
-            line = ours.get(key)
-            if row["order_id"] not in known_orders:
-                differences.append({**row, "kind": "order_not_ours", "our_cents": None})
-            elif line is None:
-                differences.append({**row, "kind": "line_not_ours", "our_cents": None})
-            elif line["claimed_cents"] != row["claimed_cents"]:
-                differences.append({**row, "kind": "amount_differs",
-                                    "our_cents": line["claimed_cents"]})
-            elif line["decision"] == "rejected":
-                differences.append({**row, "kind": "line_rejected", "our_cents": 0,
-                                    "reasons": line["reasons"]})
-        listed = {row["order_id"] for row in theirs}
-        for order_id in sorted(in_period - listed):
-            claimed = sum(line["claimed_cents"] for (o, _), line in ours.items() if o == order_id)
-            differences.append({"order_id": order_id, "line_id": "*", "claimed_cents": None,
-                                "kind": "order_forgotten", "our_cents": claimed})
-        their_total = sum(row["claimed_cents"] for row in theirs)
-        our_total = sum(line["claimed_cents"] for (o, _), line in ours.items() if o in in_period)
-        return {"period": period, "partner_id": partner_id, "differences": differences,
-                "their_claimed_cents": their_total, "our_claimed_cents": our_total,
-                "difference_cents": their_total - our_total}
+        return reports.reconcile(period, partner_id, start, end, [dict(r) for r in rows],
+                                 theirs)
 
     @rpc
     def scorecard(self, period: str) -> list[dict]:
@@ -367,33 +355,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                     select(sla_breaches.c.partner_id, sla_breaches.c.due_at)).tuples():
                 if start <= due_at[:10] <= end:
                     breaches[partner_id] = breaches.get(partner_id, 0) + 1
-        by_partner: dict[str, list[dict]] = {partner_id: [] for partner_id in breaches}
-        for row in rows:
-            by_partner.setdefault(row["partner_id"], []).append(dict(row))
-        cards = []
-        for partner_id, own in sorted(by_partner.items()):
-            answered = [c for c in own if c["callback"] in ("verified", "disputed")]
-            seen: set[str] = set()
-            first_visits = []
-            for c in own:  # in arrival order: an order's first claim is its first visit
-                if c["order_id"] not in seen:
-                    seen.add(c["order_id"])
-                    first_visits.append(c)
-            scores = [c["satisfaction"] for c in own if c["satisfaction"] is not None]
-            claimed = sum(c["claimed_cents"] for c in own)
-            cards.append({
-                "partner_id": partner_id, "completed": len(own),
-                "first_visit_fix_rate": _ratio(sum(c["callback"] == "verified"
-                                                   for c in first_visits), len(first_visits)),
-                "repeat_repairs": sum("repeat_repair_within_30_days" in c["lines"]
-                                      for c in own),
-                "dispute_rate": _ratio(sum(c["callback"] == "disputed" for c in answered),
-                                       len(answered)),
-                "mean_satisfaction": round(sum(scores) / len(scores), 2) if scores else None,
-                "sla_breaches": breaches.get(partner_id, 0),
-                "rejected_value_share": _ratio(sum(c["rejected_cents"] for c in own), claimed),
-            })
-        return cards
+        return reports.scorecards([dict(r) for r in rows], breaches)
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -425,8 +387,10 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         facts = self._facts(conn, claim["order_id"])
         evidence = claim["evidence"]
         day = claim["completed_on"]
-        card = _card_in_force(conn, "rates", day)
-        prices = {p["part_code"]: p["cents"] for p in (_card_in_force(conn, "parts", day) or [])}
+        (card_id, card), (list_id, price_list) = self._cards(conn, claim)
+        # the decision says which cards priced it: a settled claim keeps them
+        evidence["rate_card_id"], evidence["price_list_id"] = card_id, list_id
+        prices = {p["part_code"]: p["cents"] for p in (price_list or [])}
         region = facts["province"]
         others = self._other_claims(conn, claim)
         new_serials = [line["new_serial"] for line in claim["lines"] if line.get("new_serial")]
@@ -458,12 +422,14 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                 for line in claim["lines"]),
             callback=claim["callback"],
             warranty={w["component"]: w for w in json.loads(facts["warranty"])},
-            labour_rate_cents=_labour_rate(card, claim["order_type"], evidence["category"],
+            labour_rate_cents=ratecard.labour_rate(card, claim["order_type"],
+                                                   evidence["category"],
                                            region),
-            travel_rate_cents=_travel_rate(card, evidence["travel_distance_km"], region),
+            travel_rate_cents=ratecard.travel_rate(card, evidence["travel_distance_km"],
+                                                   region),
             part_prices=prices, customer_paid_cents=claim["customer_paid_cents"],
             customer_paid_confirmed=claim["customer_paid_confirmed"], checkin_km=checkin,
-            max_checkin_km=MAX_CHECKIN_KM,
+            max_checkin_km=self.settings.max_checkin_km,
             serials_claimed_elsewhere=frozenset(serials),
             barcodes_claimed_elsewhere=frozenset(o["installation_barcode"] for o in others
                                                  if o["installation_barcode"]),
@@ -472,6 +438,20 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                                      and o["callback"] != "disputed" for o in others),
             same_partner_repair_days_ago=min(repeat) if repeat else None,
             returned_serials=frozenset(returned))
+
+    def _cards(self, conn, claim: dict) -> tuple[tuple, tuple]:  # noqa: ANN001
+        """The rate card and price list that price `claim`: those in force on its completion
+        day, except for a claim already in a closed statement, which keeps the ones it was
+        priced with then (a card loaded or back-dated later does not reprice a closed period;
+        evidence arriving later is paid at the same rates, as an adjustment)."""
+        day, evidence = claim["completed_on"], claim["evidence"]
+        if claim["version"] and conn.execute(select(settled.c.claim_id).where(
+                settled.c.claim_id == claim["claim_id"])).first():
+            pinned = [_card(conn, evidence[key]) if evidence.get(key) else (None, None)
+                      for key in ("rate_card_id", "price_list_id")]
+            return tuple(found if found[0] else _card_in_force(conn, kind, day)
+                         for found, kind in zip(pinned, ("rates", "parts"), strict=True))
+        return _card_in_force(conn, "rates", day), _card_in_force(conn, "parts", day)
 
     def _other_claims(self, conn, claim: dict) -> list[dict]:  # noqa: ANN001
         """The claims that arrived before this one (a duplicate is the later of two) and
@@ -541,38 +521,28 @@ def _month(period: str) -> tuple[str, str]:
     return f"{year:04d}-{month:02d}-01", f"{year:04d}-{month:02d}-{last:02d}"
 
 
-def _card_in_force(conn, kind: str, day: str):  # noqa: ANN001, ANN202
-    body = conn.execute(select(rate_cards.c.body).where(
+def _card_in_force(conn, kind: str, day: str) -> tuple[str | None, object]:  # noqa: ANN001
+    """(card id, body) of the card of `kind` in force on `day`: the latest effective date on
+    or before it, the later loaded of two with the same date."""
+    row = conn.execute(select(rate_cards.c.card_id, rate_cards.c.body).where(
         rate_cards.c.kind == kind, rate_cards.c.effective_from <= day)
         .order_by(rate_cards.c.effective_from.desc(), rate_cards.c.loaded_at.desc())
-        .limit(1)).scalar()
-    return json.loads(body) if body else None
+        .limit(1)).first()
+    return (row[0], json.loads(row[1])) if row else (None, None)
 
 
-def _labour_rate(card: dict | None, order_type: str, category: str, region: str) -> int | None:
-    if not card:
-        return None
-    found = {(r["order_type"], r["category"], r["region"]): r["cents"] for r in card["labour"]}
-    for key in ((order_type, category, region), (order_type, category, "*"),
-                (order_type, "*", region), (order_type, "*", "*")):
-        if key in found:
-            return found[key]
-    return None
+def _card(conn, card_id: str) -> tuple[str | None, object]:  # noqa: ANN001
+    body = conn.execute(select(rate_cards.c.body).where(rate_cards.c.card_id == card_id)) \
+        .scalar()
+    return (card_id, json.loads(body)) if body else (None, None)
 
 
-def _travel_rate(card: dict | None, km: int, region: str) -> int | None:
-    if not card:
-        return None
-    for wanted in (region, "*"):
-        bands = sorted((r["up_to_km"], r["cents"]) for r in card["travel"]
-                       if r["region"] == wanted)
-        if bands:
-            return next((cents for up_to, cents in bands if km <= up_to), bands[-1][1])
-    return None
-
-
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
+def _statement(conn, period: str, partner_id: str, end: str) -> dict:  # noqa: ANN001
+    rows = conn.execute(select(claims, settled.c.settled_cents).outerjoin(
+        settled, settled.c.claim_id == claims.c.claim_id).where(
+        claims.c.partner_id == partner_id, claims.c.completed_on <= end)
+        .order_by(claims.c.completed_on, claims.c.claim_id)).mappings().all()
+    return reports.statement(period, partner_id, [dict(r) for r in rows])
 
 
 def _claim_view(row: dict) -> dict:

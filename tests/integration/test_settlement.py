@@ -4,13 +4,15 @@ broker and database; partners over the gateway, agents and finance over RPC."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
 
+from bench.settlement import WARRANTY, ProducerLog, stand_in
 from contracts.errors import ValidationFailed
 from serviceloop.clock import isoformat
+from serviceloop.consumer import deliver
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore
 from services.callback.service import CallbackService
@@ -231,3 +233,161 @@ def test_the_scorecard_counts_completions_satisfaction_and_sla_breaches(loop):
     assert card["completed"] == 1 and card["mean_satisfaction"] == 4
     assert card["first_visit_fix_rate"] == 1.0 and card["sla_breaches"] == 1
     assert loop.settlement.scorecard("2026-12") == []
+
+
+# -- the service's own evidence, delivered straight to its consumers -----------------------
+# The real SettlementService class on a real database without nameko or the other services
+# (as bench/settlement.py builds it): cheap enough for dated cards and whole periods.
+
+
+class Ledger:
+    def __init__(self, url: str) -> None:
+        import contracts.callback
+        import contracts.dispatch
+        import contracts.orders  # noqa: F401 - the producers' contracts, for validation
+
+        self.service = stand_in(url, datetime(2026, 9, 1, 8, tzinfo=UTC))
+        self.logs = {s: ProducerLog(s) for s in ("orders", "dispatch", "callback")}
+        self.completions: dict[str, dict] = {}
+
+    def deliver(self, source: str, handler: str, envelope: dict) -> None:
+        at = datetime.fromisoformat(envelope["occurred_at"].replace("Z", "+00:00"))
+        self.service.clock.set(at + timedelta(seconds=5))
+        assert deliver(self.service, getattr(SettlementService, handler).handler,
+                       f"settlement.{handler}", source, envelope, attempts=1) == "handled"
+
+    def repair(self, order_id: str, on: str, *, partner: str = "P1", serial: str = "",
+               province: str = "广东省", labour: int = 8000, travel: int = 2500,
+               km: int = 10, parts: tuple = ()) -> None:
+        """An order created and completed on `on` (YYYY-MM-DD, 10:00 UTC)."""
+        at = datetime.fromisoformat(f"{on}T10:00:00+00:00")
+        serial = serial or f"S-{order_id}"
+        address = {"province": province, "city": "市", "district": "区", "street": "路1号",
+                   "lat": 23.13, "lon": 113.33}
+        self.deliver("orders", "on_order_created", self.logs["orders"].envelope(
+            f"order-{order_id}", 1, "order_created", {
+                "order_id": order_id, "request_id": None, "order_type": "repair",
+                "channel": "phone", "status": "created", "routed_to": "dispatch",
+                "customer_id": f"cus-{order_id}", "product_id": f"prd-{serial}",
+                "phone": "13900000000", "address": address, "category": "water_heater",
+                "model": "WH-E60A", "serial": serial, "description": "no hot water",
+                "fault_code": "WH-E1", "related_order_id": None, "about_partner_id": None,
+                "warranty": WARRANTY, "in_warranty": True}, at - timedelta(hours=2), order_id))
+        parts = [{"part_code": "WH-P-HEATER-2KW", "old_serial": old, "new_serial": f"N-{old}",
+                  "quantity": 1, "fee_cents": 11000, "charged_to": "manufacturer"}
+                 for old in parts]
+        completion = self.logs["dispatch"].envelope(f"order-{order_id}", 6, "order_completed", {
+            "order_id": order_id, "partner_id": partner, "order_type": "repair",
+            "category": "water_heater", "model": "WH-E60A", "serial": serial,
+            "phone": "13900000000", "in_warranty": True, "fault_code": "WH-E1",
+            "work_done": "换加热管", "parts": parts, "installation_barcode": None,
+            "labour_fee_cents": labour, "travel_fee_cents": travel, "travel_distance_km": km,
+            "parts_fee_cents": sum(p["fee_cents"] for p in parts), "customer_paid_cents": 0,
+            "confirmation_matched": True, "arrived_at": (at - timedelta(hours=1)).isoformat(),
+            "arrival_lat": 23.13, "arrival_lon": 113.33}, at, order_id,
+            actor=f"partner:{partner}")
+        self.completions[order_id] = completion
+        self.deliver("dispatch", "on_order_completed", completion)
+
+    def callback(self, order_id: str, outcome: str = "verified", satisfaction: int = 5) -> None:
+        completion = self.completions[order_id]
+        at = datetime.fromisoformat(completion["occurred_at"].replace("Z", "+00:00"))
+        p = completion["payload"]
+        payload = {"task_id": completion["event_id"], "order_id": order_id,
+                   "partner_id": p["partner_id"], "channel": "agent",
+                   "satisfaction": satisfaction, "customer_paid_cents": 0, "notes": "",
+                   "visit": 1}
+        if outcome == "disputed":
+            del payload["channel"]
+            payload.update(reasons=["not_fixed"], about_partner=False,
+                           complaint_requested=False)
+        self.deliver("callback", f"on_order_{outcome}", self.logs["callback"].envelope(
+            f"task-{completion['event_id']}", 3, f"order_{outcome}", payload,
+            at + timedelta(hours=3), order_id, actor="agent:a1"))
+
+    def lines(self, order_id: str) -> dict:
+        (claim,) = self.service.claims_for_order(order_id)
+        return {line["line_id"]: (line["decision"], line["approved_cents"])
+                for line in claim["lines"]}
+
+
+@pytest.fixture
+def ledger(database_for, backend):
+    book = Ledger(database_for("settlement", backend))
+    book.service.load_rates(RATES)
+    book.service.load_rates(PARTS)
+    yield book
+    book.service.db.engine.dispose()
+
+
+OCTOBER_CARD = """effective_from,kind,order_type,category,region,up_to_km,cents
+2026-10-15,labour,repair,water_heater,*,,7000
+2026-10-15,labour,repair,water_heater,广东省,,7500
+2026-10-15,travel,,,*,20,1800
+2026-10-15,travel,,,浙江省,30,1200
+"""
+BACK_DATED_CARD = RATES.replace("2026-01-01", "2026-09-01").replace(",6000\n", ",6500\n")
+
+
+def test_a_claim_is_priced_with_the_card_in_force_on_its_day_and_a_regional_rate_wins(ledger):
+    ledger.service.load_rates(OCTOBER_CARD)  # loaded ahead of its day
+    ledger.repair("before", "2026-10-14")
+    ledger.repair("guangdong", "2026-10-15")
+    ledger.repair("zhejiang", "2026-10-20", province="浙江省")
+    for order_id in ("before", "guangdong", "zhejiang"):
+        ledger.callback(order_id)
+    assert ledger.lines("before") == {"labour": ("cut", 6000), "travel": ("cut", 1500)}
+    assert ledger.lines("guangdong") == {"labour": ("cut", 7500), "travel": ("cut", 1800)}
+    assert ledger.lines("zhejiang") == {"labour": ("cut", 7000), "travel": ("cut", 1200)}
+    assert ledger.service.current_rates("2026-10-14")["rates"]["labour"][0]["cents"] == 6000
+
+
+def test_a_back_dated_card_reprices_open_claims_and_a_closed_period_keeps_its_card(ledger):
+    service = ledger.service
+    ledger.repair("sept", "2026-09-10", parts=("OLD-S",))
+    ledger.repair("octo", "2026-10-10")
+    ledger.callback("sept")
+    ledger.callback("octo")
+    assert ledger.lines("octo")["labour"] == ("cut", 6000)
+    (september,) = service.run("2026-09")
+    assert september["payable_cents"] == 6000 + 1500  # the part waits for its return
+
+    service.load_rates(BACK_DATED_CARD)  # in force from 2026-09-01, loaded in October
+    assert ledger.lines("octo")["labour"] == ("cut", 6500)  # open: the card now in force
+    assert ledger.lines("sept")["labour"] == ("cut", 6000)  # settled: its card stays
+    service.record_part_return({"serial": "OLD-S", "waived_by": "李经理"})
+    assert ledger.lines("sept") == {"labour": ("cut", 6000), "travel": ("cut", 1500),
+                                    "part-1": ("approved", 11000)}
+    assert service.statement("2026-09", "P1") == september
+
+    # a period's figures, then every read model dropped and rebuilt from the log: the same
+    preview = service.preview("2026-10", "P1")
+    assert [(line["order_id"], line["kind"], line["payable_cents"])
+            for line in preview["lines"]] == [("sept", "adjustment", 11000),
+                                                ("octo", "claim", 6500 + 1500)]
+    with service.db.engine.begin() as conn:
+        before = projector.checksums(conn)
+        assert projector.rebuild(conn, EventStore(events)) > 0  # every table emptied first
+        assert projector.checksums(conn) == before
+    assert service.preview("2026-10", "P1") == preview
+    (october,) = service.run("2026-10")
+    assert october == preview and october["payable_cents"] == 11000 + 8000
+    assert october["adjustments_cents"] == 11000 and october["cut_cents"] == 1500 + 1000
+
+
+def test_the_scorecard_counts_repeats_disputes_and_the_value_rejected(ledger):
+    ledger.repair("first", "2026-10-02", serial="WH-1", labour=6000, travel=1500)
+    ledger.repair("again", "2026-10-12", serial="WH-1", labour=6000, travel=1500)
+    ledger.repair("disputed", "2026-10-20", labour=6000, travel=1500)
+    ledger.repair("other", "2026-10-21", partner="P2", labour=6000, travel=1500)
+    ledger.callback("first", satisfaction=5)
+    ledger.callback("again", satisfaction=4)
+    ledger.callback("disputed", "disputed", satisfaction=1)
+    assert ledger.lines("again")["labour"] == ("rejected", 0)
+    cards = {c["partner_id"]: c for c in ledger.service.scorecard("2026-10")}
+    assert cards["P1"] == {
+        "partner_id": "P1", "completed": 3, "first_visit_fix_rate": round(2 / 3, 4),
+        "repeat_repairs": 1, "dispute_rate": round(1 / 3, 4), "mean_satisfaction": 3.33,
+        "sla_breaches": 0, "rejected_value_share": round((6000 + 7500) / 22500, 4)}
+    assert cards["P2"]["completed"] == 1 and cards["P2"]["dispute_rate"] is None
+    assert cards["P2"]["repeat_repairs"] == 0 and cards["P2"]["rejected_value_share"] == 0

@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from contracts.errors import ValidationFailed
-from services.settlement import csvfiles, rules
+from services.settlement import csvfiles, ratecard, reports, rules
 from services.settlement.rules import APPROVED, CUT, HELD, REJECTED, Claim, Line
 
 LABOUR = Line("labour", "labour", 6000, "manufacturer")
@@ -129,3 +129,145 @@ def test_rate_card_csv_loads_and_bad_rows_are_refused_with_line_numbers():
     with pytest.raises(ValidationFailed) as columns:
         csvfiles.parse_partner_statement("order,amount\n1,2\n")
     assert columns.value.code == "wrong_columns"
+
+
+def test_a_waived_return_releases_the_part_line_like_a_returned_one():
+    # record_part_return puts a waived serial among the returned ones (kind "waived")
+    waived = outcome(claim(returned_serials=frozenset({"OLD-1"})))
+    assert waived["part-1"] == (APPROVED, [], 11000)
+
+
+def test_the_check_in_limit_is_the_configured_one():
+    assert outcome(claim(checkin_km=5.0, max_checkin_km=10.0))["labour"][0] == APPROVED
+    assert outcome(claim(checkin_km=12.0, max_checkin_km=10.0))["labour"][:2] == (
+        HELD, ["checkin_far_from_customer"])
+
+
+def test_the_check_in_limit_comes_from_config_else_the_environment(monkeypatch):
+    from services.settlement.service import SettlementSettings
+
+    assert SettlementSettings().max_checkin_km == 2.0
+    monkeypatch.setenv("SETTLEMENT_MAX_CHECKIN_KM", "7.5")
+    assert SettlementSettings().max_checkin_km == 7.5
+    for bad in ("far", "0", "-3"):
+        monkeypatch.setenv("SETTLEMENT_MAX_CHECKIN_KM", bad)
+        with pytest.raises(ValueError, match="SETTLEMENT_MAX_CHECKIN_KM"):
+            SettlementSettings()
+
+
+CARD = {"labour": [
+    {"order_type": "repair", "category": "water_heater", "region": "*", "cents": 7000},
+    {"order_type": "repair", "category": "water_heater", "region": "广东省", "cents": 7500},
+    {"order_type": "repair", "category": "*", "region": "*", "cents": 5000},
+    {"order_type": "install", "category": "*", "region": "浙江省", "cents": 4000}],
+    "travel": [{"up_to_km": 20, "region": "*", "cents": 1800},
+               {"up_to_km": 50, "region": "*", "cents": 3000},
+               {"up_to_km": 30, "region": "浙江省", "cents": 1200}]}
+
+
+def test_a_regional_rate_wins_over_the_default_where_it_differs():
+    assert ratecard.labour_rate(CARD, "repair", "water_heater", "广东省") == 7500
+    assert ratecard.labour_rate(CARD, "repair", "water_heater", "浙江省") == 7000
+    assert ratecard.labour_rate(CARD, "repair", "washer", "广东省") == 5000
+    assert ratecard.labour_rate(CARD, "install", "washer", "浙江省") == 4000
+    assert ratecard.labour_rate(CARD, "install", "washer", "广东省") is None
+    # a region with travel bands of its own uses only those, up to its last band
+    assert ratecard.travel_rate(CARD, 10, "浙江省") == 1200
+    assert ratecard.travel_rate(CARD, 45, "浙江省") == 1200
+    assert ratecard.travel_rate(CARD, 10, "广东省") == 1800
+    assert ratecard.travel_rate(CARD, 21, "广东省") == 3000
+    assert ratecard.travel_rate(CARD, 99, "广东省") == 3000
+    assert ratecard.travel_rate(None, 10, "广东省") is None
+
+
+def _line(line_id: str, decision: str, claimed: int, approved: int, reasons: list) -> dict:
+    return {"line_id": line_id, "decision": decision, "claimed_cents": claimed,
+            "approved_cents": approved, "reasons": reasons}
+
+
+def _row(order_id: str, lines: list[dict], **extra) -> dict:
+    cents = {"claimed_cents": sum(line["claimed_cents"] for line in lines),
+             "payable_cents": 0, "cut_cents": 0, "held_cents": 0, "rejected_cents": 0}
+    return {"claim_id": f"c-{order_id}", "order_id": order_id, "partner_id": "P1",
+            "completed_on": "2026-11-05", "lines": lines, "settled_cents": None,
+            "callback": "verified", "satisfaction": None, **cents, **extra}
+
+
+def test_a_statement_line_says_which_line_was_held_or_rejected_and_why():
+    lines = [_line("labour", "cut", 8000, 6000, ["labour_above_rate_card"]),
+             _line("travel", "approved", 1500, 1500, []),
+             _line("part-1", "held", 11000, 0, ["old_part_not_returned"]),
+             _line("part-2", "rejected", 4000, 0, ["part_serial_already_claimed"])]
+    body = reports.statement("2026-11", "P1", [_row("o1", lines, payable_cents=7500,
+                                                    cut_cents=2000, held_cents=11000,
+                                                    rejected_cents=4000)])
+    (line,) = body["lines"]
+    assert line["decisions"] == [
+        {"line_id": "labour", "decision": "cut", "reasons": ["labour_above_rate_card"],
+         "claimed_cents": 8000, "approved_cents": 6000},
+        {"line_id": "part-1", "decision": "held", "reasons": ["old_part_not_returned"],
+         "claimed_cents": 11000, "approved_cents": 0},
+        {"line_id": "part-2", "decision": "rejected",
+         "reasons": ["part_serial_already_claimed"], "claimed_cents": 4000,
+         "approved_cents": 0}]
+    assert (body["payable_cents"], body["cut_cents"], body["held_cents"],
+            body["rejected_cents"]) == (7500, 2000, 11000, 4000)
+    from serviceloop.cli.settlement import line_reasons, statement_csv
+
+    assert line_reasons(line) == ("labour cut: labour_above_rate_card; part-1 held: "
+                                  "old_part_not_returned; part-2 rejected: "
+                                  "part_serial_already_claimed")
+    header, row = statement_csv(body).splitlines()
+    assert header.endswith(",reasons") and row.endswith(
+        ",labour cut: labour_above_rate_card; part-1 held: old_part_not_returned; "
+        "part-2 rejected: part_serial_already_claimed")
+
+
+def test_reconciliation_finds_each_kind_of_difference_with_totals():
+    ours = [_row("o1", [_line("labour", "approved", 6000, 6000, []),
+                        _line("travel", "approved", 1500, 1500, [])]),
+            _row("o2", [_line("labour", "rejected", 6000, 0, ["callback_disputed"])]),
+            _row("o3", [_line("labour", "approved", 5000, 5000, [])]),
+            _row("o9", [_line("labour", "approved", 5000, 5000, [])],
+                 completed_on="2026-10-30")]  # last period's: not forgotten
+    theirs = [{"order_id": "o1", "line_id": "labour", "claimed_cents": 6500},
+              {"order_id": "o1", "line_id": "travel", "claimed_cents": 1500},
+              {"order_id": "o1", "line_id": "part-1", "claimed_cents": 9000},
+              {"order_id": "o2", "line_id": "labour", "claimed_cents": 6000},
+              {"order_id": "zz", "line_id": "labour", "claimed_cents": 100}]
+    report = reports.reconcile("2026-11", "P1", "2026-11-01", "2026-11-30", ours, theirs)
+    found = {(d["order_id"], d["line_id"]): (d["kind"], d["difference_cents"])
+             for d in report["differences"]}
+    assert found == {("o1", "labour"): ("amount_differs", 500),
+                     ("o1", "part-1"): ("line_not_ours", 9000),
+                     ("o2", "labour"): ("line_rejected", 6000),
+                     ("zz", "labour"): ("order_not_ours", 100),
+                     ("o3", "*"): ("order_forgotten", -5000)}
+    assert report["totals"] == {
+        "order_not_ours": {"count": 1, "difference_cents": 100},
+        "line_not_ours": {"count": 1, "difference_cents": 9000},
+        "amount_differs": {"count": 1, "difference_cents": 500},
+        "line_rejected": {"count": 1, "difference_cents": 6000},
+        "order_forgotten": {"count": 1, "difference_cents": -5000}}
+    assert report["their_claimed_cents"] == 23100
+    assert report["our_claimed_cents"] == 6000 + 1500 + 6000 + 5000
+    assert report["difference_cents"] == 23100 - 18500
+
+
+def test_the_scorecard_from_known_figures():
+    ok = [_line("labour", "approved", 6000, 6000, []),
+          _line("travel", "approved", 1500, 1500, [])]
+    repeat = [_line("labour", "rejected", 6000, 0, ["repeat_repair_within_30_days"]),
+              _line("travel", "approved", 1500, 1500, [])]
+    disputed = [_line("labour", "rejected", 6000, 0, ["callback_disputed"]),
+                _line("travel", "rejected", 1500, 0, ["callback_disputed"])]
+    rows = [_row("o1", ok, satisfaction=5),
+            _row("o2", repeat, satisfaction=4, rejected_cents=6000),
+            _row("o3", disputed, callback="disputed", satisfaction=1, rejected_cents=7500),
+            _row("o4", ok, callback="pending"),
+            _row("o3", ok, claim_id="c-o3-again", satisfaction=5)]  # the re-visit
+    (card,) = reports.scorecards(rows, {"P1": 2})
+    assert card == {"partner_id": "P1", "completed": 5, "first_visit_fix_rate": 0.5,
+                    "repeat_repairs": 1, "dispute_rate": 0.25, "mean_satisfaction": 3.75,
+                    "sla_breaches": 2, "rejected_value_share": round(13500 / 37500, 4)}
+    assert reports.scorecards([], {"P2": 1})[0]["dispute_rate"] is None
