@@ -41,12 +41,34 @@ class Replicas:
         self.clock_file = clock_file
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
+        self.logs: dict[str, Path] = {}
 
-    def start(self, name: str, command: list[str], port_variable: str) -> None:
+    def start(self, name: str, command: list[str], port_variable: str, *,
+              log_to: Path | None = None) -> None:
+        """Start a process; with `log_to`, its JSON log lines (INFO and up) go to that file."""
         self.ports[name] = free_port()
+        env = {**self.env, port_variable: str(self.ports[name])}
+        output = subprocess.DEVNULL
+        if log_to is not None:
+            env.update({"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"})
+            self.logs[name] = log_to
+            output = open(log_to, "w")  # noqa: SIM115 - the child holds it; closed on exit
         self.processes[name] = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env={**self.env, port_variable: str(self.ports[name])},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        if log_to is not None:
+            output.close()  # the child has its own copy
+
+    def orders_created_handled(self, name: str) -> set[str]:
+        """The orders whose `order_created` this process's consumer handled, by its log."""
+        handled = set()
+        for line in self.logs[name].read_text().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("message") == ("dispatch.on_order_created handled "
+                                            "orders.order_created"):
+                    handled.add(entry["correlation_id"])
+        return handled
 
     def get(self, name: str, path: str) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.ports[name]}{path}", timeout=10)
@@ -107,7 +129,7 @@ def replicas(tmp_path, quorum_vhost, database_for):
                  "WEB_SERVER_PORT")
     for replica in ("dispatch-a", "dispatch-b"):
         system.start(replica, [NAMEKO, "run", "--config", config, SERVICE_CLASSES["dispatch"]],
-                     "WEB_SERVER_PORT")
+                     "WEB_SERVER_PORT", log_to=tmp_path / f"{replica}.log")
     relay = [sys.executable, "-m", "serviceloop.cli", "relay"]
     system.start("orders-relay", [*relay, "orders"], "RELAY_HTTP_PORT")
     for replica in ("dispatch-relay-a", "dispatch-relay-b"):
@@ -167,6 +189,12 @@ def test_two_replicas_assign_time_out_and_publish_each_order_once(replicas, quor
         wait_until(lambda: assigned(first), timeout=60, interval=0.3,
                    message="every order assigned")
         assert per_order(dispatch_log(rpc), "order_assigned") == {o: 1 for o in first}
+        # the two replicas shared the work: each consumed some of the new orders
+        shared = wait_until(lambda: [s for s in [{r: replicas.orders_created_handled(r) for r
+                                                  in ("dispatch-a", "dispatch-b")}]
+                                     if set().union(*s.values()) == set(first)],
+                            timeout=30, interval=0.2, message="both logs to show the orders")[0]
+        assert shared["dispatch-a"] and shared["dispatch-b"], shared
 
         # every replica's timer, and four passes asked for at once, race for each deadline
         replicas.move_clock(ACCEPT_WITHIN_MINUTES + 1)
@@ -199,6 +227,8 @@ def test_two_replicas_assign_time_out_and_publish_each_order_once(replicas, quor
         log = dispatch_log(rpc)
         assert per_order(log, "order_assigned") == {**{o: 2 for o in first},
                                                     **{o: 1 for o in later}}
+        wait_until(lambda: set(later) <= replicas.orders_created_handled("dispatch-b"),
+                   timeout=30, interval=0.2, message="the survivor's log to show the new orders")
         wait_until(lambda: set(published.drain()) == {e["event_id"] for e in log},
                    timeout=60, interval=0.3, message="the surviving relay to publish the rest")
     published.close()
