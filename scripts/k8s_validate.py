@@ -12,7 +12,10 @@ renders the manifests with `kubectl kustomize` (offline) and checks:
   grace period of at least 30 s, a PodDisruptionBudget per Deployment, no credentials in
   ConfigMaps, env values or Secrets in the manifests, each service's migration Job and
   schema wait, and NetworkPolicies that let only the gateway in from outside and each
-  database be reached only from its own service.
+  database be reached only from its own service;
+- in a production overlay (`prod`): at least two replicas of every service and relay
+  Deployment (for the gateway, the HorizontalPodAutoscaler's minimum), and an HPA on the
+  gateway that can scale it.
 
 Prints one line per rendering and every problem found; exits 1 on any.
 """
@@ -40,6 +43,8 @@ from serviceloop.config import SERVICES  # noqa: E402
 from serviceloop.services import SERVICE_CLASSES  # noqa: E402
 
 KUBERNETES_VERSION = "1.32.0"  # as kubectl here; kubernetes-validate ships its schemas
+PRODUCTION_OVERLAYS = ("prod",)  # checked for replicas and the gateway's autoscaler
+MIN_PRODUCTION_REPLICAS = 2  # a rollout or a lost node never stops a service
 CHOICES = ("rabbitmq", "postgres")  # components/<choice>-<kind>: one of each per overlay
 GATEWAY = {"dispatch": "/api/v1/", "callback": "/callback/v1/replies"}  # reachable from outside
 # namespaces allowed to reach in, and which pods: the ingress controller only the gateway
@@ -124,8 +129,9 @@ def render(directory: Path) -> list[dict]:
 # -- checks -------------------------------------------------------------------------------
 
 
-def check(objects: list[dict]) -> list[str]:
-    """Every problem in one rendering, each as `Kind/name: what`."""
+def check(objects: list[dict], production: bool = False) -> list[str]:
+    """Every problem in one rendering, each as `Kind/name: what`; `production` adds the
+    replica and autoscaler checks of a production overlay."""
     problems: list[str] = []
     for obj in objects:
         problems += [f"{ident(obj)}: {p}" for p in check_object(obj)]
@@ -135,6 +141,8 @@ def check(objects: list[dict]) -> list[str]:
     problems += check_disruption_budgets(objects)
     problems += check_network_policies(objects)
     problems += check_ingress(objects)
+    if production:
+        problems += check_replicas(objects)
     return problems
 
 
@@ -366,6 +374,35 @@ def check_disruption_budgets(objects: list[dict]) -> list[str]:
             and not any(selects(s, pod_labels(o)) for s in selectors)]
 
 
+def check_replicas(objects: list[dict]) -> list[str]:
+    """Several pods of each service and relay; the gateway's count owned by a working HPA."""
+    autoscalers = {o["spec"]["scaleTargetRef"].get("name"): o for o in objects
+                   if o["kind"] == "HorizontalPodAutoscaler"
+                   and o["spec"].get("scaleTargetRef", {}).get("kind") == "Deployment"}
+    problems = []
+    gateway = autoscalers.get("dispatch")
+    if gateway is None:
+        problems.append("no HorizontalPodAutoscaler scales Deployment/dispatch (the gateway)")
+    elif gateway["spec"].get("maxReplicas", 0) <= gateway["spec"].get("minReplicas", 1):
+        problems.append(f"{ident(gateway)}: maxReplicas {gateway['spec'].get('maxReplicas')} "
+                        f"leaves nothing to scale above minReplicas "
+                        f"{gateway['spec'].get('minReplicas', 1)}")
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    for service in SERVICES:
+        for name in (service, f"{service}-relay"):
+            deployment = deployments.get(name)
+            if deployment is None:
+                continue  # check_services reports a missing Deployment
+            if name in autoscalers:
+                count, how = autoscalers[name]["spec"].get("minReplicas", 1), "HPA minReplicas"
+            else:
+                count, how = deployment["spec"].get("replicas", 1), "replicas"
+            if count < MIN_PRODUCTION_REPLICAS:
+                problems.append(f"{ident(deployment)}: {how} {count} in production: run at "
+                                f"least {MIN_PRODUCTION_REPLICAS}")
+    return problems
+
+
 # -- network ------------------------------------------------------------------------------
 
 
@@ -501,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as error:
                 problems, objects = [f"kubectl kustomize failed: {error}"], []
             else:
-                problems = check(objects)
+                problems = check(objects, production=label.split()[0] in PRODUCTION_OVERLAYS)
             failures += bool(problems)
             print(f"{'FAIL' if problems else 'ok  '} {label}: {len(objects)} objects")
             for problem in problems:

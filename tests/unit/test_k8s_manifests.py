@@ -137,6 +137,22 @@ BROKEN = [
     ("a misspelt CloudNativePG field", "components/postgres-cnpg/clusters.yaml",
      "enableSuperuserAccess: false", "enableSuperUserAccess: false", "prod",
      "spec.enableSuperUserAccess: not a CloudNativePG Cluster field"),
+    ("one replica of a service in production", "overlays/prod/kustomization.yaml",
+     "{name: settlement, count: 3}", "{name: settlement, count: 1}", "prod",
+     "Deployment/settlement: replicas 1 in production: run at least 2"),
+    ("one relay in production", "overlays/prod/kustomization.yaml",
+     "{name: orders-relay, count: 2}", "{name: orders-relay, count: 1}", "prod",
+     "Deployment/orders-relay: replicas 1 in production: run at least 2"),
+    ("a gateway autoscaler that keeps one pod", "overlays/prod/kustomization.yaml",
+     "path: /spec/minReplicas\n        value: 3", "path: /spec/minReplicas\n        value: 1",
+     "prod", "Deployment/dispatch: HPA minReplicas 1 in production: run at least 2"),
+    ("a gateway autoscaler that cannot scale", "overlays/prod/kustomization.yaml",
+     "path: /spec/maxReplicas\n        value: 12", "path: /spec/maxReplicas\n        value: 3",
+     "prod", "HorizontalPodAutoscaler/dispatch: maxReplicas 3 leaves nothing to scale"),
+    ("no autoscaler on the gateway", "base/gateway.yaml",
+     "scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: dispatch}",
+     "scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: orders}", "prod",
+     "no HorizontalPodAutoscaler scales Deployment/dispatch (the gateway)"),
 ]
 
 
@@ -145,11 +161,19 @@ BROKEN = [
 def test_each_check_fails_on_a_broken_manifest(tmp_path, file, old, new, overlay, problem):
     copy = broken_copy(tmp_path, file, old, new)
 
-    problems = validator.check(validator.render(copy / "overlays" / overlay))
+    problems = validator.check(validator.render(copy / "overlays" / overlay),
+                               production=overlay in validator.PRODUCTION_OVERLAYS)
 
     assert any(problem in p for p in problems), "\n".join(problems) or "no problem found"
 
 
 def test_the_shipped_overlays_have_no_problem():
     for overlay in ("dev", "prod"):
-        assert validator.check(validator.render(K8S / "overlays" / overlay)) == []
+        assert validator.check(validator.render(K8S / "overlays" / overlay),
+                               production=overlay in validator.PRODUCTION_OVERLAYS) == []
+
+
+def test_the_dev_overlay_may_run_one_replica_of_each():
+    objects = validator.render(K8S / "overlays" / "dev")
+    assert validator.check_replicas(objects)  # one of each, as a laptop runs it
+    assert validator.check(objects) == []
