@@ -275,7 +275,6 @@ def causal_order(events: Iterable[dict]) -> list[dict]:
     return ordered
 
 
-
 # callback's outcome events, and the outcome each records for the visit it verified
 OUTCOMES = {"order_verified": "verified", "order_disputed": "disputed",
             "order_unverified": "unverified", "unverified_closed": "closed_unverified"}
