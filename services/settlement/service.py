@@ -260,7 +260,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             claim_parts.c.old_serial == data["serial"])).scalars().all()
         for claim_id in claim_ids:
             self._decide(conn, self._claim(conn, claim_id), "part_returned", envelope.event_id)
-        return {"serial": data["serial"], "kind": kind, "claims": list(claim_ids)}
+        return {"serial": data["serial"], "kind": kind, "waived_by": data["waived_by"],
+                "claims": list(claim_ids)}
 
     @rpc
     def claims_for_order(self, order_id: str) -> list[dict]:

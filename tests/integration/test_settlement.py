@@ -3,6 +3,9 @@ broker and database; partners over the gateway, agents and finance over RPC."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -54,7 +57,8 @@ def loop(container_factory, service_config, database_for, backend, broker_uri, c
         container_factory(CallbackService, {**service_config(callback=urls["callback"]),
                                             "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
                                             "AUTO_VERIFY_INSTALLS": "false"}),
-        container_factory(SettlementService, service_config(settlement=urls["settlement"])),
+        container_factory(SettlementService, {**service_config(settlement=urls["settlement"]),
+                                              "SETTLEMENT_MAX_CHECKIN_KM": "10"}),
     ]
     for container in containers:
         container.start()
@@ -116,16 +120,29 @@ def latest(system, order_id: str, version: int) -> dict:  # noqa: ANN001
                       message=f"claim version {version}")
 
 
+def cli(monkeypatch, capsys, system, *argv: str) -> str:  # noqa: ANN001
+    """`serviceloop …` in this process, against the test's broker; its standard output."""
+    from serviceloop.cli import main
+
+    monkeypatch.setenv("AMQP_URI", system.broker_uri)
+    capsys.readouterr()
+    assert main(list(argv)) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
 def test_a_claim_is_held_until_verified_cut_to_the_card_and_the_part_waits_for_its_return(
-        loop):
+        loop, monkeypatch, capsys):
     partner = loop.register_partner()
     order_id = loop.repair("13600000001")
+    # checked in 5 km from the address: within SETTLEMENT_MAX_CHECKIN_KM=10 (default 2)
     claim = complete(loop, partner, order_id, labour_fee_cents=8000, travel_fee_cents=1000,
-                     travel_distance_km=12, parts=[{
-                         "part_code": "WH-P-HEATER-2KW", "old_serial": "OLD-1",
-                         "new_serial": "NEW-1", "fee_cents": 11000}])
+                     travel_distance_km=12, at={"lat": 23.175, "lon": 113.33}, parts=[
+                         {"part_code": "WH-P-HEATER-2KW", "old_serial": "OLD-1",
+                          "new_serial": "NEW-1", "fee_cents": 11000},
+                         {"part_code": "WH-P-THERMOSTAT", "old_serial": "OLD-2",
+                          "new_serial": "NEW-2", "fee_cents": 4000}])
     assert {k: v[0] for k, v in decisions(claim).items()} == {
-        "labour": "held", "travel": "held", "part-1": "held"}
+        "labour": "held", "travel": "held", "part-1": "held", "part-2": "held"}
     assert "callback_not_verified" in decisions(claim)["labour"][1]
     assert claim["payable_cents"] == 0
 
@@ -134,14 +151,46 @@ def test_a_claim_is_held_until_verified_cut_to_the_card_and_the_part_waits_for_i
     lines = decisions(claim)
     assert lines["labour"] == ("cut", ["labour_above_rate_card"])
     assert lines["travel"] == ("approved", [])
-    assert lines["part-1"] == ("held", ["old_part_not_returned"])
+    assert lines["part-1"] == lines["part-2"] == ("held", ["old_part_not_returned"])
     assert claim["payable_cents"] == 6000 + 1000 and claim["cut_cents"] == 2000
+
+    # the statement says which line was cut or held and why, in JSON and CSV alike
+    period = loop.clock.now().strftime("%Y-%m")
+    (statement,) = loop.settlement.run(period)
+    (line,) = statement["lines"]
+    assert [(d["line_id"], d["decision"], d["reasons"]) for d in line["decisions"]] == [
+        ("labour", "cut", ["labour_above_rate_card"]),
+        ("part-1", "held", ["old_part_not_returned"]),
+        ("part-2", "held", ["old_part_not_returned"])]
+    exported = json.loads(cli(monkeypatch, capsys, loop, "settlement", "statement", period,
+                              "--partner", partner.partner_id, "--json"))
+    assert exported == statement
+    (row,) = csv.DictReader(io.StringIO(cli(
+        monkeypatch, capsys, loop, "settlement", "statement", period, "--partner",
+        partner.partner_id, "--csv")))
+    assert (row["order_id"], row["held_cents"], row["reasons"]) == (
+        order_id, "15000", "labour cut: labour_above_rate_card; "
+        "part-1 held: old_part_not_returned; part-2 held: old_part_not_returned")
 
     returned = loop.settlement.record_part_return({"serial": "OLD-1", "parts_centre": "广州"})
     assert returned["claims"] == [claim["claim_id"]]
     claim = latest(loop, order_id, 3)
     assert decisions(claim)["part-1"] == ("approved", [])
+    assert decisions(claim)["part-2"] == ("held", ["old_part_not_returned"])
     assert claim["payable_cents"] == 6000 + 1000 + 11000
+
+    # the other old part's return waived by a named person, through the command line
+    waived = json.loads(cli(monkeypatch, capsys, loop, "settlement", "parts-returned",
+                            "OLD-2", "--waived-by", "李经理", "--note", "客户留下旧件", "--json"))
+    assert waived == {"serial": "OLD-2", "kind": "waived", "waived_by": "李经理",
+                      "claims": [claim["claim_id"]]}
+    claim = latest(loop, order_id, 4)
+    assert decisions(claim)["part-2"] == ("approved", [])
+    assert claim["payable_cents"] == 6000 + 1000 + 11000 + 4000
+    (recorded,) = loop.settlement.stream("part-OLD-2")
+    assert recorded["payload"]["kind"] == "waived"
+    assert recorded["payload"]["waived_by"] == "李经理"
+    assert recorded["payload"]["note"] == "客户留下旧件"
 
 
 def test_a_dispute_rejects_and_the_rejection_stands(loop):
@@ -189,18 +238,31 @@ def test_a_period_closes_into_statements_and_late_evidence_is_next_periods_adjus
 
 def test_reconciliation_lists_every_kind_of_difference(loop):
     partner = loop.register_partner()
-    one, two = loop.repair("13600000004"), loop.repair("13600000005")
+    one, two, three = (loop.repair(f"1360000000{n}") for n in (4, 5, 8))
+    complete(loop, partner, three, labour_fee_cents=5000)
+    verify(loop, three, outcome="disputed", dispute_reasons=["not_fixed"])  # the only task
     complete(loop, partner, one, labour_fee_cents=6000)
     complete(loop, partner, two, labour_fee_cents=6000)
+    latest(loop, three, 2)
     period = loop.clock.now().strftime("%Y-%m")
     theirs = ("order_id,line_id,claimed_cents\n"
-              f"{one},labour,6500\n{one},travel,0\nnot-an-order,labour,100\n")
+              f"{one},labour,6500\n{one},travel,0\n{one},part-1,9000\n"
+              f"{three},labour,5000\nnot-an-order,labour,100\n")
     report = loop.settlement.reconcile(period, partner.partner_id, theirs)
-    kinds = {(d["order_id"], d["kind"]) for d in report["differences"]}
-    assert kinds == {(one, "amount_differs"), ("not-an-order", "order_not_ours"),
-                     (two, "order_forgotten")}
-    assert report["their_claimed_cents"] == 6600
-    assert report["our_claimed_cents"] == 12000
+    found = {(d["order_id"], d["line_id"]): (d["kind"], d["difference_cents"])
+             for d in report["differences"]}
+    assert found == {(one, "labour"): ("amount_differs", 500),
+                     (one, "part-1"): ("line_not_ours", 9000),
+                     (three, "labour"): ("line_rejected", 5000),
+                     ("not-an-order", "labour"): ("order_not_ours", 100),
+                     (two, "*"): ("order_forgotten", -6000)}
+    assert {kind: (t["count"], t["difference_cents"])
+            for kind, t in report["totals"].items()} == {
+        "order_not_ours": (1, 100), "line_not_ours": (1, 9000), "amount_differs": (1, 500),
+        "line_rejected": (1, 5000), "order_forgotten": (1, -6000)}
+    assert report["their_claimed_cents"] == 6500 + 9000 + 5000 + 100
+    assert report["our_claimed_cents"] == 6000 + 6000 + 5000
+    assert report["difference_cents"] == 20600 - 17000
 
 
 def test_bad_csv_is_refused_with_line_numbers_and_loads_nothing(loop):
@@ -219,9 +281,12 @@ def test_bad_csv_is_refused_with_line_numbers_and_loads_nothing(loop):
 def test_the_scorecard_counts_completions_satisfaction_and_sla_breaches(loop):
     partner = loop.register_partner()
     done, late = loop.repair("13600000006"), loop.repair("13600000007")
-    complete(loop, partner, done, labour_fee_cents=6000)
+    # checked in ~52 km from the customer's address: beyond SETTLEMENT_MAX_CHECKIN_KM=10
+    complete(loop, partner, done, labour_fee_cents=6000, at={"lat": 23.60, "lon": 113.33})
     verify(loop, done, satisfaction=4)
-    latest(loop, done, 2)
+    claim = latest(loop, done, 2)
+    assert decisions(claim) == {"labour": ("held", ["checkin_far_from_customer"]),
+                                "travel": ("held", ["checkin_far_from_customer"])}
     wait_until(lambda: loop.dispatch_status(late) == "assigned", message="assignment")
     post(loop, partner, late, "accept")
     loop.clock.advance(hours=25)  # accepted, never scheduled within 24 hours
