@@ -47,10 +47,14 @@ def test_completions_handled_at_once_each_open_their_claim(database_for):
     for events in deliveries:
         source, name, envelope = events[0]
         assert handle(workers[0], source, name, envelope) == "handled"
-    pool = eventlet.GreenPool(2)
-    outcomes = list(pool.imap(
-        lambda pair: handle(workers[pair[0] % 2], *pair[1]),
-        ((index, events[1]) for index, events in enumerate(deliveries))))
+    # one green thread per worker: a worker's unit of work is one connection, and a psycopg2
+    # connection used by two green threads at once deadlocks the process on its mutex
+    def work(turn: int) -> list[str]:
+        return [handle(workers[turn], *deliveries[index][1])
+                for index in range(turn, ORDERS, 2)]
+
+    threads = [eventlet.spawn(work, turn) for turn in (0, 1)]
+    outcomes = [outcome for thread in threads for outcome in thread.wait()]
     assert outcomes == ["handled"] * ORDERS
     with workers[0].db.engine.connect() as conn:
         positions = conn.execute(text("SELECT opened_position FROM claims "
