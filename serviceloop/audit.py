@@ -439,8 +439,8 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
 
     A loop is closed when orders has closed the order and dispatch, callback and settlement
     agree: completed, verified (or closed unverified by a supervisor) and settled. Orders
-    closes an order when a closed period pays it, so an order settled with nothing payable
-    (customer-paid, rejected) is closed by the other three logs alone."""
+    closes an order when a closed period settles it, paid or decided for good with nothing
+    payable (customer-paid, rejected)."""
     orders = _orders_from_their_log(logs.get("orders", []))
     _follow_dispatch(orders, logs.get("dispatch", []))
     _follow_callback(orders, logs.get("callback", []))
@@ -489,11 +489,9 @@ def _missing_link(order: dict) -> str | None:
         return CLOSED_IN_ORDERS_BUT + missing if order["closed_in_orders"] else missing
     if order["closed_in_orders"]:
         return None
-    if order["paid"]:
-        return "settled_not_closed_in_orders"
     if latest == "closed_unverified":
         return "closed_unverified_not_closed_in_orders"
-    return None  # settled with nothing payable: orders does not close these (see above)
+    return "settled_not_closed_in_orders"
 
 
 def _orders_from_their_log(log: list[dict]) -> dict[str, dict]:

@@ -271,13 +271,18 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @consumes("settlement", "period_closed")
     def on_period_closed(self, envelope: Envelope) -> None:
-        """A verified order paid in a closed period is closed: its loop is complete."""
+        """A verified order settled in a closed period is closed: its loop is complete.
+
+        Settled means paid there, or decided there for good with nothing owed to the partner
+        (the customer paid, or the claim was rejected); a line still held and paying nothing
+        leaves the order open until a later period settles it."""
         p = envelope.payload
-        paid: dict[str, int] = {}
+        settled: dict[str, int] = {}
         for line in p["lines"]:
-            if line["payable_cents"] > 0:
-                paid[line["order_id"]] = paid.get(line["order_id"], 0) + line["payable_cents"]
-        for order_id, cents in sorted(paid.items()):
+            if line["payable_cents"] > 0 or line["held_cents"] == 0:
+                order_id = line["order_id"]
+                settled[order_id] = settled.get(order_id, 0) + line["payable_cents"]
+        for order_id, cents in sorted(settled.items()):
             order = queries.order_to_follow(self.db.conn, order_id)
             if order is None or order.status != "verified":
                 continue

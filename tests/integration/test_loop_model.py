@@ -300,9 +300,11 @@ class LoopModel(RuleBasedStateMachine):
                 for claim in self.claims(order_id):
                     self.settled[claim["claim_id"]] = claim["payable_cents"]
         for order_id, status in self.orders.items():
-            paid = [line for s in statements for line in s["lines"]
-                    if line["order_id"] == order_id and line["payable_cents"] > 0]
-            if status == "verified" and paid:
+            # settled: paid, or decided for good with nothing owed (nothing still held)
+            settled = [line for s in statements for line in s["lines"]
+                       if line["order_id"] == order_id
+                       and (line["payable_cents"] > 0 or line["held_cents"] == 0)]
+            if status == "verified" and settled:
                 self.until_orders_shows(order_id, "closed")  # its loop is closed
                 self.orders[order_id] = "closed"
 
