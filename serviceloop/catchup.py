@@ -21,6 +21,7 @@ from nameko.timer import timer
 from serviceloop.clock import isoformat
 from serviceloop.consumer import deliver
 from serviceloop.db import read_position, save_position
+from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class CatchUp:
             with self.producer_logs() as rpc:
                 count = catch_up(self, rpc)
         except Exception as error:  # a producer down: the next tick tries again
+            log_context(actor="system")  # about the pass, not the last event it handled
             log.warning("%s could not catch up: %s", self.name, error)
             return
+        log_context(actor="system")
         if count:
             log.info("%s caught up %d events", self.name, count)

@@ -185,8 +185,9 @@ class Probes(DependencyProvider):
         return self
 
     def worker_result(self, worker_ctx, result=None, exc_info=None) -> None:  # noqa: ANN001
-        """One log line per consumed event and per RPC a person (not `system`) made, in the
-        worker's own green thread, so it carries the order, the cause and the actor."""
+        """One log line per consumed event, per RPC a person (not `system`) made and per
+        signed partner request, in the worker's own green thread, so it carries the order,
+        the cause and the actor."""
         entrypoint = worker_ctx.entrypoint
         if isinstance(entrypoint, EventHandler):
             what = f"{entrypoint.source_service}.{entrypoint.event_type}"
@@ -195,6 +196,8 @@ class Probes(DependencyProvider):
             what = "rpc"
             if isinstance(result, dict) and isinstance(result.get("order_id"), str):
                 _about_order(result["order_id"])  # an RPC's answer names the order it served
+        elif str((_CONTEXT.get() or {}).get("actor") or "").startswith("partner:"):
+            what = "a partner request"  # the gateway said who signed it (dispatch._serve)
         else:  # probes, metrics, timers, internal reads: not news
             return
         name = f"{worker_ctx.service_name}.{entrypoint.method_name}"

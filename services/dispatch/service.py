@@ -441,6 +441,9 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                                           lambda pid: queries.partner_secret(conn, pid),
                                           request.method, gateway.path_with_query(request), body,
                                           signed_at)
+            # from here the log names who asked and which order: the request id is the cause
+            log_context(correlation_id=params.get("order_id"), causation_id=correlation_id,
+                        actor=f"partner:{partner_id}")
             gateway.check_rate(self.gateway, partner_id)
             if key is not None:
                 # a retry of an answered request, even resent byte for byte, gets the first

@@ -228,6 +228,10 @@ def test_probes_and_metrics_follow_what_the_services_do(running):
     intake_line = wait_until(lambda: line("orders.create_order handled rpc"),
                              message="orders' log line for the agent's call")
     assert intake_line["actor"] == "agent:a7" and intake_line["causation_id"]
+    completion_line = wait_until(lambda: line("dispatch._complete handled a partner request"),
+                                 message="the gateway's log line for the completion")
+    assert completion_line["actor"] == f"partner:{partner.partner_id}"
+    assert completion_line["causation_id"]  # the request's own id, which 5xx bodies carry
     assert all(entry["level"] for entry in json_lines(log_file))
 
 
