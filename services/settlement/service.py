@@ -218,11 +218,14 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                                  actor=f"finance:{agent_id}")
         # every open claim on or after the card's date is priced again with the card now in
         # force on its completion day (held for want of a rate, or priced with an older card);
-        # a claim already in a closed statement keeps the card it was settled with
+        # a claim already in a closed statement keeps the card it was settled with, except
+        # for its lines that no card priced (see _cards)
         conn = self.db.conn
         waiting = conn.execute(select(claims.c.claim_id).outerjoin(
             settled, settled.c.claim_id == claims.c.claim_id).where(
-            claims.c.completed_on >= data["effective_from"], settled.c.claim_id.is_(None))
+            claims.c.completed_on >= data["effective_from"],
+            or_(settled.c.claim_id.is_(None), claims.c.lines.contains("no_rate_in_force"),
+                claims.c.lines.contains("part_not_on_price_list")))
             .order_by(claims.c.opened_position)).scalars().all()
         for claim_id in waiting:
             self._decide(conn, self._claim(conn, claim_id), "rates_loaded", loaded.event_id)
@@ -444,15 +447,19 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         """The rate card and price list that price `claim`: those in force on its completion
         day, except for a claim already in a closed statement, which keeps the ones it was
         priced with then (a card loaded or back-dated later does not reprice a closed period;
-        evidence arriving later is paid at the same rates, as an adjustment)."""
+        evidence arriving later is paid at the same rates, as an adjustment). Where the kept
+        card left a line unpriced (no rate, part not listed), the card now in force prices it."""
         day, evidence = claim["completed_on"], claim["evidence"]
-        if claim["version"] and conn.execute(select(settled.c.claim_id).where(
-                settled.c.claim_id == claim["claim_id"])).first():
-            pinned = [_card(conn, evidence[key]) if evidence.get(key) else (None, None)
-                      for key in ("rate_card_id", "price_list_id")]
-            return tuple(found if found[0] else _card_in_force(conn, kind, day)
-                         for found, kind in zip(pinned, ("rates", "parts"), strict=True))
-        return _card_in_force(conn, "rates", day), _card_in_force(conn, "parts", day)
+        cards = []
+        settled_already = claim["version"] and conn.execute(select(settled.c.claim_id).where(
+            settled.c.claim_id == claim["claim_id"])).first()
+        reasons = {r for line in claim["lines"] for r in line.get("reasons", ())}
+        for key, kind, unpriced in (("rate_card_id", "rates", "no_rate_in_force"),
+                                    ("price_list_id", "parts", "part_not_on_price_list")):
+            kept = _card(conn, evidence[key]) if settled_already and evidence.get(key) \
+                and unpriced not in reasons else (None, None)
+            cards.append(kept if kept[0] else _card_in_force(conn, kind, day))
+        return cards[0], cards[1]
 
     def _other_claims(self, conn, claim: dict) -> list[dict]:  # noqa: ANN001
         """The claims that arrived before this one (a duplicate is the later of two) and

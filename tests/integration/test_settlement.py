@@ -323,7 +323,8 @@ class Ledger:
 
     def repair(self, order_id: str, on: str, *, partner: str = "P1", serial: str = "",
                province: str = "广东省", labour: int = 8000, travel: int = 2500,
-               km: int = 10, parts: tuple = ()) -> None:
+               km: int = 10, parts: tuple = (), part_code: str = "WH-P-HEATER-2KW",
+               part_cents: int = 11000) -> None:
         """An order created and completed on `on` (YYYY-MM-DD, 10:00 UTC)."""
         at = datetime.fromisoformat(f"{on}T10:00:00+00:00")
         serial = serial or f"S-{order_id}"
@@ -338,8 +339,8 @@ class Ledger:
                 "model": "WH-E60A", "serial": serial, "description": "no hot water",
                 "fault_code": "WH-E1", "related_order_id": None, "about_partner_id": None,
                 "warranty": WARRANTY, "in_warranty": True}, at - timedelta(hours=2), order_id))
-        parts = [{"part_code": "WH-P-HEATER-2KW", "old_serial": old, "new_serial": f"N-{old}",
-                  "quantity": 1, "fee_cents": 11000, "charged_to": "manufacturer"}
+        parts = [{"part_code": part_code, "old_serial": old, "new_serial": f"N-{old}",
+                  "quantity": 1, "fee_cents": part_cents, "charged_to": "manufacturer"}
                  for old in parts]
         completion = self.logs["dispatch"].envelope(f"order-{order_id}", 6, "order_completed", {
             "order_id": order_id, "partner_id": partner, "order_type": "repair",
@@ -392,6 +393,7 @@ OCTOBER_CARD = """effective_from,kind,order_type,category,region,up_to_km,cents
 2026-10-15,travel,,,浙江省,30,1200
 """
 BACK_DATED_CARD = RATES.replace("2026-01-01", "2026-09-01").replace(",6000\n", ",6500\n")
+BACK_DATED_PARTS = PARTS.replace("2026-01-01", "2026-09-01") + "2026-09-01,WH-P-HEATER-3KW,13000\n"
 
 
 def test_a_claim_is_priced_with_the_card_in_force_on_its_day_and_a_regional_rate_wins(ledger):
@@ -410,16 +412,23 @@ def test_a_claim_is_priced_with_the_card_in_force_on_its_day_and_a_regional_rate
 def test_a_back_dated_card_reprices_open_claims_and_a_closed_period_keeps_its_card(ledger):
     service = ledger.service
     ledger.repair("sept", "2026-09-10", parts=("OLD-S",))
+    service.record_part_return({"serial": "OLD-U", "parts_centre": "广州"})
+    ledger.repair("unlisted", "2026-09-12", parts=("OLD-U",), part_code="WH-P-HEATER-3KW",
+                  part_cents=13000)
     ledger.repair("octo", "2026-10-10")
-    ledger.callback("sept")
-    ledger.callback("octo")
+    for order_id in ("sept", "unlisted", "octo"):
+        ledger.callback(order_id)
     assert ledger.lines("octo")["labour"] == ("cut", 6000)
+    assert ledger.lines("unlisted")["part-1"] == ("held", 0)  # part_not_on_price_list
     (september,) = service.run("2026-09")
-    assert september["payable_cents"] == 6000 + 1500  # the part waits for its return
+    assert september["payable_cents"] == 2 * (6000 + 1500)  # both parts wait
 
     service.load_rates(BACK_DATED_CARD)  # in force from 2026-09-01, loaded in October
+    service.load_rates(BACK_DATED_PARTS)
     assert ledger.lines("octo")["labour"] == ("cut", 6500)  # open: the card now in force
-    assert ledger.lines("sept")["labour"] == ("cut", 6000)  # settled: its card stays
+    assert ledger.lines("sept")["labour"] == ("cut", 6000)  # settled: its card stays …
+    assert ledger.lines("unlisted") == {  # … but a line no card priced gets the new price
+        "labour": ("cut", 6000), "travel": ("cut", 1500), "part-1": ("approved", 13000)}
     service.record_part_return({"serial": "OLD-S", "waived_by": "李经理"})
     assert ledger.lines("sept") == {"labour": ("cut", 6000), "travel": ("cut", 1500),
                                     "part-1": ("approved", 11000)}
@@ -429,6 +438,7 @@ def test_a_back_dated_card_reprices_open_claims_and_a_closed_period_keeps_its_ca
     preview = service.preview("2026-10", "P1")
     assert [(line["order_id"], line["kind"], line["payable_cents"])
             for line in preview["lines"]] == [("sept", "adjustment", 11000),
+                                                ("unlisted", "adjustment", 13000),
                                                 ("octo", "claim", 6500 + 1500)]
     with service.db.engine.begin() as conn:
         before = projector.checksums(conn)
@@ -436,8 +446,8 @@ def test_a_back_dated_card_reprices_open_claims_and_a_closed_period_keeps_its_ca
         assert projector.checksums(conn) == before
     assert service.preview("2026-10", "P1") == preview
     (october,) = service.run("2026-10")
-    assert october == preview and october["payable_cents"] == 11000 + 8000
-    assert october["adjustments_cents"] == 11000 and october["cut_cents"] == 1500 + 1000
+    assert october == preview and october["payable_cents"] == 11000 + 13000 + 8000
+    assert october["adjustments_cents"] == 24000 and october["cut_cents"] == 1500 + 1000
 
 
 def test_the_scorecard_counts_repeats_disputes_and_the_value_rejected(ledger):
