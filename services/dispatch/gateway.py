@@ -1,10 +1,12 @@
 """The partner gateway's HTTP plumbing: reading, signing, limiting, idempotency, answers.
 
-Every request goes through `serve` (see DispatchService): the body is read with a size cap,
-the signature verified against the partner's secret and recorded so it cannot be replayed,
-the partner's rate checked, the query or JSON body loaded through its schema in
-contracts/, and every outcome answered as JSON. Bad input is never a 500 and never changes
-state; a 5xx carries a correlation id, never exception text.
+Every request goes through `Gateway.serve` (each route a `partner_endpoint` of
+DispatchService): the body is read with a size cap, the signature verified against the
+partner's secret and recorded so it cannot be replayed, the partner's rate checked, the
+query or JSON body loaded through its schema in contracts/, and every outcome answered as
+JSON. Bad input is never a 500 and never changes state; a 5xx carries a correlation id, never
+exception text. What is remembered of requests (used signatures, answered Idempotency-Keys)
+is in services/dispatch/idempotency.py.
 """
 
 from __future__ import annotations
@@ -13,19 +15,36 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nameko.extensions import DependencyProvider
+from nameko.web.handlers import http
+from sqlalchemy import RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from werkzeug.wrappers import Request, Response
 
-from contracts.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError
-from contracts.gateway import IDEMPOTENCY_HEADER, MAX_BODY_BYTES
+from contracts.errors import BadRequest, Conflict, PayloadTooLarge, RateLimited, ServiceError
+from contracts.gateway import IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROUTES_BY_OPERATION
 from contracts.registry import load
+from contracts.signing import verify as verify_signature
+from serviceloop.clock import isoformat
+from serviceloop.observability import count, log_context
+from services.dispatch import idempotency, queries
+
+if TYPE_CHECKING:
+    from serviceloop.clock import Clock
+    from serviceloop.nameko_deps import WorkerDatabase
+    from serviceloop.observability import Probes
 
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
 MAX_IDEMPOTENCY_KEY = 128
+_SCHEMAS = {route.operation: (route.query() if route.query else None,
+                              route.body() if route.body else None)
+            for route in ROUTES_BY_OPERATION.values()}
 
 
 class TokenBucket:
@@ -60,6 +79,127 @@ class GatewaySettings(DependencyProvider):
 
     def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
         return self
+
+
+def partner_endpoint(operation: str):  # noqa: ANN201
+    """A gateway route from contracts/gateway.py, served through `Gateway.serve` with the
+    service's `db`, `clock`, `gateway` (GatewaySettings) and `probes`."""
+    route = ROUTES_BY_OPERATION[operation]
+
+    def decorate(handler):  # noqa: ANN001, ANN202
+        # not functools.wraps: nameko checks the call against the signature it finds
+        def entrypoint(self, request: Request, **params: str) -> Response:
+            served = Gateway(self.db, self.clock, self.gateway, self.probes)
+            return served.serve(operation, request, params.get("order_id"),
+                                lambda partner_id, data: handler(self, partner_id, data,
+                                                                 **params))
+
+        entrypoint.__name__ = handler.__name__
+        entrypoint.__doc__ = route.summary
+        return http(route.method, route.path)(entrypoint)
+
+    return decorate
+
+
+class Gateway:
+    """Everything around one partner request: the route's handler only sees who asked and
+    what they sent, already checked. `handler(partner_id, query or body)` gives the view."""
+
+    def __init__(self, db: WorkerDatabase, clock: Clock, settings: GatewaySettings,
+                 probes: Probes) -> None:
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+        self.probes = probes
+
+    def serve(self, operation: str, request: Request, order_id: str | None,
+              handler: Callable[[str, dict], dict]) -> Response:
+        correlation_id = str(uuid.uuid4())
+        log_context(correlation_id=correlation_id, actor=f"gateway:{operation}")
+        response = self._answer(operation, request, order_id, handler, correlation_id)
+        count(self.probes, "serviceloop_gateway_requests_total", operation=operation,
+              code=str(response.status_code))
+        return response
+
+    def _answer(self, operation: str, request: Request, order_id: str | None,
+                handler: Callable[[str, dict], dict], correlation_id: str) -> Response:
+        try:
+            return self._serve_signed(operation, request, order_id, handler, correlation_id)
+        except ServiceError as error:
+            self.db.rollback()
+            return error_response(error, correlation_id)
+        except (OperationalError, DBAPIError) as error:
+            self.db.rollback()
+            log.error("gateway %s %s [%s]: database: %s", request.method, request.path,
+                      correlation_id, error)
+            return internal_error(correlation_id, 503)
+        except Exception:  # noqa: BLE001 - logged here; the partner sees only the id
+            self.db.rollback()
+            log.exception("gateway %s %s [%s] failed", request.method, request.path,
+                          correlation_id)
+            return internal_error(correlation_id)
+
+    def _serve_signed(self, operation: str, request: Request, order_id: str | None,
+                      handler: Callable[[str, dict], dict], correlation_id: str) -> Response:
+        body = read_body(request)
+        signed_at = time.time()  # transport freshness: wall time, not the business clock
+        signature = request.headers.get("X-Signature", "").strip().lower()
+        query_schema, body_schema = _SCHEMAS[operation]
+        key = fingerprint = None
+        if request.method == "POST":
+            key = idempotency_key(request)
+            fingerprint = request_hash(request.method, request.path, body)
+        # one short transaction: the secret, the stored answer of a retried POST, and the
+        # signature recorded as used (committed whatever the request then does)
+        with self.db.transaction() as conn:
+            partner_id = verify_signature(request.headers,
+                                          lambda pid: queries.partner_secret(conn, pid),
+                                          request.method, path_with_query(request), body,
+                                          signed_at)
+            # from here the log names who asked and which order: the request id is the cause
+            log_context(correlation_id=order_id, causation_id=correlation_id,
+                        actor=f"partner:{partner_id}")
+            check_rate(self.settings, partner_id)
+            if key is not None:
+                # a retry of an answered request, even resent byte for byte, gets the first
+                # answer; any other reuse of a signature is a replay
+                stored = replayed(idempotency.stored_answer(conn, partner_id, key),
+                                  fingerprint, correlation_id)
+                if stored is not None:
+                    return stored
+            idempotency.record_signature(conn, partner_id, signature,
+                                         int(request.headers["X-Timestamp"]))
+        if request.method == "GET":
+            query = query_params(request, query_schema)
+            return json_response(200, handler(partner_id, query), correlation_id)
+        if request.args:
+            raise BadRequest("a POST takes no query parameters",
+                             {name: ["unexpected"] for name in request.args},
+                             code="unexpected_parameter")
+        data = load(body_schema, json_body(body, request.content_type))
+        return self._idempotent(partner_id, key, fingerprint, correlation_id,
+                                lambda: handler(partner_id, data))
+
+    def _idempotent(self, partner_id: str, key: str, fingerprint: str, correlation_id: str,
+                    act: Callable[[], dict]) -> Response:
+        """Run `act` once per (partner, key): a retry gets the first answer, another body 409."""
+        conn = self.db.conn
+        try:
+            idempotency.claim_key(conn, partner_id, key, fingerprint,
+                                  isoformat(self.clock.now()))
+        except IntegrityError:  # a concurrent request with this key committed first
+            self.db.rollback()
+            with self.db.reader() as reader:
+                row = idempotency.stored_answer(reader, partner_id, key)
+            stored = replayed(row, fingerprint, correlation_id)
+            if stored is None:
+                raise
+            return stored
+        view = act()
+        response = json_response(200, view, correlation_id)
+        idempotency.save_answer(conn, partner_id, key, 200, response.get_data(as_text=True))
+        self.db.commit()
+        return response
 
 
 # -- reading a request ----------------------------------------------------------------------
@@ -151,6 +291,21 @@ def json_response(status: int, body: object, correlation_id: str,
     response.headers[CORRELATION_HEADER] = correlation_id
     for name, value in (headers or {}).items():
         response.headers[name] = value
+    return response
+
+
+def replayed(row: RowMapping | None, fingerprint: str, correlation_id: str) -> Response | None:
+    """The first answer again, for a retry under an answered Idempotency-Key; None if there
+    is none yet; 409 if the key came with another request."""
+    if row is None or row["status"] == 0:
+        return None
+    if row["request_hash"] != fingerprint:
+        raise Conflict("this Idempotency-Key was used with another request",
+                       {"Idempotency-Key": ["already used with another body or path"]},
+                       code="idempotency_key_reused")
+    response = Response(row["response"], status=row["status"], mimetype="application/json")
+    response.headers[CORRELATION_HEADER] = correlation_id
+    response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from datetime import timedelta
 
@@ -18,31 +17,24 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import insert, update
+from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
 
 from contracts import dispatch as contract
-from contracts.errors import BadRequest, ConcurrencyConflict, Conflict, NotFound, ServiceError
-from contracts.gateway import ROUTES_BY_OPERATION
+from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import load
-from contracts.signing import MAX_SKEW_SECONDS, SignatureError, new_secret, secret_fingerprint
-from contracts.signing import verify as verify_signature
+from contracts.signing import new_secret, secret_fingerprint
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
-from serviceloop.observability import Observable, count, log_context
-from services.dispatch import domain, gateway, queries
+from serviceloop.observability import Observable
+from services.dispatch import domain, gateway, idempotency, queries
 from services.dispatch.assignment import choose_partner
-from services.dispatch.projections import (
-    idempotency_keys,
-    metadata,
-    partner_credentials,
-    projector,
-    seen_signatures,
-)
+from services.dispatch.gateway import partner_endpoint
+from services.dispatch.projections import metadata, partner_credentials, projector
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +44,6 @@ _REGISTER = contract.RegisterPartner()
 _UPDATE = contract.UpdatePartner()
 _ASSIGN = contract.AssignOrder()
 _LIST = contract.ListDispatchOrders()
-_SCHEMAS = {route.operation: (route.query() if route.query else None,
-                              route.body() if route.body else None)
-            for route in ROUTES_BY_OPERATION.values()}
 
 
 class DispatchSettings(DependencyProvider):
@@ -69,22 +58,6 @@ class DispatchSettings(DependencyProvider):
 
     def get_dependency(self, worker_ctx) -> domain.Timers:  # noqa: ANN001
         return self.timers
-
-
-def partner_endpoint(operation: str):  # noqa: ANN201
-    """A gateway route from contracts/gateway.py, served through DispatchService._serve."""
-    route = ROUTES_BY_OPERATION[operation]
-
-    def decorate(handler):  # noqa: ANN001, ANN202
-        # not functools.wraps: nameko checks the call against the signature it finds
-        def entrypoint(self, request: Request, **params: str) -> Response:
-            return self._serve(operation, handler, request, params)
-
-        entrypoint.__name__ = handler.__name__
-        entrypoint.__doc__ = route.summary
-        return http(route.method, route.path)(entrypoint)
-
-    return decorate
 
 
 class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
@@ -312,8 +285,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @transactional
     def _forget_old_signatures(self) -> None:
-        horizon = int(time.time()) - 2 * MAX_SKEW_SECONDS
-        self.db.conn.execute(delete(seen_signatures).where(seen_signatures.c.seen_at < horizon))
+        idempotency.forget_old_signatures(self.db.conn)
 
     # -- the partner gateway -------------------------------------------------------------------
 
@@ -395,129 +367,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         if row["partner_id"] != partner_id:  # rejected: it is no longer this partner's
             row = {**row, "status": "released"}
         return queries.partner_order_view(row)
-
-    def _serve(self, operation: str, handler, request: Request,  # noqa: ANN001
-               params: dict[str, str]) -> Response:
-        """Everything around a partner request; see services/dispatch/gateway.py."""
-        correlation_id = str(uuid.uuid4())
-        log_context(correlation_id=correlation_id, actor=f"gateway:{operation}")
-        response = self._answer(operation, handler, request, params, correlation_id)
-        count(self.probes, "serviceloop_gateway_requests_total", operation=operation,
-              code=str(response.status_code))
-        return response
-
-    def _answer(self, operation: str, handler, request: Request,  # noqa: ANN001
-                params: dict[str, str], correlation_id: str) -> Response:
-        try:
-            return self._serve_signed(operation, handler, request, params, correlation_id)
-        except ServiceError as error:
-            self.db.rollback()
-            return gateway.error_response(error, correlation_id)
-        except (OperationalError, DBAPIError) as error:
-            self.db.rollback()
-            log.error("gateway %s %s [%s]: database: %s", request.method, request.path,
-                      correlation_id, error)
-            return gateway.internal_error(correlation_id, 503)
-        except Exception:  # noqa: BLE001 - logged here; the partner sees only the id
-            self.db.rollback()
-            log.exception("gateway %s %s [%s] failed", request.method, request.path,
-                          correlation_id)
-            return gateway.internal_error(correlation_id)
-
-    def _serve_signed(self, operation: str, handler, request: Request,  # noqa: ANN001
-                      params: dict[str, str], correlation_id: str) -> Response:
-        body = gateway.read_body(request)
-        signed_at = time.time()  # transport freshness: wall time, not the business clock
-        signature = request.headers.get("X-Signature", "").strip().lower()
-        query_schema, body_schema = _SCHEMAS[operation]
-        key = fingerprint = None
-        if request.method == "POST":
-            key = gateway.idempotency_key(request)
-            fingerprint = gateway.request_hash(request.method, request.path, body)
-        # one short transaction: the secret, the stored answer of a retried POST, and the
-        # signature recorded as used (committed whatever the request then does)
-        with self.db.transaction() as conn:
-            partner_id = verify_signature(request.headers,
-                                          lambda pid: queries.partner_secret(conn, pid),
-                                          request.method, gateway.path_with_query(request), body,
-                                          signed_at)
-            # from here the log names who asked and which order: the request id is the cause
-            log_context(correlation_id=params.get("order_id"), causation_id=correlation_id,
-                        actor=f"partner:{partner_id}")
-            gateway.check_rate(self.gateway, partner_id)
-            if key is not None:
-                # a retry of an answered request, even resent byte for byte, gets the first
-                # answer; any other reuse of a signature is a replay
-                stored = self._stored_answer(partner_id, key, fingerprint, correlation_id,
-                                             conn)
-                if stored is not None:
-                    return stored
-            self._record_signature(conn, partner_id, signature,
-                                   int(request.headers["X-Timestamp"]))
-        if request.method == "GET":
-            query = gateway.query_params(request, query_schema)
-            return gateway.json_response(200, handler(self, partner_id, query, **params),
-                                         correlation_id)
-        if request.args:
-            raise BadRequest("a POST takes no query parameters",
-                             {name: ["unexpected"] for name in request.args},
-                             code="unexpected_parameter")
-        data = load(body_schema, gateway.json_body(body, request.content_type))
-        return self._idempotent(partner_id, key, fingerprint, correlation_id,
-                                lambda: handler(self, partner_id, data, **params))
-
-    @staticmethod
-    def _record_signature(conn, partner_id: str, signature: str,  # noqa: ANN001
-                          timestamp: int) -> None:
-        try:  # a failed insert aborts the transaction: it holds nothing else to keep
-            conn.execute(insert(seen_signatures).values(
-                partner_id=partner_id, signature=signature, seen_at=timestamp))
-        except IntegrityError:
-            raise SignatureError("signature_replayed",
-                                 "this signed request was already used; sign each request "
-                                 "afresh") from None
-
-    def _idempotent(self, partner_id: str, key: str, fingerprint: str, correlation_id: str,
-                    act) -> Response:  # noqa: ANN001
-        """Run `act` once per (partner, key): a retry gets the first answer, another body 409."""
-        conn = self.db.conn
-        try:
-            conn.execute(insert(idempotency_keys).values(
-                partner_id=partner_id, key=key, request_hash=fingerprint, status=0,
-                response="", created_at=isoformat(self.clock.now())))
-        except IntegrityError:  # a concurrent request with this key committed first
-            self.db.rollback()
-            stored = self._stored_answer(partner_id, key, fingerprint, correlation_id)
-            if stored is None:
-                raise
-            return stored
-        view = act()
-        response = gateway.json_response(200, view, correlation_id)
-        conn.execute(update(idempotency_keys).where(
-            idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
-            .values(status=200, response=response.get_data(as_text=True)))
-        self.db.commit()
-        return response
-
-    def _stored_answer(self, partner_id: str, key: str, fingerprint: str,
-                       correlation_id: str, conn=None) -> Response | None:  # noqa: ANN001
-        query = select(idempotency_keys).where(
-            idempotency_keys.c.partner_id == partner_id, idempotency_keys.c.key == key)
-        if conn is not None:
-            row = conn.execute(query).mappings().first()
-        else:
-            with self.db.reader() as reader:
-                row = reader.execute(query).mappings().first()
-        if row is None or row["status"] == 0:
-            return None
-        if row["request_hash"] != fingerprint:
-            raise Conflict("this Idempotency-Key was used with another request",
-                           {"Idempotency-Key": ["already used with another body or path"]},
-                           code="idempotency_key_reused")
-        response = Response(row["response"], status=row["status"], mimetype="application/json")
-        response.headers[gateway.CORRELATION_HEADER] = correlation_id
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
 
     # -- the one way events are written --------------------------------------------------------
 
