@@ -197,7 +197,7 @@ class Probes(DependencyProvider):
             if isinstance(result, dict) and isinstance(result.get("order_id"), str):
                 _about_order(result["order_id"])  # an RPC's answer names the order it served
         elif str((_CONTEXT.get() or {}).get("actor") or "").startswith("partner:"):
-            what = "a partner request"  # the gateway said who signed it (dispatch._serve)
+            what = "a partner request"  # signed: dispatch.gateway.Gateway.serve said who
         else:  # probes, metrics, timers, internal reads: not news
             return
         name = f"{worker_ctx.service_name}.{entrypoint.method_name}"
