@@ -13,6 +13,7 @@ from tests.helpers import wait_until
 
 LOAD_SECONDS = 8
 LATE = ("callback", "settlement")
+COMPLETIONS = "evt-dispatch-order_completed--callback.on_order_completed"
 
 
 def test_consumers_started_after_their_producers_published_get_everything(system, world):
@@ -24,10 +25,14 @@ def test_consumers_started_after_their_producers_published_get_everything(system
             load.intake_done()
             wait_until(lambda: set(load.accepted) <= load.completed, timeout=90,
                        message="partners to complete every order while callback is down")
-            waiting = system.queues()
+            # dispatch's relay publishes a moment after the gateway answered: wait for the
+            # last completion to be queued (in log order, so everything before it is too)
+            waiting = wait_until(
+                lambda: [q for q in [system.queues()] if q.get(COMPLETIONS, 0)
+                         >= len(load.accepted)],
+                timeout=60, message="every completion queued for the stopped callback")[0]
             purged = system.purge_queues_of("settlement")
-        assert waiting["evt-dispatch-order_completed--callback.on_order_completed"] >= \
-            len(load.accepted) > 0
+        assert waiting[COMPLETIONS] >= len(load.accepted) > 0
         assert purged and not any(system.queues()[q] for q in purged)
         system.wait_ready()
         assert_nothing_lost_or_doubled(system, load)
