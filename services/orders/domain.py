@@ -309,6 +309,19 @@ _APPLIES_TO = {"verified": ("completed",), "disputed": ("completed",),
                "sent_back": ("unverified",)}
 
 
+# dispatch's statuses of a visit not yet reported done
+_BEFORE_COMPLETION = ("assigned", "accepted", "scheduled", "on_site")
+
+
+def awaits_completion(order: Order, event_type: str, payload: dict) -> bool:
+    """True when the callback's outcome may be about a visit whose completion orders has not
+    seen yet: dispatch's `order_completed` comes on another queue and can be overtaken.
+    The caller then checks its log for that completion (the task id is its event id)."""
+    outcome, _ = CALLBACK_OUTCOMES[event_type]
+    return (outcome in ("verified", "unverified") and order.status in _BEFORE_COMPLETION
+            and not payload["task_id"].startswith("review-"))
+
+
 def verification(order: Order, event_type: str, payload: dict,
                  complaint_order_id: str | None = None) -> NewEvent | None:
     """The callback's outcome for the order's latest visit; None when it no longer applies."""

@@ -17,7 +17,7 @@ from contracts import orders as contract
 from contracts.errors import Conflict, NotFound
 from contracts.registry import load
 from serviceloop.catchup import CatchUp
-from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
+from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
@@ -309,6 +309,13 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             complaint_id = self._open_order(data)["order_id"]
             order = queries.order_to_follow(self.db.conn, p["order_id"])
         event = domain.verification(order, envelope.event_type, p, complaint_id)
+        if event is None and domain.awaits_completion(order, envelope.event_type, p) \
+                and not already_handled(self.db.conn, "orders.on_order_completed",
+                                        p["task_id"]):
+            # the outcome overtook dispatch's completion of that visit: wait for it (handed
+            # back as soon as an event of this order is applied, if parked meanwhile)
+            raise RetryLater(f"order {order.order_id}: the completion {p['task_id']} "
+                             "is not followed yet")
         if event is None:  # about a visit the order has moved past (dispatch reopened it)
             return
         self._append(f"order-{order.order_id}", order.version, [event], order.order_id,

@@ -89,13 +89,13 @@ ESCALATED = dict(reason="no_candidate", explanation="nobody qualified is left in
                  considered=[])
 
 
-def publish(broker_uri: str, *bodies: dict) -> None:
-    """As dispatch's relay does: source dispatch, routing key the event type."""
+def publish(broker_uri: str, *bodies: dict, source: str = "dispatch") -> None:
+    """As the source's relay does: its exchange, routing key the event type."""
     connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
     channel = connection.channel()
     channel.confirm_delivery()
     for body in bodies:
-        channel.basic_publish(event_exchange("dispatch"), body["event_type"],
+        channel.basic_publish(event_exchange(source), body["event_type"],
                               json.dumps(body).encode(), message_properties(body))
     connection.close()
 
@@ -223,6 +223,33 @@ def test_a_completion_that_overtakes_the_appointment_still_ends_completed(desk, 
     assert order["dispatch_version"] == completed["stream_version"]
     assert [e["payload"]["dispatch_event_type"] for e in desk.progressed(order_id)] == [
         "order_assigned", "order_accepted", "order_completed"]
+
+
+def test_a_verification_that_overtakes_its_completion_waits_for_it(desk, dispatch_log,
+                                                                   broker_uri, tmp_path):
+    order_id = desk.open_repair("13900000007")
+    dispatch_log.append(order_id, "order_received", **received(order_id))
+    publish(broker_uri, *[dispatch_log.append(order_id, t, **p) for t, p in (
+        ("order_assigned", ASSIGNED), ("order_accepted", ACCEPTED),
+        ("appointment_scheduled", SCHEDULED), ("partner_arrived", ARRIVED))])
+    desk.shows(order_id, "on_site")
+    completed = dispatch_log.append(order_id, "order_completed", **COMPLETED)
+    callback_log = DispatchLog(f"sqlite:///{tmp_path / 'callback-log.db'}")
+    verified = callback_log.append(order_id, "order_verified", task_id=completed["event_id"],
+                                   partner_id=PARTNER, channel="agent", satisfaction=5,
+                                   customer_paid_cents=0, notes="", visit=1)
+    callback_log.engine.dispose()
+    # the callback's outcome arrives first (its own queue): it must not be dropped
+    publish(broker_uri, verified, source="callback")
+    queue = queue_name("callback", "order_verified", "orders", "on_order_verified")
+    wait_until(lambda: queue_drained(broker_uri, queue), timeout=60,
+               message="the early verification to be tried and put aside")
+    assert desk.status(order_id) == "on_site"
+    publish(broker_uri, completed)
+    desk.shows(order_id, "verified")
+    assert [e["payload"]["status"] for e in desk.rpc.order_history(order_id)
+            if e["event_type"] == "order_verification_recorded"] == ["verified"]
+    assert desk.rpc.parked_messages() == []
 
 
 def test_a_rejection_shows_until_the_next_assignment_and_an_escalation_has_no_partner(
