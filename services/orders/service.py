@@ -269,7 +269,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def on_task_returned(self, envelope: Envelope) -> None:
         self._follow_callback(envelope)
 
-    @consumes("settlement", "period_closed")
+    # a paid order still `completed` here waits for its verification: up to ~35 s of tries
+    @consumes("settlement", "period_closed", attempts=20)
     def on_period_closed(self, envelope: Envelope) -> None:
         """A verified order settled in a closed period is closed: its loop is complete.
 
@@ -284,6 +285,10 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                 settled[order_id] = settled.get(order_id, 0) + line["payable_cents"]
         for order_id, cents in sorted(settled.items()):
             order = queries.order_to_follow(self.db.conn, order_id)
+            if order is not None and order.status == "completed" and cents > 0:
+                # paid, so verified at the callback: that outcome is still on its way here
+                raise RetryLater(f"order {order_id} paid in {p['period']} before orders "
+                                 "saw it verified")
             if order is None or order.status != "verified":
                 continue
             self._append(f"order-{order_id}", order.version, [NewEvent("order_settled", {

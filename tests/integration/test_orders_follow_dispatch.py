@@ -252,6 +252,56 @@ def test_a_verification_that_overtakes_its_completion_waits_for_it(desk, dispatc
     assert desk.rpc.parked_messages() == []
 
 
+def test_a_period_that_pays_an_order_before_orders_saw_it_verified_still_closes_it(
+        desk, dispatch_log, broker_uri, tmp_path):
+    order_id = desk.open_repair("13900000008")
+    dispatch_log.append(order_id, "order_received", **received(order_id))
+    visit = [dispatch_log.append(order_id, t, **p) for t, p in (
+        ("order_assigned", ASSIGNED), ("order_accepted", ACCEPTED),
+        ("appointment_scheduled", SCHEDULED), ("partner_arrived", ARRIVED),
+        ("order_completed", COMPLETED))]
+    publish(broker_uri, *visit)
+    desk.shows(order_id, "completed")
+    other_logs = DispatchLog(f"sqlite:///{tmp_path / 'other-logs.db'}")
+    verified = other_logs.append(order_id, "order_verified", task_id=visit[-1]["event_id"],
+                                 partner_id=PARTNER, channel="agent", satisfaction=5,
+                                 customer_paid_cents=0, notes="", visit=1)
+    line = dict(claim_id=visit[-1]["event_id"], order_id=order_id, completed_on="2026-11-02",
+                kind="claim", claimed_cents=9500, payable_cents=9000, cut_cents=500,
+                held_cents=0, rejected_cents=0, reasons=["labour_above_rate_card"])
+    with other_logs.engine.begin() as conn:
+        (closed,) = other_logs.store.append(
+            conn, f"statement-2026-11-{PARTNER}", 0, [NewEvent("period_closed", {
+                "period": "2026-11", "partner_id": PARTNER, "lines": [line],
+                "payable_cents": 9000, "cut_cents": 500, "held_cents": 0,
+                "rejected_cents": 0, "adjustments_cents": 0})],
+            occurred_at=START + timedelta(days=29), correlation_id=f"period-2026-11-{PARTNER}",
+            causation_id="period-2026-11", actor="system")
+    other_logs.engine.dispose()
+    # settlement (verified there) closes the month before orders has the verification
+    publish(broker_uri, closed.to_dict(), source="settlement")
+    queue = queue_name("settlement", "period_closed", "orders", "on_period_closed")
+    wait_until(lambda: _ready(broker_uri, queue) == 0, message="orders to take the close")
+    publish(broker_uri, verified, source="callback")
+    desk.shows(order_id, "closed")
+    settled = [e for e in desk.rpc.order_history(order_id) if e["event_type"] == "order_settled"]
+    assert [(e["payload"]["period"], e["payload"]["payable_cents"]) for e in settled] == [
+        ("2026-11", 9000)]
+    assert desk.rpc.parked_messages() == []
+
+
+def _ready(broker_uri: str, queue: str) -> int | None:
+    """Messages in `queue` not yet delivered to a consumer."""
+    import subprocess
+    from urllib.parse import unquote, urlparse
+
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p",
+                             unquote(urlparse(broker_uri).path[1:]), "name", "messages_ready"],
+                            capture_output=True, text=True, check=True).stdout
+    counts = dict(line.rsplit("\t", 1) for line in listed.splitlines() if "\t" in line)
+    return int(counts[queue]) if queue in counts else None
+
+
 def test_a_rejection_shows_until_the_next_assignment_and_an_escalation_has_no_partner(
         desk, dispatch_log, broker_uri):
     order_id = desk.open_repair("13900000004")
