@@ -16,8 +16,8 @@ DISPUTE_REASONS = ("no_visit", "not_fixed", "part_not_replaced", "overcharged", 
 # disputes that are about the partner: the next visit goes to another partner
 PARTNER_FAULT_REASONS = ("no_visit", "part_not_replaced", "overcharged", "rude")
 OUTCOMES = ("verified", "disputed", "no_answer")
-TASK_STATUSES = ("open", "leased", "awaiting_reply", "verified", "disputed", "unverified",
-                 "closed")
+TASK_STATUSES = ("open", "leased", "sending", "awaiting_reply", "verified", "disputed",
+                 "unverified", "closed")
 CHANNELS = ("agent", "auto")
 
 _id = fields.String(required=True, validate=validate.Length(min=1, max=64))
@@ -65,6 +65,20 @@ class TaskLeased(Schema):
     lease_until = fields.DateTime(required=True, **_time)
 
 
+@event("callback", "confirmation_send_started")
+class ConfirmationSendStarted(Schema):
+    """The automatic channel claimed the sending of a confirmation request, before asking the
+    provider: of two replicas that picked the task, only the one whose claim was appended
+    sends. Unrecorded by `retry_at` (provider down, process gone), it may be claimed again
+    with the same idempotency key, which the provider sends once."""
+
+    task_id = _id
+    order_id = _id
+    attempt = fields.Integer(required=True)
+    idempotency_key = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    retry_at = fields.DateTime(required=True, **_time)
+
+
 @event("callback", "confirmation_requested")
 class ConfirmationRequested(Schema):
     """The automatic channel sent the customer a request to confirm (SMS/IVR provider)."""
@@ -84,6 +98,17 @@ class CallbackUnanswered(Schema):
     by = fields.String(required=True)  # agent:<id> or the channel
     detail = fields.String(required=True)
     next_attempt_at = fields.DateTime(required=True, allow_none=True, **_time)
+
+
+@event("callback", "problem_reported")
+class ProblemReported(Schema):
+    """The customer answered the automatic request with a problem ("2"): the task goes to the
+    agents' queue, first, for a person to call and record what is wrong."""
+
+    task_id = _id
+    order_id = _id
+    reply = fields.String(required=True)
+    priority = fields.Integer(required=True)
 
 
 @event("callback", "order_verified")

@@ -6,6 +6,7 @@ records what it was asked to send, and lets a person or a test answer for the cu
     POST /messages                {"to", "text", "reference", "callback_url"} → {"message_id"}
                                   (the same Idempotency-Key gives the same message, sent once)
     GET  /messages                every message sent, oldest first
+    GET  /requests                every send request received, a repeated key included
     POST /messages/<id>/reply     {"reply": "1"} → posts {"message_id", "reply"} to the
                                   message's callback_url and answers with what that said
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,9 +23,13 @@ import requests
 
 
 class StandInProvider:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = "stand-in-token"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = "stand-in-token",
+                 *, delay: float = 0.0):
         self.token = token
+        self.delay = delay  # seconds a send takes, as a real provider's does
+        self.unavailable = False  # a test sets it: every send is answered 503
         self.messages: list[dict] = []
+        self.requests: list[dict] = []
         self._by_key: dict[str, dict] = {}
         self._lock = threading.Lock()
         provider = self
@@ -35,6 +41,8 @@ class StandInProvider:
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.rstrip("/") == "/messages":
                     self._answer(200, provider.sent())
+                elif self.path.rstrip("/") == "/requests":
+                    self._answer(200, provider.received())
                 else:
                     self._answer(404, {"error": "no such path"})
 
@@ -70,9 +78,15 @@ class StandInProvider:
         self.url = f"http://{host}:{self.server.server_address[1]}"
 
     def accept(self, body: dict, key: str | None) -> tuple[int, dict]:
+        with self._lock:
+            self.requests.append({"idempotency_key": key, "reference": body.get("reference"),
+                                  "to": body.get("to")})
+        if self.unavailable:
+            return 503, {"error": "down for maintenance"}
         missing = [f for f in ("to", "text", "callback_url") if not body.get(f)]
         if missing:
             return 422, {"error": f"missing {', '.join(missing)}"}
+        time.sleep(self.delay)
         with self._lock:
             if key and key in self._by_key:
                 return 200, {"message_id": self._by_key[key]["message_id"]}
@@ -87,6 +101,10 @@ class StandInProvider:
     def sent(self) -> list[dict]:
         with self._lock:
             return [dict(m) for m in self.messages]
+
+    def received(self) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.requests]
 
     def reply(self, message_id: str, reply: str) -> tuple[int, dict]:
         """The customer answers a message: the reply is posted to its callback URL."""

@@ -53,5 +53,8 @@ _KIND = {"install": "安装", "repair": "维修", "maintenance": "保养"}
 
 
 def confirmation_text(order_type: str, work_done: str) -> str:
+    """What the customer reads: "1" confirms; "2" (a problem) has a person call them back
+    (domain.auto_reply); anything else counts as no answer and is asked again."""
     kind = _KIND.get(order_type, "服务")
-    return f"【售后回访】师傅已完成您的{kind}（{work_done[:40]}）。确认请回复1，如有问题请回复2。"
+    return (f"【售后回访】师傅已完成您的{kind}（{work_done[:40]}）。确认请回复1；"
+            f"如有问题请回复2，客服将致电您。")

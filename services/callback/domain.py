@@ -2,7 +2,9 @@
 
 A task is open (in the agents' queue, or due for the automatic channel), leased to one agent
 at a time, and ends verified, disputed or — after the last unanswered attempt — unverified,
-where a supervisor closes it or sends it back.
+where a supervisor closes it or sends it back. An automatic task is claimed (`sending`) before
+the provider is asked, then waits for the customer's reply (`awaiting_reply`); a reply that
+reports a problem hands it to the agents.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from serviceloop.clock import isoformat, parse_time
 from serviceloop.eventstore import NewEvent
 
 CONFIRM_REPLIES = frozenset({"1", "y", "yes", "ok", "是", "确认", "满意"})
+# "reply 2 if there is a problem": a person calls the customer back
+PROBLEM_REPLIES = frozenset({"2", "n", "no", "否", "不", "有问题", "不满意"})
+FIRST = 1  # the agents' queue's top priority
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Settings:
     attempts: int = 3
     retry_after: tuple[timedelta, ...] = (timedelta(hours=2), timedelta(hours=6))
     reply_within: timedelta = timedelta(hours=12)
+    send_retry: timedelta = timedelta(minutes=5)  # a claimed send never recorded: try again
     auto_verify_installs: bool = True
     review_share: float = 0.1  # of automatic verifications, also checked by a person
 
@@ -46,19 +52,27 @@ class Task:
     report: dict
     review_of: str | None
     version: int
+    next_attempt_at: datetime | None = None
+    send_key: str | None = None  # the idempotency key of the automatic send under way
+    reply_by: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> Task:
         return cls(row["task_id"], row["order_id"], row["partner_id"], row["order_type"],
                    row["channel"], row["status"], row["visit"], row["attempts"],
-                   row["leased_by"], parse_time(row["lease_until"]) if row["lease_until"]
-                   else None, json.loads(row["report"]), row["review_of"], row["version"])
+                   row["leased_by"], _time(row["lease_until"]), json.loads(row["report"]),
+                   row["review_of"], row["version"], _time(row["next_attempt_at"]),
+                   row["send_key"], _time(row["reply_by"]))
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
 
 
 def priority(order_type: str, report: dict) -> int:
     """Lower is first: complaints and repairs with parts claimed, then repairs, then the rest."""
     if order_type == "complaint" or (order_type == "repair" and report["parts"]):
-        return 1
+        return FIRST
     if order_type == "repair":
         return 2
     return 3
@@ -156,17 +170,59 @@ def unanswered(task: Task, by: str, detail: str, now: datetime,
     return events
 
 
+def start_send(task: Task, now: datetime, settings: Settings) -> NewEvent:
+    """Claim the sending of the automatic confirmation request, before the provider is asked.
+
+    Appended with the task's version, the claim lets one of two replicas (or two timer passes)
+    that picked the same task send, never both. A claim whose sending was never recorded
+    (the provider was down, the process died) is taken again after `send_retry`, with the
+    same idempotency key: a request the provider did get is not sent a second time.
+    """
+    due = task.next_attempt_at is not None and task.next_attempt_at <= now
+    if task.channel != "auto" or task.status not in ("open", "sending") or not due:
+        raise Conflict(f"task {task.task_id} is {task.status}: no confirmation to send now",
+                       {"task_id": [task.status]}, code="not_due")
+    key = task.send_key if task.status == "sending" else f"{task.task_id}:{task.version}"
+    return NewEvent("confirmation_send_started", {
+        "task_id": task.task_id, "order_id": task.order_id, "attempt": task.attempts + 1,
+        "idempotency_key": key, "retry_at": isoformat(now + settings.send_retry)})
+
+
+def sent(task: Task, key: str, message_id: str, now: datetime, settings: Settings) -> NewEvent:
+    """The provider took the request this claim (`key`) was for: wait for the reply."""
+    if task.status != "sending" or task.send_key != key:
+        raise Conflict(f"task {task.task_id} is {task.status}: its send was taken over",
+                       {"task_id": [task.status]}, code="send_taken_over")
+    return NewEvent("confirmation_requested", {
+        "task_id": task.task_id, "order_id": task.order_id, "provider_message_id": message_id,
+        "attempt": task.attempts + 1, "reply_by": isoformat(now + settings.reply_within)})
+
+
+def reply_overdue(task: Task, now: datetime, settings: Settings) -> list[NewEvent]:
+    """The customer did not reply to the automatic request in time: an unanswered attempt."""
+    if task.status != "awaiting_reply" or task.reply_by is None or task.reply_by >= now:
+        raise Conflict(f"task {task.task_id} is {task.status}: no reply is overdue",
+                       {"task_id": [task.status]}, code="reply_not_overdue")
+    return unanswered(task, "channel:auto", "no reply in time", now, settings)
+
+
 def auto_reply(task: Task, reply: str, now: datetime, settings: Settings) -> list[NewEvent]:
-    """The customer's reply to the automatic confirmation request."""
+    """The customer's reply to the automatic confirmation request: "1" confirms, "2" reports
+    a problem (a person calls back), anything else counts as no answer."""
     if task.status != "awaiting_reply":
         raise Conflict(f"task {task.task_id} is not waiting for a reply",
                        {"message_id": [task.status]}, code="not_awaiting_reply")
-    if reply.strip().lower() in CONFIRM_REPLIES:
+    answer = reply.strip()
+    if answer.lower() in CONFIRM_REPLIES:
         return [NewEvent("order_verified", {
             "task_id": task.task_id, "order_id": task.order_id, "partner_id": task.partner_id,
             "channel": "auto", "satisfaction": None, "customer_paid_cents": None,
-            "notes": f"confirmed by reply {reply.strip()!r}", "visit": task.visit})]
-    return unanswered(task, "channel:auto", f"reply {reply.strip()[:40]!r} did not confirm",
+            "notes": f"confirmed by reply {answer!r}", "visit": task.visit})]
+    if answer.lower() in PROBLEM_REPLIES:
+        return [NewEvent("problem_reported", {"task_id": task.task_id,
+                                              "order_id": task.order_id, "reply": answer,
+                                              "priority": FIRST})]
+    return unanswered(task, "channel:auto", f"reply {answer[:40]!r} did not confirm",
                       now, settings)
 
 

@@ -31,6 +31,7 @@ tasks = Table(
     Column("next_attempt_at", String(32)),
     Column("leased_by", String(40)),
     Column("lease_until", String(32)),
+    Column("send_key", String(80)),  # the automatic send under way (its idempotency key)
     Column("provider_message_id", String(80)),
     Column("reply_by", String(32)),
     Column("outcome", String(16)),
@@ -61,9 +62,20 @@ def _leased(conn: Connection, e: Envelope) -> None:
             lease_until=e.payload["lease_until"])
 
 
+def _send_started(conn: Connection, e: Envelope) -> None:
+    _update(conn, e, status="sending", send_key=e.payload["idempotency_key"],
+            next_attempt_at=e.payload["retry_at"])
+
+
 def _confirmation_requested(conn: Connection, e: Envelope) -> None:
     _update(conn, e, status="awaiting_reply", provider_message_id=e.payload["provider_message_id"],
-            reply_by=e.payload["reply_by"])
+            reply_by=e.payload["reply_by"], send_key=None, next_attempt_at=None)
+
+
+def _problem_reported(conn: Connection, e: Envelope) -> None:
+    # a person calls now: the agents' attempts are counted afresh
+    _update(conn, e, status="open", channel="agent", priority=e.payload["priority"],
+            attempts=0, next_attempt_at=e.occurred_at, reply_by=None)
 
 
 def _unanswered(conn: Connection, e: Envelope) -> None:
@@ -101,7 +113,9 @@ def _update(conn: Connection, e: Envelope, **values: object) -> None:
 projector = Projector(READ_MODELS, {
     "verification_task_created": _task_created,
     "task_leased": _leased,
+    "confirmation_send_started": _send_started,
     "confirmation_requested": _confirmation_requested,
+    "problem_reported": _problem_reported,
     "callback_unanswered": _unanswered,
     "order_verified": _outcome("verified"),
     "order_disputed": _outcome("disputed"),

@@ -20,11 +20,11 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
 
 from contracts import callback as contract
 from contracts.errors import (
-    ConcurrencyConflict,
     Conflict,
     NotFound,
     ServiceError,
@@ -52,8 +52,8 @@ _REPLY = contract.ProviderReply()
 class CallbackSettings(DependencyProvider):
     """Config: CALLBACK_DUE_HOURS (48), CALLBACK_LEASE_MINUTES (15), CALLBACK_ATTEMPTS (3),
     CALLBACK_RETRY_MINUTES ("120,360"), CALLBACK_REPLY_WITHIN_MINUTES (720),
-    AUTO_VERIFY_INSTALLS (true), REVIEW_SHARE (0.1), PROVIDER_URL, PROVIDER_TOKEN,
-    CALLBACK_PUBLIC_URL (where the provider posts replies)."""
+    CALLBACK_SEND_RETRY_MINUTES (5), AUTO_VERIFY_INSTALLS (true), REVIEW_SHARE (0.1),
+    PROVIDER_URL, PROVIDER_TOKEN, CALLBACK_PUBLIC_URL (where the provider posts replies)."""
 
     def setup(self) -> None:
         c = self.container.config
@@ -64,6 +64,7 @@ class CallbackSettings(DependencyProvider):
             attempts=int(c.get("CALLBACK_ATTEMPTS", 3)),
             retry_after=tuple(timedelta(minutes=float(m)) for m in retries.split(",") if m),
             reply_within=timedelta(minutes=float(c.get("CALLBACK_REPLY_WITHIN_MINUTES", 720))),
+            send_retry=timedelta(minutes=float(c.get("CALLBACK_SEND_RETRY_MINUTES", 5))),
             auto_verify_installs=str(c.get("AUTO_VERIFY_INSTALLS", "true")).lower()
             in ("1", "true", "yes"),
             review_share=float(c.get("REVIEW_SHARE", 0.1)))
@@ -180,7 +181,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         c = tasks.c
         with self.db.reader() as conn:
             overdue = conn.execute(select(tasks).where(
-                c.status.in_(("open", "leased", "awaiting_reply")), c.due_at < stamp)
+                c.status.in_(("open", "leased", "sending", "awaiting_reply")), c.due_at < stamp)
                 .order_by(c.due_at)).mappings().all()
             unverified = conn.execute(select(tasks).where(c.status == "unverified")
                                       .order_by(c.updated_at)).mappings().all()
@@ -208,64 +209,67 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     def run_timers(self) -> dict:
-        """Send due automatic confirmations; count unanswered ones whose reply time passed."""
+        """Send due automatic confirmations; count unanswered ones whose reply time passed.
+
+        Every replica's timer runs this: each action is its own transaction and
+        version-checked append, so of two passes over the same task one acts and the other
+        finds it taken (a conflict) and skips it.
+        """
         stamp = isoformat(self.clock.now())
         c = tasks.c
         with self.db.reader() as conn:
             to_send = conn.execute(select(c.task_id).where(
-                c.channel == "auto", c.status == "open", c.next_attempt_at <= stamp)
-                .limit(200)).scalars().all()
+                c.channel == "auto", c.status.in_(("open", "sending")),
+                c.next_attempt_at <= stamp).limit(200)).scalars().all()
             expired = conn.execute(select(c.task_id).where(
                 c.status == "awaiting_reply", c.reply_by < stamp).limit(200)).scalars().all()
-        counts = {"sent": 0, "unanswered": 0, "failed": 0}
+        counts = {"sent": 0, "unanswered": 0, "failed": 0, "skipped": 0}
         for task_id in to_send:
             try:
                 counts["sent"] += self._send_confirmation(task_id)
-            except (ChannelError, ConcurrencyConflict) as error:
-                self.db.rollback()
+            except ChannelError as error:  # the claim runs out and the send is tried again
                 counts["failed"] += 1
                 log.warning("confirmation for task %s not sent: %s", task_id, error)
+            except (Conflict, IntegrityError):  # another replica or pass has it
+                self.db.rollback()
+                counts["skipped"] += 1
         for task_id in expired:
             try:
                 counts["unanswered"] += self._reply_overdue(task_id)
-            except ConcurrencyConflict:
+            except (Conflict, IntegrityError):
                 self.db.rollback()
+                counts["skipped"] += 1
         return counts
 
     def _send_confirmation(self, task_id: str) -> int:
-        """Send first, record after: no transaction (nor SQLite's write lock) is held over
-        the provider's HTTP call. The idempotency key makes a resend after a lost record
-        the same message."""
-        with self.db.reader() as conn:
-            row = conn.execute(select(tasks).where(tasks.c.task_id == task_id)) \
-                .mappings().first()
-        if row is None or row["status"] != "open" or row["channel"] != "auto":
-            return 0
-        task = domain.Task.from_row(dict(row))
-        attempt = task.attempts + 1
+        """Claim, send, record: the claim is committed before the provider's HTTP call and
+        the record after, so no transaction (nor SQLite's write lock) is held over it, and
+        only the replica whose claim was appended sends."""
+        claimed = self._start_send(task_id)
         message_id = self.config.channel.send(
-            phone=row["phone"], text=confirmation_text(task.order_type,
-                                                       task.report["work_done"]),
-            reference=task_id, idempotency_key=f"{task_id}:{attempt}")
-        self._record_sent(task, message_id, attempt)
+            phone=claimed["phone"], text=confirmation_text(
+                claimed["order_type"], json.loads(claimed["report"])["work_done"]),
+            reference=task_id, idempotency_key=claimed["send_key"])
+        self._record_sent(task_id, claimed["send_key"], message_id)
         return 1
 
     @transactional
-    def _record_sent(self, task: domain.Task, message_id: str, attempt: int) -> None:
-        now = self.clock.now()
-        self._append(task.task_id, task.version, [NewEvent("confirmation_requested", {
-            "task_id": task.task_id, "order_id": task.order_id,
-            "provider_message_id": message_id, "attempt": attempt,
-            "reply_by": isoformat(now + self.config.settings.reply_within)})],
-            task.order_id, "system")
+    def _start_send(self, task_id: str) -> dict:
+        task = self._task(task_id)
+        event = domain.start_send(task, self.clock.now(), self.config.settings)
+        self._append(task_id, task.version, [event], task.order_id, "system")
+        return self._row(task_id)
+
+    @transactional
+    def _record_sent(self, task_id: str, key: str, message_id: str) -> None:
+        task = self._task(task_id)
+        event = domain.sent(task, key, message_id, self.clock.now(), self.config.settings)
+        self._append(task_id, task.version, [event], task.order_id, "system")
 
     @transactional
     def _reply_overdue(self, task_id: str) -> int:
         task = self._task(task_id)
-        if task.status != "awaiting_reply":
-            return 0
-        events = domain.unanswered(task, "channel:auto", "no reply in time", self.clock.now(),
-                                   self.config.settings)
+        events = domain.reply_overdue(task, self.clock.now(), self.config.settings)
         self._append(task_id, task.version, events, task.order_id, "system")
         return 1
 

@@ -12,7 +12,7 @@ import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from contracts.errors import Conflict, ValidationFailed
-from serviceloop.clock import isoformat
+from serviceloop.clock import isoformat, parse_time
 from serviceloop.relay import event_exchange, message_properties
 from serviceloop.standin_provider import StandInProvider
 from services.callback.service import CallbackService
@@ -122,6 +122,30 @@ def test_a_completion_delivered_twice_makes_one_task_that_an_agent_verifies(loop
     assert verified[0]["causation_id"] and verified[0]["correlation_id"] == order_id
 
 
+def test_tasks_are_due_in_48_hours_and_handed_out_repairs_with_parts_first(loop):
+    partner = loop.register_partner(capacity=20)
+    maintenance = loop.orders.create_order({
+        "product_id": loop.customer_with_heater("13700000011"), "order_type": "maintenance",
+        "channel": "phone", "agent_id": "a7"})["order_id"]
+    plain_repair = loop.repair("13700000012")
+    parts_repair = loop.repair("13700000013")
+    # completed in the opposite order of how they are to be called
+    complete_visit(loop, partner, maintenance)
+    complete_visit(loop, partner, plain_repair)
+    complete_visit(loop, partner, parts_repair, parts=[
+        {"part_code": "WH-P-ELEMENT", "old_serial": "O9", "new_serial": "N9",
+         "fee_cents": 12000}])
+    created = {o: one_task(loop, o) for o in (maintenance, plain_repair, parts_repair)}
+    for task in created.values():
+        assert parse_time(task["due_at"]) - parse_time(task["created_at"]) == \
+            timedelta(hours=48)  # the default: CALLBACK_DUE_HOURS is not set
+    assert [created[o]["priority"] for o in (parts_repair, plain_repair, maintenance)] == \
+        [1, 2, 3]
+    handed = [loop.callback.next_task(agent)["order_id"] for agent in ("a1", "a2", "a3")]
+    assert handed == [parts_repair, plain_repair, maintenance]
+    assert loop.callback.next_task("a4") is None
+
+
 def test_a_lease_that_runs_out_returns_the_task_to_the_queue(loop):
     partner = loop.register_partner()
     order_id = loop.repair("13700000002")
@@ -136,28 +160,59 @@ def test_a_lease_that_runs_out_returns_the_task_to_the_queue(loop):
     assert late.value.code == "task_not_leased_to_you"
 
 
-def test_no_answer_three_times_makes_the_order_unverified_for_a_supervisor(loop):
+def no_answer_until_unverified(loop, task_id: str, agent_id: str) -> dict:  # noqa: ANN001
+    """Three calls without an answer, the clock moved to each next attempt."""
+    for attempt, wait_minutes in ((1, 60), (2, 180), (3, None)):
+        assert loop.callback.next_task(agent_id)["task_id"] == task_id
+        answer = loop.callback.record_outcome({"task_id": task_id, "agent_id": agent_id,
+                                               "outcome": "no_answer"})
+        assert answer["attempts"] == attempt
+        if wait_minutes:
+            assert loop.callback.next_task(agent_id) is None  # not before the next attempt
+            loop.clock.advance(minutes=wait_minutes)
+    return answer
+
+
+def orders_status_becomes(loop, order_id: str, status: str) -> dict:  # noqa: ANN001
+    return wait_until(lambda: (loop.orders.get_order(order_id)["status"] == status
+                               and loop.orders.get_order(order_id)),
+                      message=f"orders to show {status}")
+
+
+def test_no_answer_three_times_makes_the_order_unverified_for_a_supervisor_to_decide(loop):
     partner = loop.register_partner()
     order_id = loop.repair("13700000003")
     complete_visit(loop, partner, order_id)
     task_id = one_task(loop, order_id)["task_id"]
-    for attempt, wait_minutes in ((1, 60), (2, 180), (3, None)):
-        assert loop.callback.next_task("a1")["task_id"] == task_id
-        answer = loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1",
-                                               "outcome": "no_answer"})
-        assert answer["attempts"] == attempt
-        if wait_minutes:
-            assert loop.callback.next_task("a1") is None  # not before the next attempt time
-            loop.clock.advance(minutes=wait_minutes)
-    assert answer["status"] == "unverified"
-    wait_until(lambda: loop.orders.get_order(order_id)["status"] == "unverified",
-               message="orders to show unverified")
+    assert no_answer_until_unverified(loop, task_id, "a1")["status"] == "unverified"
+    orders_status_becomes(loop, order_id, "unverified")
     view = loop.callback.supervisor_view()
     assert [t["task_id"] for t in view["unverified"]] == [task_id]
+
+    # sent back: the queue tries again, three attempts afresh
     back = loop.callback.supervise({"task_id": task_id, "supervisor_id": "s1",
                                     "decision": "send_back", "note": "try evenings"})
     assert (back["status"], back["attempts"]) == ("open", 0)
-    assert loop.callback.next_task("a2")["task_id"] == task_id
+    orders_status_becomes(loop, order_id, "completed")
+    assert no_answer_until_unverified(loop, task_id, "a2")["status"] == "unverified"
+    orders_status_becomes(loop, order_id, "unverified")
+
+    # closed: held no more, and orders closes it as unverified
+    closed = loop.callback.supervise({"task_id": task_id, "supervisor_id": "s1",
+                                      "decision": "close", "note": "customer moved away"})
+    assert closed["status"] == "closed"
+    assert loop.callback.supervisor_view()["unverified"] == []
+    orders_status_becomes(loop, order_id, "closed")
+    recorded = [e["payload"] for e in loop.orders.order_history(order_id)
+                if e["event_type"] == "order_verification_recorded"]
+    assert [(r["outcome"], r["status"]) for r in recorded] == [
+        ("unverified", "unverified"), ("sent_back", "completed"),
+        ("unverified", "unverified"), ("closed_unverified", "closed")]
+    assert recorded[-1]["detail"] == "customer moved away"
+    with pytest.raises(Conflict) as again:
+        loop.callback.supervise({"task_id": task_id, "supervisor_id": "s2",
+                                 "decision": "send_back"})
+    assert again.value.code == "not_unverified"
 
 
 def test_a_dispute_about_the_partner_reopens_and_redispatches_to_another(loop):
@@ -264,7 +319,6 @@ def _publish(broker_uri: str, source: str, body: dict) -> None:
     connection.close()
 
 
-
 def test_a_dispute_not_about_the_partner_reopens_without_excluding_it_or_a_complaint(loop):
     partner = loop.register_partner("甲", rating=5.0)
     order_id = loop.repair("13700000008")
@@ -287,3 +341,122 @@ def test_a_dispute_not_about_the_partner_reopens_without_excluding_it_or_a_compl
     assert recorded[0]["payload"]["complaint_order_id"] is None
     wait_until(lambda: loop.orders.get_order(order_id)["status"] == "assigned",
                message="orders to follow the re-dispatch")
+
+
+@pytest.mark.parametrize(("reasons", "complaint"), [
+    (["overcharged", "part_not_replaced", "rude"], False),  # about the partner, no complaint
+    (["other"], True),  # not about the partner, and the customer asks for a complaint
+])
+def test_every_dispute_path_reopens_the_order_in_dispatch_and_orders(loop, reasons,
+                                                                     complaint):
+    about_partner = reasons != ["other"]
+    first = loop.register_partner("甲", rating=5.0)
+    second = loop.register_partner("乙", rating=3.0)
+    phone = "13700000009" if complaint else "13700000010"
+    order_id = loop.repair(phone)
+    complete_visit(loop, first, order_id)
+    task_id = one_task(loop, order_id)["task_id"]
+    loop.callback.next_task("a1")
+    disputed = loop.callback.record_outcome({
+        "task_id": task_id, "agent_id": "a1", "outcome": "disputed",
+        "dispute_reasons": reasons, "complaint_requested": complaint, "notes": "还是不行"})
+    assert disputed["status"] == "disputed"
+    assert disputed["outcome_detail"]["reasons"] == sorted(reasons)
+
+    # dispatch reopens it, and sends it to another partner only when the dispute is theirs
+    reopened = wait_until(lambda: next((e for e in loop.dispatch.order_history(order_id)
+                                        if e["event_type"] == "order_reopened"), None),
+                          message="dispatch to reopen the order")
+    assert reopened["payload"]["partner_excluded"] is about_partner
+    revisit_by = second if about_partner else first
+    wait_until(lambda: (loop.dispatch_status(order_id) == "assigned"
+                        and loop.dispatch.get_order(order_id)["partner_id"]
+                        == revisit_by.partner_id), message="the re-dispatch")
+
+    # orders shows it reopened, assigned again, and the complaint only when asked for
+    shown = orders_status_becomes(loop, order_id, "assigned")
+    assert shown["partner_id"] == revisit_by.partner_id
+    history = loop.orders.order_history(order_id)
+    progressed = [e["payload"]["status"] for e in history
+                  if e["event_type"] == "order_progressed"]
+    # the reopening and the re-assignment travel on queues of their own: orders skips the
+    # reopening when the assignment overtook it
+    assert progressed[progressed.index("completed") + 1:] in (["reopened", "assigned"],
+                                                              ["assigned"])
+    recorded = wait_until(lambda: [e["payload"] for e in loop.orders.order_history(order_id)
+                                   if e["event_type"] == "order_verification_recorded"],
+                          message="the dispute in orders")
+    assert (recorded[0]["outcome"], recorded[0]["detail"]) == ("disputed",
+                                                               ", ".join(sorted(reasons)))
+    others = [o for o in loop.orders.lookup(phone)["orders"] if o["order_id"] != order_id]
+    if complaint:
+        complaint_id = recorded[0]["complaint_order_id"]
+        linked = loop.orders.get_order(complaint_id)
+        assert (linked["order_type"], linked["related_order_id"]) == ("complaint", order_id)
+        assert [o["order_id"] for o in others] == [complaint_id]
+    else:
+        assert recorded[0]["complaint_order_id"] is None and others == []
+
+    # the loop closes only with the new visit verified
+    complete_visit(loop, revisit_by, order_id)
+    revisit = one_task(loop, order_id, visit=2)
+    assert loop.callback.next_task("a2")["task_id"] == revisit["task_id"]
+    loop.callback.record_outcome({"task_id": revisit["task_id"], "agent_id": "a2",
+                                  "outcome": "verified", "satisfaction": 4})
+    orders_status_becomes(loop, order_id, "verified")
+
+
+def install(loop, phone: str, barcode: str) -> tuple[str, str]:  # noqa: ANN001
+    """An installation completed: its order id and its (automatic) task id."""
+    partner = loop.register_partner()
+    product_id = loop.customer_with_heater(phone)
+    order_id = loop.orders.create_order({"product_id": product_id, "order_type": "install",
+                                         "channel": "phone", "agent_id": "a7"})["order_id"]
+    complete_visit(loop, partner, order_id, installation_barcode=barcode)
+    return order_id, one_task(loop, order_id)["task_id"]
+
+
+def sent_and_recorded(loop, task_id: str) -> list[dict]:  # noqa: ANN001
+    """Send what is due (a timer tick may be doing it too) and wait until it is recorded."""
+    loop.callback.run_timers()
+    wait_until(lambda: loop.callback.get_task(task_id)["status"] == "awaiting_reply",
+               message="the SMS to be sent and recorded")
+    return loop.provider.sent()
+
+
+def test_a_reply_reporting_a_problem_puts_the_task_first_in_the_agents_queue(loop):
+    order_id, task_id = install(loop, "13700000014", "BAR-0003")
+    [message] = sent_and_recorded(loop, task_id)
+    assert "确认请回复1" in message["text"] and "有问题请回复2，客服将致电您" in message["text"]
+    problem = _reply(loop, message["message_id"], "2")["callback"]
+    assert (problem["status"], problem["channel"], problem["priority"], problem["attempts"]) \
+        == ("open", "agent", 1, 0)
+    assert loop.callback.stream(f"task-{task_id}")[-1]["event_type"] == "problem_reported"
+    status, _ = loop.provider.reply(message["message_id"], "1")
+    assert status == 409  # answered already: a person calls now
+    loop.callback.run_timers()
+    called = loop.callback.next_task("a1")
+    assert called["task_id"] == task_id
+    loop.callback.record_outcome({"task_id": task_id, "agent_id": "a1", "outcome": "verified",
+                                  "satisfaction": 3, "notes": "漏水已自行处理好"})
+    orders_status_becomes(loop, order_id, "verified")
+    assert [t["review_of"] for t in loop.callback.tasks_for_order(order_id)] == [None]
+    assert len(loop.provider.received()) == 1  # no second SMS
+
+
+def test_a_send_the_provider_did_not_take_is_tried_again_with_the_same_key(loop):
+    _, task_id = install(loop, "13700000015", "BAR-0004")
+    loop.provider.unavailable = True
+    loop.callback.run_timers()
+    wait_until(lambda: loop.provider.received(), message="the first try")
+    assert loop.callback.get_task(task_id)["status"] == "sending"
+    loop.callback.run_timers()
+    assert len(loop.provider.received()) == 1  # the claim has not run out: nobody resends
+    loop.provider.unavailable = False
+    loop.clock.advance(minutes=6)  # CALLBACK_SEND_RETRY_MINUTES: 5
+    assert len(sent_and_recorded(loop, task_id)) == 1
+    keys = [r["idempotency_key"] for r in loop.provider.received()]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    kinds = [e["event_type"] for e in loop.callback.stream(f"task-{task_id}")]
+    assert kinds[1:] == ["confirmation_send_started", "confirmation_send_started",
+                         "confirmation_requested"]
