@@ -1,48 +1,12 @@
-"""The README's path for an agent: `serviceloop up`, then `serviceloop orders …` against it."""
+"""The README's path for an agent: `serviceloop up` (conftest.py's `running_system`), then
+`serviceloop orders …` against it."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-
-import pytest
 
 from tests.helpers import wait_until
-from tests.integration.dispatch_system import free_port
-
-CLI = [sys.executable, "-m", "serviceloop.cli"]
-
-
-@pytest.fixture
-def running_system(tmp_path, broker_uri, database_for):
-    port = free_port()
-    env = {**os.environ, "AMQP_URI": broker_uri, "SERVICELOOP_VAR": str(tmp_path),
-           "DATABASE_URL_ORDERS": database_for("orders", "postgres"),
-           "DATABASE_URL_DISPATCH": database_for("dispatch", "postgres"),
-           "DATABASE_URL_CALLBACK": database_for("callback", "sqlite"),
-           "DATABASE_URL_SETTLEMENT": database_for("settlement", "postgres"),
-           "GATEWAY_PORT": str(port), "SERVICELOOP_GATEWAY": f"http://127.0.0.1:{port}",
-           "CALLBACK_PORT": str(free_port()), "PROVIDER_PORT": str(free_port()),
-           "ORDERS_PORT": str(free_port()), "SETTLEMENT_PORT": str(free_port()),
-           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
-    up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
-                              timeout=60, check=check)
-
-    wait_until(lambda: cli("orders", "catalog", "--json", check=False).returncode == 0,
-               timeout=60, interval=0.5, message="the orders service to answer")
-    wait_until(lambda: cli("partner", "list", "--json", check=False).returncode == 0,
-               timeout=60, interval=0.5, message="the dispatch service to answer")
-    yield cli
-    os.killpg(up.pid, signal.SIGTERM)
-    up.wait(30)
 
 
 def as_json(result: subprocess.CompletedProcess) -> dict:
