@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -96,15 +98,31 @@ def orders_engine(orders_url):
     engine.dispose()
 
 
+@contextmanager
+def own_vhost(vhost: str) -> Iterator[str]:
+    """The AMQP URI of a RabbitMQ virtual host made for the caller, deleted afterwards."""
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    try:
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*",
+                        ".*", ".*"], check=True, capture_output=True)
+        yield f"amqp://{BROKER}/{quote(vhost, safe='')}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def broker_uri():
     """A RabbitMQ virtual host for this test run only."""
-    vhost = f"sl-test-{RUN_ID}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*",
-                    ".*"], check=True, capture_output=True)
-    yield f"amqp://{BROKER}/{quote(vhost, safe='')}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    with own_vhost(f"sl-test-{RUN_ID}") as uri:
+        yield uri
+
+
+@pytest.fixture
+def own_broker_uri():
+    """A virtual host for one test whose processes may leave messages in durable queues
+    (a whole `serviceloop up` stopped mid-flight): nothing reaches the next test."""
+    with own_vhost(f"sl-own-{uuid.uuid4().hex[:8]}") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -123,7 +123,8 @@ def _dispatch_step(state: dict, kind: str, p: dict) -> None:
 _TASK_STATUS = {"task_leased": "leased", "confirmation_requested": "awaiting_reply",
                 "callback_unanswered": "open", "order_verified": "verified",
                 "order_disputed": "disputed", "order_unverified": "unverified",
-                "unverified_closed": "closed", "task_returned": "open"}
+                "unverified_closed": "closed", "task_returned": "open",
+                "confirmation_send_started": "sending", "problem_reported": "open"}
 
 
 def _callback_step(state: dict, kind: str, p: dict) -> None:
@@ -150,6 +151,8 @@ def _callback_step(state: dict, kind: str, p: dict) -> None:
         state["attempts"] = p["attempts"]
     elif kind == "task_returned":
         state.update(attempts=0, outcome=None)
+    elif kind == "problem_reported":  # the customer answered "a problem": a person calls
+        state.update(channel="agent", attempts=0)
 
 
 def _settlement_step(state: dict, kind: str, p: dict) -> None:

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from serviceloop.simulation import CLOCK_OFFSET_FILE, MovableClock
-from tests.conftest import BROKER, POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, own_vhost
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import free_port
 
@@ -45,10 +44,11 @@ class RunningSystem:
 @pytest.fixture(scope="package")
 def running_system(tmp_path_factory):
     var = tmp_path_factory.mktemp("e2e-system")
-    vhost = f"sl-e2e-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*",
-                    ".*"], check=True, capture_output=True)
+    with own_vhost(f"sl-e2e-{uuid.uuid4().hex[:8]}") as amqp_uri:
+        yield from _system(var, amqp_uri)
+
+
+def _system(var: Path, amqp_uri: str):  # noqa: ANN202 - the fixture's body
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     databases = {s: f"sl_e2e_{s}_{uuid.uuid4().hex[:8]}"
                  for s in ("orders", "dispatch", "settlement")}
@@ -56,7 +56,7 @@ def running_system(tmp_path_factory):
         for name in databases.values():
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     port = free_port()
-    env = {**os.environ, "AMQP_URI": f"amqp://{BROKER}/{quote(vhost, safe='')}",
+    env = {**os.environ, "AMQP_URI": amqp_uri,
            "SERVICELOOP_VAR": str(var),
            **{f"DATABASE_URL_{s.upper()}": POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
               for s, name in databases.items()},
@@ -86,4 +86,3 @@ def running_system(tmp_path_factory):
             for name in databases.values():
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)

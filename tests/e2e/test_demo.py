@@ -19,8 +19,9 @@ CLI = [sys.executable, "-m", "serviceloop.cli"]
 
 
 @pytest.fixture
-def running_system(tmp_path, broker_uri, database_for):
+def running_system(tmp_path, own_broker_uri, database_for):
     """`serviceloop up` on PostgreSQL with ports of its own; the CLI against it."""
+    broker_uri = own_broker_uri  # its queues may hold messages when it stops: not shared
     port = free_port()
     env = {**os.environ, "AMQP_URI": broker_uri, "SERVICELOOP_VAR": str(tmp_path),
            **{f"DATABASE_URL_{s.upper()}": database_for(s, "postgres")

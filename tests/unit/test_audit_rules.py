@@ -400,3 +400,18 @@ def test_forked_verification_finds_exactly_what_one_pass_finds(logs, workers):
     assert len(one_pass) >= 4
     assert audit.verify(logs, workers=workers) == one_pass
     assert audit.verify(CAPTURED["logs"], workers=workers) == []
+
+
+def test_an_automatic_confirmation_shows_sending_then_a_problem_goes_to_a_person():
+    def event(position: int, kind: str, **payload: object) -> dict:
+        return {"correlation_id": "o-1", "event_type": kind, "global_position": position,
+                "occurred_at": f"2026-11-02T08:0{position}:00Z", "actor": "system",
+                "payload": {"task_id": "t-1", "order_id": "o-1", **payload}}
+
+    created = event(1, "verification_task_created", review_of=None, visit=1, channel="auto",
+                    due_at="2026-11-04T08:00:00Z")
+    sending = event(2, "confirmation_send_started", attempt=1, idempotency_key="t-1:2")
+    problem = event(3, "problem_reported", reply="2", priority=1)
+    assert audit.fold_service("callback", [created, sending])["task_status"] == "sending"
+    state = audit.fold_service("callback", [created, sending, problem])
+    assert (state["task_status"], state["channel"], state["attempts"]) == ("open", "agent", 0)
