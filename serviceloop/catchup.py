@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 from nameko.extensions import DependencyProvider
 from nameko.standalone.rpc import ClusterRpcProxy
-from nameko.timer import timer
+from nameko.timer import Timer
 
 from serviceloop.clock import isoformat
 from serviceloop.consumer import deliver
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_INTERVAL = float(os.environ.get("CATCH_UP_INTERVAL", "2.0"))
 PAGE = 500
+# a producer answers a page well within this; a stopped one is given up on after it
+CATCH_UP_RPC_TIMEOUT = float(os.environ.get("CATCH_UP_RPC_TIMEOUT", "3.0"))
 
 
 def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
@@ -40,33 +43,67 @@ def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
     return found
 
 
-def catch_up(service, rpc) -> int:  # noqa: ANN001
-    """Deliver every subscribed event the service has not reached yet; returns how many."""
+def catch_up(service, rpc, stopping: Callable[[], bool] = lambda: False) -> int:  # noqa: ANN001
+    """Deliver every subscribed event the service has not reached yet; returns how many.
+
+    A producer that does not answer is left for the next pass, the others are still read;
+    once `stopping()` says the service is shutting down, no producer is asked again."""
     delivered = 0
     for source, by_type in subscribed_handlers(type(service)).items():
-        with service.db.reader() as conn:
-            position = read_position(conn, "consumer_positions", source)
-        while True:
-            page = getattr(rpc, source).events_since(position, PAGE)
-            for body in page:
-                for name, handler in by_type.get(body["event_type"], ()):
-                    deliver(service, handler, f"{service.name}.{name}", source, body)
-                    delivered += 1
-            if page:
-                position = page[-1]["global_position"]
-                with service.db.transaction() as conn:
-                    save_position(conn, "consumer_positions", source, position,
-                                  isoformat(service.clock.now()))
-            if len(page) < PAGE:
-                break
+        try:
+            delivered += _catch_up_with(service, rpc, source, by_type, stopping)
+        except Exception as error:  # a producer down or slow: the next pass tries again
+            log_context(actor="system")  # about the pass, not the last event it handled
+            log.warning("%s could not catch up with %s: %s", service.name, source, error)
     return delivered
 
 
-class ProducerLogs(DependencyProvider):
-    """Opens an RPC proxy to the producers for one catch-up pass."""
+def _catch_up_with(service, rpc, source: str, by_type: dict, stopping) -> int:  # noqa: ANN001
+    delivered = 0
+    with service.db.reader() as conn:
+        position = read_position(conn, "consumer_positions", source)
+    while not stopping():
+        page = getattr(rpc, source).events_since(position, PAGE)
+        for body in page:
+            for name, handler in by_type.get(body["event_type"], ()):
+                deliver(service, handler, f"{service.name}.{name}", source, body)
+                delivered += 1
+        if page:
+            position = page[-1]["global_position"]
+            with service.db.transaction() as conn:
+                save_position(conn, "consumer_positions", source, position,
+                              isoformat(service.clock.now()))
+        if len(page) < PAGE:
+            break
+    return delivered
 
-    def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
-        return lambda: ClusterRpcProxy(self.container.config, timeout=10)
+
+class CatchUpTimer(Timer):
+    """nameko's timer, telling a catch-up pass in flight that the service is stopping: it
+    then asks no producer again (each stopped producer would hold it a whole RPC timeout,
+    and the container waits for the pass before it can stop)."""
+
+    def stop(self) -> None:
+        self.container.catch_up_stopping = True
+        super().stop()
+
+
+class Producers:
+    """An RPC proxy to the producers for one catch-up pass, and whether to stop early."""
+
+    def __init__(self, container) -> None:  # noqa: ANN001
+        self.container = container
+
+    def __call__(self) -> ClusterRpcProxy:
+        return ClusterRpcProxy(self.container.config, timeout=CATCH_UP_RPC_TIMEOUT)
+
+    def stopping(self) -> bool:
+        return getattr(self.container, "catch_up_stopping", False)
+
+
+class ProducerLogs(DependencyProvider):
+    def get_dependency(self, worker_ctx) -> Producers:  # noqa: ANN001
+        return Producers(self.container)
 
 
 class CatchUp:
@@ -74,12 +111,12 @@ class CatchUp:
 
     producer_logs = ProducerLogs()
 
-    @timer(interval=CATCH_UP_INTERVAL, eager=True)
+    @CatchUpTimer.decorator(interval=CATCH_UP_INTERVAL, eager=True)
     def catch_up_with_producers(self) -> None:
         try:
             with self.producer_logs() as rpc:
-                count = catch_up(self, rpc)
-        except Exception as error:  # a producer down: the next tick tries again
+                count = catch_up(self, rpc, self.producer_logs.stopping)
+        except Exception as error:  # the broker away: the next tick tries again
             log_context(actor="system")  # about the pass, not the last event it handled
             log.warning("%s could not catch up: %s", self.name, error)
             return

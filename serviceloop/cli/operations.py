@@ -103,8 +103,13 @@ def _up(args: argparse.Namespace) -> int:
             if process is None or process.poll() is not None:
                 if process is not None:
                     logging.warning("%s exited with %s: restarting", name, process.returncode)
+                # a session of its own: a signal to our group (Ctrl-C, `kill -- -PGID`)
+                # reaches each child once, from us below: `nameko run` given SIGTERM twice
+                # hangs in its second graceful stop until it is killed
                 processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT,
-                                                   env={**child_env, **env_of.get(name, {})})
+                                                   env={**child_env, **env_of.get(name, {})},
+                                                   start_new_session=True,
+                                                   preexec_fn=_die_with_parent)
                 logging.info("started %s (pid %d)", name, processes[name].pid)
         time.sleep(0.5)
     for process in processes.values():
@@ -116,6 +121,17 @@ def _up(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return 0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so no
+    service outlives it (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _provider(args: argparse.Namespace) -> None:
