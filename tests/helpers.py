@@ -22,16 +22,21 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 30.0, interval: float
         time.sleep(interval)
 
 
-def queue_drained(broker_uri: str, queue: str) -> bool:
-    """True once `queue` holds no message, ready or delivered-but-unacknowledged."""
+def queue_counts(broker_uri: str, column: str = "messages") -> dict[str, int]:
+    """Every queue of the URI's virtual host -> `column` of `rabbitmqctl list_queues`
+    (`messages`: ready or delivered-but-unacknowledged; `messages_ready`: not delivered)."""
     import subprocess
     from urllib.parse import unquote, urlparse
 
     vhost = unquote(urlparse(broker_uri).path[1:]) or "/"
-    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name",
-                             "messages"], capture_output=True, text=True, check=True).stdout
-    for line in listed.splitlines():
-        name, _, count = line.rpartition("\t")
-        if name == queue:
-            return count.strip() == "0"
-    return False
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", column],
+                            capture_output=True, text=True, check=True, timeout=30).stdout
+    return {name: int(count) for name, _, count in
+            (line.rpartition("\t") for line in listed.splitlines()[1:] if "\t" in line)}
+
+
+def queue_drained(broker_uri: str, queue: str) -> bool:
+    """True once `queue` holds no message, ready or delivered-but-unacknowledged."""
+    return queue_counts(broker_uri).get(queue) == 0
+
+

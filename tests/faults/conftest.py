@@ -32,7 +32,7 @@ from serviceloop.config import PROJECT_ROOT
 from serviceloop.services import IMPLEMENTED, SERVICE_CLASSES
 from tests.conftest import POSTGRES_ADMIN_URL, _pg_url
 from tests.faults.load import World, seed_world
-from tests.helpers import wait_until
+from tests.helpers import queue_counts, wait_until
 from tests.integration.dispatch_system import free_port
 from tests.tcp_proxy import TcpProxy
 
@@ -148,11 +148,7 @@ class System:
 
     def queues(self) -> dict[str, int]:
         """Every queue of the run's virtual host -> messages in it, ready or unacknowledged."""
-        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", self.vhost(),
-                                 "name", "messages"], capture_output=True, text=True,
-                                check=True, timeout=30).stdout
-        return {name: int(count) for name, _, count in
-                (line.rpartition("\t") for line in listed.splitlines()[1:] if "\t" in line)}
+        return queue_counts(self.env["AMQP_URI"])
 
     def queues_drained(self) -> bool:
         """No event waits for a consumer (reply queues of callers that gave up may hold late

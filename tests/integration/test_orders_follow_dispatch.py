@@ -28,7 +28,7 @@ from serviceloop.relay import event_exchange, message_properties
 from services.orders.projections import events as orders_events
 from services.orders.projections import projector
 from services.orders.service import OrdersService
-from tests.helpers import queue_drained, wait_until
+from tests.helpers import queue_counts, queue_drained, wait_until
 
 ADDRESS = {"province": "浙江省", "city": "杭州市", "district": "西湖区", "street": "文三路9号",
            "lat": 30.27, "lon": 120.13}
@@ -281,25 +281,14 @@ def test_a_period_that_pays_an_order_before_orders_saw_it_verified_still_closes_
     # settlement (verified there) closes the month before orders has the verification
     publish(broker_uri, closed.to_dict(), source="settlement")
     queue = queue_name("settlement", "period_closed", "orders", "on_period_closed")
-    wait_until(lambda: _ready(broker_uri, queue) == 0, message="orders to take the close")
+    wait_until(lambda: queue_counts(broker_uri, "messages_ready").get(queue) == 0,
+               message="orders to take the close")
     publish(broker_uri, verified, source="callback")
     desk.shows(order_id, "closed")
     settled = [e for e in desk.rpc.order_history(order_id) if e["event_type"] == "order_settled"]
     assert [(e["payload"]["period"], e["payload"]["payable_cents"]) for e in settled] == [
         ("2026-11", 9000)]
     assert desk.rpc.parked_messages() == []
-
-
-def _ready(broker_uri: str, queue: str) -> int | None:
-    """Messages in `queue` not yet delivered to a consumer."""
-    import subprocess
-    from urllib.parse import unquote, urlparse
-
-    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p",
-                             unquote(urlparse(broker_uri).path[1:]), "name", "messages_ready"],
-                            capture_output=True, text=True, check=True).stdout
-    counts = dict(line.rsplit("\t", 1) for line in listed.splitlines() if "\t" in line)
-    return int(counts[queue]) if queue in counts else None
 
 
 def test_a_rejection_shows_until_the_next_assignment_and_an_escalation_has_no_partner(
