@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# keys in a pooled connection's `info` (PostgreSQL units of work, see begin_with_first_statement)
+_BEGIN_PENDING = "serviceloop.begin_pending"
+_OWN_TRANSACTION = "serviceloop.own_transaction"
+_DEFERRED = "serviceloop.deferred"
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -12,20 +21,85 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 12) -> Engine:
+def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = None) -> Engine:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):  # SQLAlchemy 2.1 would pick psycopg 3, which blocks eventlet
             url = "postgresql+psycopg2://" + url[len(prefix):]
     if is_sqlite(url):
         return _sqlite_engine(url, pool_size)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=4,
         # No pre-ping (a round trip per checkout): a connection found dead is invalidated
         # by SQLAlchemy, and `transactional` runs the entrypoint again on a fresh one.
         pool_recycle=1800,
+        connect_args=connect_args or {},
     )
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _begin_with_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if conn.info.get(_BEGIN_PENDING):
+            conn.info[_BEGIN_PENDING] = False
+            if executemany:
+                cursor.execute("BEGIN")
+            else:
+                statement = "BEGIN; " + statement
+        return statement, parameters
+
+    return engine
+
+
+# -- PostgreSQL: a unit of work's BEGIN and COMMIT without round trips of their own ------------
+#
+# psycopg2 sends BEGIN as a round trip of its own before a transaction's first statement, and
+# COMMIT is another; under eventlet each costs about as much CPU as a statement. A unit of work
+# instead runs its connection in autocommit mode and sends BEGIN in front of its first
+# statement; the event store may send COMMIT behind its append (`EventStore.append(commit=)`).
+
+_IDLE, _IN_ERROR = 0, 3  # psycopg2.extensions.TRANSACTION_STATUS_*
+
+
+def begin_with_first_statement(conn: Connection) -> None:
+    """Make `conn` (PostgreSQL, just checked out) open its transaction with its first statement.
+
+    `end_transaction` must close it: the pool's own reset does nothing in autocommit mode.
+    """
+    conn.connection.driver_connection.autocommit = True
+    conn.info[_BEGIN_PENDING] = True
+    conn.info[_OWN_TRANSACTION] = True
+
+
+def owns_transaction(conn: Connection) -> bool:
+    """Whether `conn` is a unit of work's, so that a statement may end with COMMIT."""
+    return conn.info.get(_OWN_TRANSACTION, False)
+
+
+def end_transaction(conn: Connection, command: str) -> None:
+    """Send COMMIT or ROLLBACK if a transaction is open (none is after a COMMIT sent with
+    a statement), and give the connection back its driver's ordinary mode."""
+    driver = conn.connection.driver_connection
+    conn.info[_BEGIN_PENDING] = False
+    conn.info[_OWN_TRANSACTION] = False
+    status = driver.info.transaction_status
+    if command == "COMMIT" and status == _IN_ERROR:
+        conn.exec_driver_sql("ROLLBACK")
+        raise RuntimeError("commit of a transaction that had failed: it was rolled back")
+    if status != _IDLE:
+        conn.exec_driver_sql(command)
+    driver.autocommit = False
+
+
+@contextmanager
+def deferring(conn: Connection) -> Iterator[list[tuple[str, tuple]]]:
+    """Collect the statements `sql()` is given on `conn` instead of running them, so that the
+    caller sends them in one round trip with its own (PostgreSQL only; they must not read)."""
+    collected: list[tuple[str, tuple]] = []
+    conn.info[_DEFERRED] = collected
+    try:
+        yield collected
+    finally:
+        conn.info[_DEFERRED] = None
 
 
 def _sqlite_engine(url: str, pool_size: int) -> Engine:
@@ -63,9 +137,42 @@ def sql(conn, statement: str, params: tuple | list = ()):  # noqa: ANN001, ANN20
     """Run driver SQL written with `?` markers on SQLite or PostgreSQL alike.
 
     For hot paths: no SQL compilation, one statement (or several, `;`-separated, on
-    PostgreSQL) in one round trip.
+    PostgreSQL) in one round trip. Inside `deferring(conn)` the statement is collected and
+    None is returned.
     """
+    collected = conn.info.get(_DEFERRED)
+    if collected is not None and not (params and isinstance(params[0], (tuple, list))):
+        collected.append((statement, tuple(params)))
+        return None
     return conn.exec_driver_sql(for_driver(conn, statement), params)
+
+
+def fetch_rows(conn: Connection, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run driver SQL written with `?` markers (or several statements, on PostgreSQL) and
+    return the last one's rows as tuples, straight on the driver's cursor.
+
+    For the hottest paths, where SQLAlchemy's layer costs as much CPU as the round trip: its
+    errors are still SQLAlchemy's (IntegrityError, DBAPIError with `connection_invalidated`),
+    and a unit of work's BEGIN still goes with its first statement.
+    """
+    statement = for_driver(conn, statement)
+    info = conn.info
+    if info.get(_BEGIN_PENDING):
+        info[_BEGIN_PENDING] = False
+        statement = "BEGIN; " + statement
+    driver = conn.connection.driver_connection
+    cursor = driver.cursor()
+    try:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+    except conn.dialect.loaded_dbapi.Error as error:
+        invalidated = conn.dialect.is_disconnect(error, driver, cursor)
+        if invalidated:
+            conn.invalidate(error)
+        raise DBAPIError.instance(statement, params, error, conn.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=invalidated) from None
+    finally:
+        cursor.close()
 
 
 _PG_CACHE: dict[str, str] = {}

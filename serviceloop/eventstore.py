@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
-from serviceloop.db import for_driver, sql
+from serviceloop.db import deferring, fetch_rows, for_driver, owns_transaction, sql
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = 7_420_001  # pg advisory lock id for "append to this database's log"
@@ -216,6 +216,39 @@ _COLUMNS = (
 )
 
 
+# One event appended by PostgreSQL itself, under the append lock: the next position, the
+# previous hash, the stream version only if the stream is at the expected one (else NULL,
+# refused by NOT NULL: a concurrency conflict), and the SHA-256 of the same canonical document
+# `compute_hash` builds (to_json escapes strings exactly as Python's json module does).
+_PG_INSERT_EVENT = f"""INSERT INTO events ({_COLUMNS})
+SELECT head.position + 1, e.event_id, e.stream_id, e.stream_version, e.event_type,
+       e.schema_version, e.occurred_at, e.correlation_id, e.causation_id, e.actor, e.payload,
+       head.hash,
+       encode(sha256(convert_to(
+           '{{"actor":' || to_json(e.actor)::text
+           || ',"causation_id":' || to_json(e.causation_id)::text
+           || ',"correlation_id":' || to_json(e.correlation_id)::text
+           || ',"event_id":' || to_json(e.event_id)::text
+           || ',"event_type":' || to_json(e.event_type)::text
+           || ',"global_position":' || (head.position + 1)::text
+           || ',"occurred_at":' || to_json(e.occurred_at)::text
+           || ',"payload":' || e.payload
+           || ',"prev_hash":' || to_json(head.hash)::text
+           || ',"schema_version":' || e.schema_version::text
+           || ',"stream_id":' || to_json(e.stream_id)::text
+           || ',"stream_version":' || e.stream_version::text || '}}', 'UTF8')), 'hex')
+FROM (SELECT ?::text AS event_id, ?::text AS stream_id,
+             CASE WHEN COALESCE((SELECT MAX(stream_version) FROM events WHERE stream_id = ?), 0)
+                       = ? THEN ?::integer END AS stream_version,
+             ?::text AS event_type, ?::integer AS schema_version, ?::text AS occurred_at,
+             ?::text AS correlation_id, ?::text AS causation_id, ?::text AS actor,
+             ?::text AS payload) AS e,
+     (SELECT last.position,
+             COALESCE((SELECT hash FROM events WHERE global_position = last.position),
+                      '{GENESIS_HASH}') AS hash
+      FROM (SELECT COALESCE(MAX(global_position), 0) AS position FROM events) AS last) AS head"""
+
+
 class EventStore:
     """Reads and appends one service's log through a connection the caller's transaction owns."""
 
@@ -236,6 +269,7 @@ class EventStore:
         causation_id: str,
         actor: str,
         project: Callable[[Connection, list[Envelope]], None] | None = None,
+        commit: bool = False,
     ) -> list[Envelope]:
         """Append `new_events` to `stream_id`, which must be at `expected_version` (0 = new).
 
@@ -243,6 +277,11 @@ class EventStore:
         lock is taken, so the lock is held only for the head read and the insert. Drafts
         carry everything but `global_position`, `prev_hash` and `hash` (0, "", ""): read
         models must not depend on those three.
+
+        On PostgreSQL the whole append is one round trip: the read model's `sql()` writes,
+        the lock, and inserts whose position, hash chain and version check are computed by
+        the database (the same document `compute_hash` hashes). `commit`: the append is the
+        unit of work's last write, and its COMMIT goes in the same round trip.
         """
         for new in new_events:
             validate_event(new.event_type, new.schema_version, new.payload)
@@ -253,6 +292,8 @@ class EventStore:
                      canonical_json(new.payload), "", "")
             for offset, new in enumerate(new_events, start=1)
         ]
+        if conn.dialect.name == "postgresql":
+            return self._append_in_one_round_trip(conn, drafts, project, commit)
         if project is not None:
             project(conn, drafts)
         position, prev_hash, current = self._lock_and_read_heads(conn, stream_id)
@@ -278,6 +319,47 @@ class EventStore:
                 f"stream {stream_id} was appended to concurrently", {"stream_id": [str(error.orig)]}
             ) from None
         return envelopes
+
+    def _append_in_one_round_trip(self, conn: Connection, drafts: list[Envelope],
+                                  project: Callable | None, commit: bool) -> list[Envelope]:
+        statements: list[str] = []
+        params: list = []
+        if project is not None:
+            with deferring(conn) as collected:
+                project(conn, drafts)
+            for statement, values in collected:
+                statements.append(statement)
+                params.extend(values)
+        statements.append(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+        for draft in drafts:
+            statements.append(_PG_INSERT_EVENT)
+            params.extend((draft.event_id, draft.stream_id, draft.stream_id,
+                           draft.stream_version - 1, draft.stream_version, draft.event_type,
+                           draft.schema_version, draft.occurred_at, draft.correlation_id,
+                           draft.causation_id, draft.actor, draft.payload_json))
+        commit = commit and owns_transaction(conn)
+        if commit or len(drafts) > 1:
+            if commit:
+                statements.append("COMMIT")
+            statements.append("SELECT global_position, prev_hash, hash FROM events WHERE "
+                              f"event_id IN ({', '.join(['?'] * len(drafts))}) "
+                              "ORDER BY global_position")
+            params.extend(draft.event_id for draft in drafts)
+        else:
+            statements[-1] += " RETURNING global_position, prev_hash, hash"
+        try:
+            rows = fetch_rows(conn, "; ".join(statements), tuple(params))
+        except IntegrityError as error:
+            diagnostics = getattr(error.orig, "diag", None)
+            if getattr(diagnostics, "table_name", None) != "events":
+                raise  # a read model's constraint: the caller's to answer
+            stream_id, expected = drafts[0].stream_id, drafts[0].stream_version - 1
+            raise ConcurrencyConflict(
+                f"stream {stream_id} is not at version {expected}: appended to concurrently",
+                {"expected_version": [f"stream is not at {expected}"]},
+            ) from None
+        return [Envelope(position, *draft[1:11], prev_hash, digest)
+                for draft, (position, prev_hash, digest) in zip(drafts, rows, strict=True)]
 
     def _lock_and_read_heads(self, conn: Connection, stream_id: str) -> tuple[int, str, int]:
         """The log's head (position, hash) and the stream's version, under the append lock.

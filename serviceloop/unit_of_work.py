@@ -9,19 +9,22 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ServiceUnavailable
+from serviceloop.db import begin_with_first_statement, end_transaction
 
 
 class UnitOfWork:
     """Opens its transaction on first use; rolled back unless `commit()` is called.
 
     `write_gate` (an eventlet semaphore for SQLite) serialises writers inside one
-    process: SQLite's busy wait would otherwise block the whole eventlet hub.
+    process: SQLite's busy wait would otherwise block the whole eventlet hub. On PostgreSQL
+    BEGIN goes out with the first statement and COMMIT may go with the last (serviceloop.db).
     """
 
     def __init__(self, engine: Engine, write_gate=None) -> None:  # noqa: ANN001
         self.engine = engine
         self._write_gate = write_gate
         self._conn: Connection | None = None
+        self._postgres = False
         self._gate_held = False
 
     @property
@@ -31,8 +34,17 @@ class UnitOfWork:
                 self._write_gate.acquire()
                 self._gate_held = True
             try:
-                self._conn = self.engine.connect()
-                self._conn.begin()
+                conn = self.engine.connect()
+                try:
+                    self._postgres = conn.dialect.name == "postgresql"
+                    if self._postgres:
+                        begin_with_first_statement(conn)
+                    conn.begin()
+                except BaseException:
+                    conn.invalidate()
+                    conn.close()
+                    raise
+                self._conn = conn
             except BaseException:
                 self._release()
                 raise
@@ -45,16 +57,22 @@ class UnitOfWork:
     def commit(self) -> None:
         if self._conn is not None:
             try:
+                if self._postgres:
+                    end_transaction(self._conn, "COMMIT")
                 self._conn.commit()
-            finally:
-                self._close()
+            except BaseException:
+                self.rollback()
+                raise
+            self._close()
 
     def rollback(self) -> None:
         if self._conn is not None:
             try:
+                if self._postgres:
+                    end_transaction(self._conn, "ROLLBACK")
                 self._conn.rollback()
             except Exception:  # noqa: BLE001 - a dead connection cannot roll back; it is closed
-                pass
+                self._conn.invalidate()
             finally:
                 self._close()
 

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, and_, func, select
 
 from contracts.errors import NotFound
 from contracts.orders import OPEN_STATUSES
-from serviceloop.db import sql
+from serviceloop.db import fetch_rows
 from services.orders.domain import Order, warranty_on
 from services.orders.projections import customers, order_requests, orders, products
 
@@ -70,7 +70,8 @@ def intake_facts(conn: Connection, product_id: str, order_type: str,
     if conn.dialect.name == "postgresql":
         query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
         params = (product_id, *params)
-    row = sql(conn, query, params).first()
+    rows = fetch_rows(conn, query, params)
+    row = rows[0] if rows else None
     if row is None:
         raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
                        code="product_not_found")

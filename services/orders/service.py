@@ -121,10 +121,11 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @transactional
     def _create_order(self, data: dict) -> dict:
-        return self._open_order(data)
+        return self._open_order(data, last_write=True)
 
-    def _open_order(self, data: dict) -> dict:
-        """Intake inside the caller's transaction (an RPC, or a consumer's inbox)."""
+    def _open_order(self, data: dict, last_write: bool = False) -> dict:
+        """Intake inside the caller's transaction (an RPC, or a consumer's inbox);
+        `last_write`: the caller writes nothing after it, so it may commit with the append."""
         conn = self.db.conn
         # a retried request id is caught by order_requests' key (see create_order)
         product, owner, duplicate = queries.intake_facts(
@@ -141,7 +142,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         (envelope,) = self._append(f"order-{order_id}", 0, [event], order_id,
                                    data["agent_id"],
                                    causation_id=f"req-{data['request_id']}"
-                                   if data["request_id"] else None)
+                                   if data["request_id"] else None, commit=last_write)
         return {**order_row(envelope, event.payload), "warranty": event.payload["warranty"],
                 "created": True}
 
@@ -341,12 +342,12 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
                 correlation_id: str, agent_id: str,
-                causation_id: str | None = None) -> list[Envelope]:
+                causation_id: str | None = None, commit: bool = False) -> list[Envelope]:
         envelopes = self.db.store.append(
             self.db.conn, stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id),
-            project=projector.apply)
+            project=projector.apply, commit=commit)
         return envelopes
 
 

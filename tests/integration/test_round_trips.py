@@ -1,0 +1,172 @@
+"""A unit of work on PostgreSQL: BEGIN with its first statement, an append in one round trip
+with the database computing the hash chain, and COMMIT sent with the last write."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg2.extras import LoggingConnection
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from contracts.errors import ConcurrencyConflict
+from serviceloop.db import make_engine, sql
+from serviceloop.eventstore import EventStore, NewEvent, compute_hash, verify_chain
+from serviceloop.unit_of_work import UnitOfWork
+from services.orders.projections import events as events_table
+
+WHEN = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+ADDRESS = {"province": "广东省", "city": "广州市", "district": "天河区", "street": "中山路1号",
+           "lat": None, "lon": None}
+STORE = EventStore(events_table)
+
+
+def registered(n: int, name: str = "") -> NewEvent:
+    return NewEvent("customer_registered", {
+        "customer_id": f"c{n}", "name": name or f"客户{n}", "phone": f"138{n:08d}",
+        "address": ADDRESS})
+
+
+class _Sent(list):
+    """What psycopg2's LoggingConnection writes: each query string a cursor sends."""
+
+    def write(self, query: str) -> None:
+        self.append(query.rstrip("\n"))
+
+
+@pytest.fixture
+def round_trips() -> _Sent:
+    return _Sent()
+
+
+@pytest.fixture
+def pg_engine(database_for, round_trips):
+    class Logged(LoggingConnection):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            self.initialize(round_trips)
+
+    engine = make_engine(database_for("orders", "postgres"),
+                         connect_args={"connection_factory": Logged})
+    yield engine
+    engine.dispose()
+
+
+def count(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM events")).scalar()
+
+
+def append(unit: UnitOfWork, stream: str, expected: int, events: list[NewEvent], *,
+           actor: str = "system", correlation_id: str = "corr", commit: bool = False,
+           project=None):  # noqa: ANN001
+    return STORE.append(unit.conn, stream, expected, events, occurred_at=WHEN,
+                        correlation_id=correlation_id, causation_id="test", actor=actor,
+                        project=project, commit=commit)
+
+
+def test_begin_rides_on_the_first_statement_and_a_rollback_still_undoes_the_work(
+        pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    unit.conn  # noqa: B018 - checks a connection out
+    round_trips.clear()  # what the engine's first connection asked the server about it
+    sql(unit.conn, "SELECT 1")
+    append(unit, "customer-a", 0, [registered(1)])
+    unit.rollback()
+    assert round_trips[0].startswith("BEGIN; SELECT 1")
+    assert not any(s == "BEGIN" for s in round_trips)
+    assert round_trips[-1] == "ROLLBACK"
+    assert count(pg_engine) == 0
+    with pg_engine.connect() as conn:  # the pooled connection is back in the driver's mode
+        assert conn.connection.driver_connection.autocommit is False
+
+
+def test_an_append_is_one_round_trip_and_its_commit_can_go_with_it(pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    unit.conn  # noqa: B018 - checks a connection out
+    round_trips.clear()
+    (envelope,) = append(unit, "customer-a", 0, [registered(1)], commit=True)
+    unit.commit()  # nothing left to send
+    assert len(round_trips) == 1
+    assert round_trips[0].startswith("BEGIN; SELECT pg_advisory_xact_lock")
+    assert "; COMMIT; SELECT" in round_trips[0]
+    (stored,) = _read(pg_engine)
+    assert stored == envelope and stored.global_position == 1
+    assert stored.hash == compute_hash(stored[:10], stored.payload_json, stored.prev_hash)
+
+
+def test_a_read_models_writes_go_in_the_appends_round_trip(pg_engine, round_trips):
+    def project(conn, drafts):  # noqa: ANN001
+        for draft in drafts:
+            sql(conn, "INSERT INTO order_requests (request_id, order_id) VALUES (?, ?)",
+                (draft.event_id, draft.stream_id))
+
+    unit = UnitOfWork(pg_engine)
+    unit.conn  # noqa: B018 - checks a connection out
+    round_trips.clear()
+    append(unit, "customer-a", 0, [registered(1), registered(2)], project=project)
+    unit.commit()
+    assert len(round_trips) == 2 and round_trips[1] == "COMMIT"
+    assert round_trips[0].index("INSERT INTO order_requests") < round_trips[0].index(
+        "pg_advisory_xact_lock")
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM order_requests")).scalar() == 2
+    assert verify_chain(iter(_read(pg_engine))) == []
+
+
+def test_a_read_models_constraint_stays_its_own_error_and_nothing_is_kept(pg_engine):
+    def project(conn, drafts):  # noqa: ANN001
+        sql(conn, "INSERT INTO order_requests (request_id, order_id) VALUES (?, ?)",
+            ("same-request", drafts[0].stream_id))
+
+    first = UnitOfWork(pg_engine)
+    append(first, "customer-a", 0, [registered(1)], project=project, commit=True)
+    first.commit()
+    second = UnitOfWork(pg_engine)
+    with pytest.raises(IntegrityError):
+        append(second, "customer-b", 0, [registered(2)], project=project, commit=True)
+    second.rollback()
+    assert count(pg_engine) == 1
+
+
+@pytest.mark.parametrize("expected", [0, 2, 5])
+def test_a_stream_not_at_the_expected_version_is_a_conflict_either_way(pg_engine, expected):
+    unit = UnitOfWork(pg_engine)
+    append(unit, "customer-a", 0, [registered(1), registered(2), registered(3)], commit=True)
+    unit.commit()
+    late = UnitOfWork(pg_engine)
+    with pytest.raises(ConcurrencyConflict):  # behind (0, 2) or ahead of (5) the stream
+        append(late, "customer-a", expected, [registered(9)], commit=True)
+    late.rollback()
+    assert count(pg_engine) == 3
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actor=_TEXT, correlation_id=_TEXT, name=_TEXT)
+def test_the_databases_hash_is_the_one_python_computes_for_any_text(
+        pg_engine, actor, correlation_id, name):
+    unit = UnitOfWork(pg_engine)
+    try:
+        appended = append(unit, f"customer-{uuid.uuid4()}", 0, [registered(1, name)],
+                          actor=actor, correlation_id=correlation_id, commit=True)
+        unit.commit()
+    finally:
+        unit.rollback()
+    for envelope in appended:
+        assert envelope.hash == compute_hash(envelope[:10], envelope.payload_json,
+                                             envelope.prev_hash)
+    assert verify_chain(iter(_read(pg_engine))) == []
+
+
+def _read(engine) -> list:
+    with engine.connect() as conn:
+        return list(STORE.replay(conn))
