@@ -31,6 +31,7 @@ from contracts.envelope import ENVELOPE
 from contracts.errors import NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
+from serviceloop.db import fetch_rows, owns_transaction, sql
 from serviceloop.eventstore import Envelope
 from serviceloop.observability import log_context
 
@@ -46,21 +47,30 @@ class RetryLater(Exception):
 
 
 def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
-    return conn.execute(
-        text("SELECT 1 FROM inbox WHERE consumer = :c AND event_id = :e"),
-        {"c": consumer, "e": event_id},
-    ).first() is not None
+    return bool(fetch_rows(conn, "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?",
+                           (consumer, event_id)))
 
 
-def record_handled(conn: Connection, consumer: str, source: str, envelope: Envelope,
-                   now: str) -> None:
-    conn.execute(
-        text(
-            "INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
-            "VALUES (:c, :e, :s, :t, :h)"
-        ),
-        {"c": consumer, "e": envelope.event_id, "s": source, "t": envelope.event_type, "h": now},
-    )
+_RECORD = ("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
+           "VALUES (?, ?, ?, ?, ?)")
+_WAITING = ("SELECT EXISTS (SELECT 1 FROM parked_messages "
+            "WHERE replayed_at IS NULL AND error LIKE 'RetryLater:%')")
+
+
+def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope,  # noqa: ANN001
+                              now: str) -> bool:
+    """Record the event in the inbox and commit; whether messages wait, parked for an event
+    they depend on (RetryLater), as seen after the commit. On PostgreSQL all in one round
+    trip; the common answer (none wait) then costs nothing more."""
+    values = (consumer, envelope.event_id, source, envelope.event_type, now)
+    if owns_transaction(db.conn):
+        (row,) = fetch_rows(db.conn, f"{_RECORD}; COMMIT; {_WAITING}", values)
+        db.commit()
+        return bool(row[0])
+    sql(db.conn, _RECORD, values)
+    db.commit()
+    with db.reader() as conn:
+        return bool(sql(conn, _WAITING).scalar())
 
 
 def park(db, consumer: str, source: str, body: dict, error: str, attempts: int,  # noqa: ANN001
@@ -97,12 +107,16 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     log_context(envelope.correlation_id, envelope.event_id, f"consumer:{consumer}")
     for attempt in range(1, attempts + 1):
         try:
-            with service.db.transaction() as conn:
-                if already_handled(conn, consumer, envelope.event_id):
+            try:
+                if already_handled(service.db.conn, consumer, envelope.event_id):
+                    service.db.rollback()
                     return "duplicate"
                 handler(service, envelope)
-                record_handled(conn, consumer, source, envelope, now)
-            if park_on_failure:  # not while handing back: the caller is already doing so
+                waiting = record_handled_and_commit(service.db, consumer, source, envelope, now)
+            except BaseException:
+                service.db.rollback()
+                raise
+            if waiting and park_on_failure:  # not while handing back: the caller does so
                 hand_back_waiting(service, envelope.correlation_id)
             return "handled"
         except IntegrityError as error:
