@@ -13,10 +13,12 @@ then each closed order's `order_settled`, caused by it.
 
 Then the four services run as `nameko run` processes on those databases (their consumers'
 positions set to the producers' heads first, so they do not replay the generated events at
-start), and the auditor, in this process, reads every log through `events_since` (what the
-CLI does), verifies them (`serviceloop.audit.verify`) and lists the open loops
-(`serviceloop.audit.open_loops`). The answers are checked: no breaks, and exactly the
-generated open orders are open.
+start), and the auditor, in this process, does what the CLI does: `audit verify` reads every
+log through `events_since` (packed pages) and checks each page as it arrives
+(`serviceloop.audit.verify_over_rpc`, the `stream_*` figures); `audit loops` reads the logs as
+dicts (`read_logs`) and lists the open loops (`open_loops`); the dicts are also checked in
+memory (`verify`, the `verify_*` figures, as measured before). The answers are checked: no
+breaks, and exactly the generated open orders are open.
 
     python -m bench.audit --events 1000000 [--backend sqlite|postgres]
 """
@@ -236,7 +238,10 @@ def stop_services(processes: list[subprocess.Popen]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def measure(amqp_uri: str, made: dict) -> dict:
+def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dict:
+    """`audit verify` end to end (each page checked as it arrives, `verify_over_rpc`), then
+    `audit loops`' way: the logs read as dicts (`read_logs`), checked in memory (`verify`) and
+    their open loops found. CPU seconds of the auditor and of the four services alongside."""
     from nameko.standalone.rpc import ClusterRpcProxy
 
     from serviceloop import audit
@@ -253,6 +258,14 @@ def measure(amqp_uri: str, made: dict) -> dict:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        services_cpu, auditor_cpu = _cpu_seconds(processes), time.process_time()
+        started = perf_counter()
+        verified = audit.verify_over_rpc(rpc, SERVICES)
+        stream_seconds = perf_counter() - started
+        stream_cpu = {"auditor": time.process_time() - auditor_cpu,
+                      "services": _cpu_seconds(processes) - services_cpu}
+        assert verified.breaks == [], verified.breaks[:5]
+        assert sum(verified.events.values()) == made["events"], verified.events
         started = perf_counter()
         logs = audit.read_logs(rpc, SERVICES)
         read_seconds = perf_counter() - started
@@ -269,6 +282,12 @@ def measure(amqp_uri: str, made: dict) -> dict:
     assert found == wanted, (len(found), len(wanted), loops[:3], sorted(wanted - found)[:3])
     assert {loop["missing"] for loop in loops} == {"never_completed"}
     return {"events": events, "orders": made["orders"], "open_loops": len(loops),
+            # `serviceloop audit verify`: reading and checking, overlapped
+            "stream_seconds": round(stream_seconds, 2),
+            "stream_events_per_s": round(events / stream_seconds),
+            "stream_auditor_cpu_seconds": round(stream_cpu["auditor"], 2),
+            "stream_services_cpu_seconds": round(stream_cpu["services"], 2),
+            # the logs read as dicts, then checked in memory (forked), then the loops
             "read_seconds": round(read_seconds, 2),
             "read_events_per_s": round(events / read_seconds),
             "verify_seconds": round(verify_seconds, 2),
@@ -278,6 +297,16 @@ def measure(amqp_uri: str, made: dict) -> dict:
             "loops_with_read_seconds": round(read_seconds + loops_seconds, 2),
             "auditor_peak_rss_mib": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def _cpu_seconds(processes: list[subprocess.Popen]) -> float:
+    """User and system CPU seconds the services' processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def bench_audit(events: int, backend: str = "sqlite", progress=print) -> dict:  # noqa: ANN001
@@ -291,7 +320,7 @@ def bench_audit(events: int, backend: str = "sqlite", progress=print) -> dict:  
         amqp_uri = stack.enter_context(fresh_vhost())
         processes = start_services(urls, amqp_uri)
         try:
-            result = measure(amqp_uri, made)
+            result = measure(amqp_uri, made, processes)
         finally:
             stop_services(processes)
     return {"backend": backend, "generate_seconds": round(generate_seconds, 1),

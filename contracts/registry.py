@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 from marshmallow import Schema, ValidationError
 
 from contracts.errors import ContractViolation, ValidationFailed
 from contracts.fastcheck import compile_schema
+from contracts.textcheck import compile_text_check
 
 _EVENT_SCHEMAS: dict[tuple[str, int], Schema] = {}
 _EVENT_SOURCES: dict[str, str] = {}
@@ -74,6 +78,30 @@ def validate_event(event_type: str, version: int, payload: dict) -> None:
     errors = schema.validate(payload)
     if errors:
         raise ContractViolation(f"payload of {event_type} breaks its contract", errors)
+
+
+def payload_check(event_type: str, version: int = 1) -> Callable[[bytes], bool]:
+    """A test of a payload as stored (its canonical JSON text, UTF-8) against `event_type`'s
+    contract: True only where `validate_event` on the decoded text passes, False where it
+    fails (the caller asks `validate_event` for the errors).
+
+    The schema's text check (contracts/textcheck.py) says yes to most valid payloads without
+    decoding them; anything else is decoded and validated as `validate_event` does."""
+    try:
+        fast = compile_text_check(event_schema(event_type, version))
+    except ContractViolation:  # an unknown event type: never valid
+        fast = None
+
+    def check(text: bytes) -> bool:
+        if fast is not None and fast(text) is not None:
+            return True
+        try:
+            validate_event(event_type, version, json.loads(text))
+        except (ContractViolation, TypeError, ValueError):
+            return False
+        return True
+
+    return check
 
 
 def load(schema: Schema, data: object) -> dict:

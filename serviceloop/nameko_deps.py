@@ -11,6 +11,7 @@ from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ValidationFailed
+from serviceloop.audit.wire import pack_page
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.db import is_sqlite, make_engine
@@ -118,9 +119,12 @@ class EventLogRpc:
     """The auditor's read access every service offers (mix into the service class)."""
 
     @rpc
-    def events_since(self, position: int, limit: int = 1000, raw: bool = False) -> list[dict]:
+    def events_since(self, position: int, limit: int = 1000, raw: bool = False,
+                     packed: bool = False) -> list[dict] | dict:
         """Events after `position`, in log order. `raw`: each payload as the canonical JSON
-        text it was hashed and stored as (`payload_json`), for auditors re-computing hashes."""
+        text it was hashed and stored as (`payload_json`), for auditors re-computing hashes.
+        `packed`: for auditors reading whole logs, the page column by column and compressed
+        (serviceloop/audit/wire.py), a fraction of a dict per event to send and to decode."""
         if not isinstance(position, int) or position < 0:
             raise ValidationFailed("position must be an integer >= 0", {"position": ["invalid"]})
         if not isinstance(limit, int) or not 1 <= limit <= MAX_EVENTS_PER_CALL:
@@ -129,6 +133,8 @@ class EventLogRpc:
             )
         with self.db.reader() as conn:
             found = self.db.store.events_since(conn, position, limit)
+        if packed:
+            return pack_page(found)
         if raw:
             return [e._asdict() for e in found]
         return [e.to_dict() for e in found]

@@ -3,10 +3,13 @@ the progress bar shown while they are read."""
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-PAGE = 5000
+from serviceloop.audit.wire import FIELDS, unpack_page
+
+PAGE = 10_000  # events per call: the most events_since hands out (MAX_EVENTS_PER_CALL)
 
 
 def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = None,  # noqa: ANN001
@@ -18,31 +21,55 @@ def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = No
 def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
               progress: Callable[[str, int], None] | None = None,
               until: dict[str, int] | None = None) -> dict[str, list[dict]]:
-    """Several services' whole logs (or each up to `until[service]`), read side by side.
-
-    Every service always has its next page asked for: it reads that page while this side
-    decodes the pages already here, and the services read in parallel."""
+    """Several services' whole logs (or each up to `until[service]`), read side by side: each
+    event a dict of its fields, `payload_json` as stored and hashed, `payload` decoded."""
     logs: dict[str, list[dict]] = {service: [] for service in services}
     limit = until or {}
-    pending = {service: getattr(rpc, service).events_since.call_async(0, PAGE, True)
-               for service in logs}  # payloads as hashed: no re-encoding either side
+    collecting = gc.isenabled()
+    gc.disable()  # a million dicts that all live on: no collector passes over them meanwhile
+    try:
+        for service, packed in read_pages(rpc, logs, until):
+            log = logs[service]
+            page = unpack_page(packed)
+            last = limit.get(service)
+            for row in zip(*(page[name] for name in FIELDS), strict=True):
+                body = dict(zip(FIELDS, row, strict=True))
+                if last is not None and body["global_position"] > last:
+                    continue
+                body["payload"] = json.loads(body["payload_json"])
+                log.append(body)
+            if progress:
+                progress(service, len(log))
+    finally:
+        if collecting:
+            gc.enable()
+    return logs
+
+
+def read_pages(rpc, services: Iterable[str],  # noqa: ANN001
+               until: dict[str, int] | None = None) -> Iterator[tuple[str, dict]]:
+    """Each service's log (or as far as `until[service]` and perhaps a little further), page by
+    page as the pages arrive: `(service, page)`, a page as events_since packs it
+    (serviceloop/audit/wire.py).
+
+    Every service always has its next page asked for before this one is handed on, so each
+    service reads while the caller works on what is here, and the services read in parallel."""
+    limit = until or {}
+    pending = {service: _ask(rpc, service, 0) for service in services}
     while pending:
         for service, reply in list(pending.items()):
             page = reply.result()
+            positions = page["columns"]["global_position"]
             last = limit.get(service)
-            if last is not None:
-                page = [e for e in page if e["global_position"] <= last]
-            if len(page) == PAGE and (last is None or page[-1]["global_position"] < last):
-                pending[service] = getattr(rpc, service).events_since.call_async(
-                    page[-1]["global_position"], PAGE, True)
+            if len(positions) == PAGE and (last is None or positions[-1] < last):
+                pending[service] = _ask(rpc, service, positions[-1])
             else:
                 del pending[service]
-            for body in page:
-                body["payload"] = json.loads(body["payload_json"])
-            logs[service].extend(page)
-            if progress:
-                progress(service, len(logs[service]))
-    return logs
+            yield service, page
+
+
+def _ask(rpc, service: str, position: int):  # noqa: ANN001, ANN202
+    return getattr(rpc, service).events_since.call_async(position, PAGE, packed=True)
 
 
 # -- progress -------------------------------------------------------------------------------

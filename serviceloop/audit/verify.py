@@ -53,26 +53,46 @@ def _verify_slice(logs: dict[str, list[dict]], known_ids: frozenset, service: st
         prev_hash, expected = GENESIS_HASH, 1
     for body in log[start:end]:
         envelope = _envelope(body)
-        at = envelope.global_position
-
-        def report(kind: str, detail: str, at: int = at) -> None:
-            breaks.append({"service": service, "position": at, "kind": kind, "detail": detail})
-
-        if at != expected:  # named at the first position that is missing or out of place
-            report("gap", f"expected position {expected}, found {at}", at=expected)
-        if envelope.prev_hash != prev_hash:
-            report("chain", "prev_hash is not the previous event's hash")
-        if envelope.computed_hash() != envelope.hash:
-            report("hash", "the hash does not match the event's content")
-        try:
-            validate_event(envelope.event_type, envelope.schema_version, body["payload"])
-        except ContractViolation as error:
-            report("contract", f"{envelope.event_type}: {error.fields}")
+        breaks += event_breaks(service, envelope, body["payload"], expected, prev_hash)
         cause = envelope.causation_id
         if cause not in known_ids and not cause.startswith(COMMAND_PREFIXES):
-            report("causation", f"causation_id {cause} is no event in any log")
-        prev_hash, expected = envelope.hash, at + 1
+            breaks.append(causation_break(service, envelope.global_position, cause))
+        prev_hash, expected = envelope.hash, envelope.global_position + 1
     return breaks
+
+
+NOT_JSON = object()  # a payload whose stored text does not decode
+
+
+def event_breaks(service: str, envelope: Envelope, payload: object, expected: int,
+                 prev_hash: str) -> list[dict]:
+    """One event's breaks but causation, in this order: gap, chain, hash, contract. `expected`
+    and `prev_hash`: the position and hash the event before it leads one to expect."""
+    at = envelope.global_position
+    breaks = []
+
+    def report(kind: str, detail: str, at: int = at) -> None:
+        breaks.append({"service": service, "position": at, "kind": kind, "detail": detail})
+
+    if at != expected:  # named at the first position that is missing or out of place
+        report("gap", f"expected position {expected}, found {at}", at=expected)
+    if envelope.prev_hash != prev_hash:
+        report("chain", "prev_hash is not the previous event's hash")
+    if envelope.computed_hash() != envelope.hash:
+        report("hash", "the hash does not match the event's content")
+    if payload is NOT_JSON:
+        report("contract", f"{envelope.event_type}: the payload is not JSON")
+    else:
+        try:
+            validate_event(envelope.event_type, envelope.schema_version, payload)
+        except ContractViolation as error:
+            report("contract", f"{envelope.event_type}: {error.fields}")
+    return breaks
+
+
+def causation_break(service: str, at: int, cause: str) -> dict:
+    return {"service": service, "position": at, "kind": "causation",
+            "detail": f"causation_id {cause} is no event in any log"}
 
 
 def _in_processes(work: Callable[[list], object], shares: list[list]) -> list:

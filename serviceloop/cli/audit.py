@@ -145,12 +145,14 @@ def _render_state(answer: dict) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    with cluster(timeout=120) as rpc:
-        logs = _all_logs(rpc)
-    breaks = audit.verify(logs)
+    with cluster(timeout=120) as rpc:  # each page checked as it comes, the next one on its way
+        progress = _Progress(_heads(rpc))
+        verified = audit.verify_over_rpc(rpc, IMPLEMENTED, progress)
+        progress.close()
+    breaks = verified.breaks
     if args.against:
-        breaks += audit.verify_against(logs, json.loads(args.against.read_text()))
-    summary = {"events": {s: len(log) for s, log in logs.items()}, "breaks": breaks}
+        breaks += audit.verify_against(verified.chains(), json.loads(args.against.read_text()))
+    summary = {"events": verified.events, "breaks": breaks}
     emit(summary, args.json, lambda s: (
         "\n".join(f"{k:11} {v:>9,} events" for k, v in s["events"].items()) + "\n"
         + (table(breaks, ["service", "position", "kind", "detail"]) if breaks
