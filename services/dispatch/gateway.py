@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from nameko.extensions import DependencyProvider
@@ -25,13 +26,22 @@ from sqlalchemy import RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from werkzeug.wrappers import Request, Response
 
-from contracts.errors import BadRequest, Conflict, PayloadTooLarge, RateLimited, ServiceError
+from contracts.errors import (
+    BadRequest,
+    ConcurrencyConflict,
+    Conflict,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+)
 from contracts.gateway import IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROUTES_BY_OPERATION
 from contracts.registry import load
+from contracts.signing import SignatureError
 from contracts.signing import verify as verify_signature
 from serviceloop.clock import isoformat
 from serviceloop.observability import count, log_context
-from services.dispatch import idempotency, queries
+from services.dispatch import idempotency
+from services.dispatch.admission import AdmissionSession, admission_session
 
 if TYPE_CHECKING:
     from serviceloop.clock import Clock
@@ -69,21 +79,40 @@ class TokenBucket:
 
 
 class GatewaySettings(DependencyProvider):
-    """Per-process gateway settings and the rate limiter (config GATEWAY_RATE_PER_SECOND,
-    GATEWAY_BURST)."""
+    """Per-process gateway settings, the rate limiter (config GATEWAY_RATE_PER_SECOND,
+    GATEWAY_BURST) and the partners' secrets read so far (partner id -> secret).
+
+    A remembered secret saves a read per request and is never trusted alone: admission
+    checks in the same statement that it is still the partner's, and a signature that does
+    not match it is checked again against the secret read afresh (rotation takes effect at
+    once, on every replica)."""
 
     def setup(self) -> None:
         config = self.container.config
         rate = float(config.get("GATEWAY_RATE_PER_SECOND", 50))
         self.limiter = TokenBucket(rate, float(config.get("GATEWAY_BURST", 2 * rate)))
+        self.secrets: dict[str, str] = {}
 
     def get_dependency(self, worker_ctx):  # noqa: ANN001, ANN201
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """Who sent an admitted request, and the order its path names as read at admission
+    (None if there is no such order or no order in the path): not yet checked to be theirs.
+    A POST's handler may hand its answer to `record_answer` inside its transaction (stored
+    under the Idempotency-Key); the gateway stores it otherwise."""
+
+    partner_id: str
+    order: dict | None
+    record_answer: Callable[[dict], None] | None = None
+
+
 def partner_endpoint(operation: str):  # noqa: ANN201
     """A gateway route from contracts/gateway.py, served through `Gateway.serve` with the
-    service's `db`, `clock`, `gateway` (GatewaySettings) and `probes`."""
+    service's `db`, `clock`, `gateway` (GatewaySettings) and `probes`. The handler is called
+    as `handler(service, asked: Asked, query or body, **path parameters)`."""
     route = ROUTES_BY_OPERATION[operation]
 
     def decorate(handler):  # noqa: ANN001, ANN202
@@ -91,8 +120,7 @@ def partner_endpoint(operation: str):  # noqa: ANN201
         def entrypoint(self, request: Request, **params: str) -> Response:
             served = Gateway(self.db, self.clock, self.gateway, self.probes)
             return served.serve(operation, request, params.get("order_id"),
-                                lambda partner_id, data: handler(self, partner_id, data,
-                                                                 **params))
+                                lambda asked, data: handler(self, asked, data, **params))
 
         entrypoint.__name__ = handler.__name__
         entrypoint.__doc__ = route.summary
@@ -103,7 +131,7 @@ def partner_endpoint(operation: str):  # noqa: ANN201
 
 class Gateway:
     """Everything around one partner request: the route's handler only sees who asked and
-    what they sent, already checked. `handler(partner_id, query or body)` gives the view."""
+    what they sent, already checked. `handler(asked, query or body)` gives the view."""
 
     def __init__(self, db: WorkerDatabase, clock: Clock, settings: GatewaySettings,
                  probes: Probes) -> None:
@@ -113,7 +141,7 @@ class Gateway:
         self.probes = probes
 
     def serve(self, operation: str, request: Request, order_id: str | None,
-              handler: Callable[[str, dict], dict]) -> Response:
+              handler: Callable[[Asked, dict], dict]) -> Response:
         correlation_id = str(uuid.uuid4())
         log_context(correlation_id=correlation_id, actor=f"gateway:{operation}")
         response = self._answer(operation, request, order_id, handler, correlation_id)
@@ -122,13 +150,15 @@ class Gateway:
         return response
 
     def _answer(self, operation: str, request: Request, order_id: str | None,
-                handler: Callable[[str, dict], dict], correlation_id: str) -> Response:
+                handler: Callable[[Asked, dict], dict], correlation_id: str) -> Response:
         try:
             return self._serve_signed(operation, request, order_id, handler, correlation_id)
         except ServiceError as error:
             self.db.rollback()
             return error_response(error, correlation_id)
-        except (OperationalError, DBAPIError) as error:
+        # admission uses the driver's own cursor: its errors are the driver's
+        except (OperationalError, DBAPIError, self.db.engine.dialect.loaded_dbapi.Error) \
+                as error:
             self.db.rollback()
             log.error("gateway %s %s [%s]: database: %s", request.method, request.path,
                       correlation_id, error)
@@ -140,66 +170,126 @@ class Gateway:
             return internal_error(correlation_id)
 
     def _serve_signed(self, operation: str, request: Request, order_id: str | None,
-                      handler: Callable[[str, dict], dict], correlation_id: str) -> Response:
+                      handler: Callable[[Asked, dict], dict], correlation_id: str) -> Response:
         body = read_body(request)
-        signed_at = time.time()  # transport freshness: wall time, not the business clock
-        signature = request.headers.get("X-Signature", "").strip().lower()
         query_schema, body_schema = _SCHEMAS[operation]
         key = fingerprint = None
         if request.method == "POST":
             key = idempotency_key(request)
             fingerprint = request_hash(request.method, request.path, body)
-        # one short transaction: the secret, the stored answer of a retried POST, and the
-        # signature recorded as used (committed whatever the request then does)
-        with self.db.transaction() as conn:
-            partner_id = verify_signature(request.headers,
-                                          lambda pid: queries.partner_secret(conn, pid),
-                                          request.method, path_with_query(request), body,
-                                          signed_at)
-            # from here the log names who asked and which order: the request id is the cause
-            log_context(correlation_id=order_id, causation_id=correlation_id,
-                        actor=f"partner:{partner_id}")
-            check_rate(self.settings, partner_id)
-            if key is not None:
-                # a retry of an answered request, even resent byte for byte, gets the first
-                # answer; any other reuse of a signature is a replay
-                stored = replayed(idempotency.stored_answer(conn, partner_id, key),
-                                  fingerprint, correlation_id)
-                if stored is not None:
-                    return stored
-            idempotency.record_signature(conn, partner_id, signature,
-                                         int(request.headers["X-Timestamp"]))
+        # the signature recorded as used (committed whatever the request then does), the
+        # stored answer of a retried POST and the order: one statement (admission.py)
+        asked, answered = self._admit(request, body, key, order_id)
+        # from here the log names who asked and which order: the request id is the cause
+        log_context(correlation_id=order_id, causation_id=correlation_id,
+                    actor=f"partner:{asked.partner_id}")
+        if key is not None:
+            # a retry of an answered request, even resent byte for byte, gets the first
+            # answer; any other reuse of a signature is a replay
+            stored = replayed(answered, fingerprint, correlation_id)
+            if stored is not None:
+                return stored
         if request.method == "GET":
             query = query_params(request, query_schema)
-            return json_response(200, handler(partner_id, query), correlation_id)
+            return json_response(200, handler(asked, query), correlation_id)
         if request.args:
             raise BadRequest("a POST takes no query parameters",
                              {name: ["unexpected"] for name in request.args},
                              code="unexpected_parameter")
         data = load(body_schema, json_body(body, request.content_type))
-        return self._idempotent(partner_id, key, fingerprint, correlation_id,
-                                lambda: handler(partner_id, data))
+        return self._idempotent(asked, key, fingerprint, correlation_id,
+                                lambda asked: handler(asked, data))
 
-    def _idempotent(self, partner_id: str, key: str, fingerprint: str, correlation_id: str,
-                    act: Callable[[], dict]) -> Response:
-        """Run `act` once per (partner, key): a retry gets the first answer, another body 409."""
-        conn = self.db.conn
+    def _admit(self, request: Request, body: bytes, key: str | None,
+               order_id: str | None) -> tuple[Asked, tuple | None]:
+        """Verify the signature, check the partner's rate, record the signature as used;
+        who asked, the order, and the key's earlier answer if there is one."""
+        signed_at = time.time()  # transport freshness: wall time, not the business clock
+        signature = request.headers.get("X-Signature", "").strip().lower()
+        if order_id is not None and "\x00" in order_id:
+            order_id = None  # no order has it; the driver would refuse the text
+        with admission_session(self.db) as session:
+            partner_id, secret = self._verified(session, request, body, signed_at)
+            check_rate(self.settings, partner_id)
+            timestamp = int(request.headers["X-Timestamp"])
+            admitted = session.admit(partner_id, secret, signature, timestamp, key, order_id)
+            if not admitted.current:  # rotated since we read it: the new one decides
+                self.settings.secrets.pop(partner_id, None)
+                partner_id, secret = self._verified(session, request, body, signed_at)
+                admitted = session.admit(partner_id, secret, signature, timestamp, key,
+                                         order_id)
+                if not admitted.current:
+                    raise SignatureError("bad_signature",
+                                         "the signature does not match the request")
+        if not admitted.recorded and admitted.answered is None:
+            raise SignatureError("signature_replayed",
+                                 "this signed request was already used; sign each request "
+                                 "afresh")
+        return Asked(partner_id, admitted.order), admitted.answered
+
+    def _verified(self, session: AdmissionSession, request: Request, body: bytes,
+                  signed_at: float) -> tuple[str, str]:
+        """The partner id and the secret that its signature matches; SignatureError if none.
+        A remembered secret that does not match is read again: it may have been rotated."""
+        secrets = self.settings.secrets
+        used: dict[str, str | None] = {}
+
+        def secret_for(partner_id: str) -> str | None:
+            secret = secrets.get(partner_id)
+            if secret is None or "again" in used:
+                secret = session.secret(partner_id)
+                if secret is None:
+                    secrets.pop(partner_id, None)
+                else:
+                    secrets[partner_id] = secret
+                used["read"] = secret
+            used["secret"] = secret
+            return secret
+
+        method, path = request.method, path_with_query(request)
         try:
-            idempotency.claim_key(conn, partner_id, key, fingerprint,
-                                  isoformat(self.clock.now()))
-        except IntegrityError:  # a concurrent request with this key committed first
+            partner_id = verify_signature(request.headers, secret_for, method, path, body,
+                                          signed_at)
+        except SignatureError as error:
+            if error.code != "bad_signature" or "read" in used:
+                raise
+            used["again"] = ""
+            partner_id = verify_signature(request.headers, secret_for, method, path, body,
+                                          signed_at)
+        return partner_id, used["secret"]
+
+    def _idempotent(self, asked: Asked, key: str, fingerprint: str, correlation_id: str,
+                    act: Callable[[Asked], dict]) -> Response:
+        """Run `act` once per (partner, key): a retry gets the first answer, another body 409.
+
+        The answer is stored under the key in the action's own transaction: by `act` through
+        `asked.record_answer` (before it takes the log's append lock, which is held to
+        commit), or else here once it returns. A concurrent request with the same key waits
+        on that row and then finds the answer."""
+        conn = self.db.conn
+        created_at = isoformat(self.clock.now())
+        recorded: list[str] = []
+
+        def record_answer(view: dict) -> None:
+            answer = json_text(view)
+            idempotency.save_answer(conn, asked.partner_id, key, fingerprint, 200, answer,
+                                    created_at)
+            recorded.append(answer)
+
+        try:
+            view = act(replace(asked, record_answer=record_answer))
+            if not recorded:
+                record_answer(view)
+        except (IntegrityError, ConcurrencyConflict):  # a request with this key went first?
             self.db.rollback()
             with self.db.reader() as reader:
-                row = idempotency.stored_answer(reader, partner_id, key)
+                row = idempotency.stored_answer(reader, asked.partner_id, key)
             stored = replayed(row, fingerprint, correlation_id)
             if stored is None:
                 raise
             return stored
-        view = act()
-        response = json_response(200, view, correlation_id)
-        idempotency.save_answer(conn, partner_id, key, 200, response.get_data(as_text=True))
         self.db.commit()
-        return response
+        return json_response(200, recorded[0], correlation_id)
 
 
 # -- reading a request ----------------------------------------------------------------------
@@ -284,9 +374,14 @@ def check_rate(settings: GatewaySettings, partner_id: str) -> None:
 # -- answers --------------------------------------------------------------------------------
 
 
+def json_text(body: object) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
 def json_response(status: int, body: object, correlation_id: str,
                   headers: dict | None = None) -> Response:
-    response = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+    """`body` as JSON (a str is taken as JSON text already)."""
+    response = Response(body if isinstance(body, str) else json_text(body),
                         status=status, mimetype="application/json")
     response.headers[CORRELATION_HEADER] = correlation_id
     for name, value in (headers or {}).items():
@@ -294,16 +389,22 @@ def json_response(status: int, body: object, correlation_id: str,
     return response
 
 
-def replayed(row: RowMapping | None, fingerprint: str, correlation_id: str) -> Response | None:
+def replayed(row: RowMapping | tuple | None, fingerprint: str,
+             correlation_id: str) -> Response | None:
     """The first answer again, for a retry under an answered Idempotency-Key; None if there
-    is none yet; 409 if the key came with another request."""
-    if row is None or row["status"] == 0:
+    is none yet; 409 if the key came with another request. `row`: (request_hash, status,
+    response), by name or in that order."""
+    if row is None:
         return None
-    if row["request_hash"] != fingerprint:
+    request_hash, status, answer = ((row["request_hash"], row["status"], row["response"])
+                                    if isinstance(row, RowMapping) else row)
+    if status == 0:
+        return None
+    if request_hash != fingerprint:
         raise Conflict("this Idempotency-Key was used with another request",
                        {"Idempotency-Key": ["already used with another body or path"]},
                        code="idempotency_key_reused")
-    response = Response(row["response"], status=row["status"], mimetype="application/json")
+    response = Response(answer, status=status, mimetype="application/json")
     response.headers[CORRELATION_HEADER] = correlation_id
     response.headers["Idempotent-Replayed"] = "true"
     return response

@@ -7,11 +7,17 @@ Kept outside the log on purpose, never rebuilt:
   verify signatures); the log holds only its fingerprint, because auditors read the log;
 - idempotency_keys: the first answer to each (partner, Idempotency-Key);
 - seen_signatures: signatures already used, so a replayed request is refused.
+
+dispatch_orders rows are updated through `_update_order` (driver SQL, which the event store
+may defer to its append's round trip): a handler that reads a dispatch_orders row
+(`excluded`) must come first in its batch of events, before anything wrote to that row.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import (
     Boolean,
@@ -27,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from serviceloop.db import sql
 from serviceloop.eventstore import Envelope, define_log_tables
 from serviceloop.projections import Projector
 
@@ -256,10 +263,37 @@ def _deactivate_assignments(conn: Connection, order_id: str) -> None:
                  .values(active=False))
 
 
+_ORDER_UPDATES: dict[tuple[str, ...], str] = {}
+_CHANGES = "dispatch.order_changes"
+
+
+@contextmanager
+def order_changes(conn: Connection) -> Iterator[dict[str, dict]]:
+    """What the handlers write to dispatch_orders rows while the block runs (order id ->
+    column -> last value written), so a caller knows an order's new row without reading it
+    back: the event store may send these writes later, with its append (sql() deferred)."""
+    changes: dict[str, dict] = {}
+    conn.info[_CHANGES] = changes
+    try:
+        yield changes
+    finally:
+        conn.info.pop(_CHANGES, None)
+
+
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
-    conn.execute(dispatch_orders.update()
-                 .where(dispatch_orders.c.order_id == e.payload["order_id"])
-                 .values(updated_at=e.occurred_at, version=e.stream_version, **values))
+    # driver SQL, one statement text per set of columns: every partner action comes here
+    changes = conn.info.get(_CHANGES)
+    if changes is not None:
+        changes.setdefault(e.payload["order_id"], {}).update(
+            updated_at=e.occurred_at, version=e.stream_version, **values)
+    columns = ("updated_at", "version", *values)
+    statement = _ORDER_UPDATES.get(columns)
+    if statement is None:
+        statement = _ORDER_UPDATES[columns] = (
+            f"UPDATE dispatch_orders SET {', '.join(f'{c} = ?' for c in columns)}"
+            " WHERE order_id = ?")
+    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(),
+                          e.payload["order_id"]))
 
 
 def _json(value: object) -> str:

@@ -12,7 +12,6 @@ from services.dispatch.domain import DispatchOrder
 from services.dispatch.projections import (
     assignments,
     dispatch_orders,
-    partner_credentials,
     partners,
 )
 
@@ -85,12 +84,10 @@ def _partner_view(row, load_today: int) -> dict:  # noqa: ANN001
     }
 
 
-def partner_secret(conn: Connection, partner_id: str) -> str | None:
-    return conn.execute(select(partner_credentials.c.secret)
-                        .where(partner_credentials.c.partner_id == partner_id)).scalar()
-
-
 # -- orders ---------------------------------------------------------------------------------
+
+
+ORDER_COLUMNS = tuple(column.name for column in dispatch_orders.columns)
 
 
 def order_record(conn: Connection, order_id: str) -> dict | None:

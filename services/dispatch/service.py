@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
@@ -34,7 +35,12 @@ from serviceloop.observability import Observable
 from services.dispatch import domain, gateway, idempotency, queries
 from services.dispatch.assignment import choose_partner
 from services.dispatch.gateway import partner_endpoint
-from services.dispatch.projections import metadata, partner_credentials, projector
+from services.dispatch.projections import (
+    metadata,
+    order_changes,
+    partner_credentials,
+    projector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,71 +308,89 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                      code="no_such_route"), str(uuid.uuid4()))
 
     @partner_endpoint("list_orders")
-    def _list_orders(self, partner_id: str, query: dict) -> dict:
+    def _list_orders(self, asked: gateway.Asked, query: dict) -> dict:
         with self.db.reader() as conn:
-            return queries.partner_orders(conn, partner_id, query["status"], query["page"],
-                                          query["page_size"])
+            return queries.partner_orders(conn, asked.partner_id, query["status"],
+                                          query["page"], query["page_size"])
 
     @partner_endpoint("get_order")
-    def _get_order(self, partner_id: str, query: dict, order_id: str) -> dict:
-        with self.db.reader() as conn:
-            row = queries.order_record(conn, order_id)
-            self._owned(conn, partner_id, order_id, row)
-            return queries.partner_order_view(row)
+    def _get_order(self, asked: gateway.Asked, query: dict, order_id: str) -> dict:
+        # a read shows only what the partner holds now: an order it once held is 404 too
+        order = domain.DispatchOrder.from_row(asked.order) if asked.order else None
+        domain.check_owner(order, asked.partner_id, order_id, ever_assigned=False)
+        return queries.partner_order_view(asked.order)
 
     @partner_endpoint("accept")
-    def _accept(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
-        return self._act(order, partner_id, domain.accept(order, self.clock.now(), self.timers))
+    def _accept(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
+        return self._act(asked, order,
+                         domain.accept(order, self.clock.now(), self.timers))
 
     @partner_endpoint("reject")
-    def _reject(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
+    def _reject(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
         rejected = domain.reject(order, data["reason_code"], data["note"])
         placed = self._placement(domain.ended(order))
-        return self._act(order, partner_id, rejected, placed)
+        return self._act(asked, order, rejected, placed)
 
     @partner_endpoint("schedule")
-    def _schedule(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
-        return self._act(order, partner_id, domain.schedule(
+    def _schedule(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
+        return self._act(asked, order, domain.schedule(
             order, data["window_start"], data["window_end"], self.clock.now()))
 
     @partner_endpoint("cancel_appointment")
-    def _cancel_appointment(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
-        return self._act(order, partner_id, domain.cancel_appointment(
+    def _cancel_appointment(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
+        return self._act(asked, order, domain.cancel_appointment(
             order, data["reason_code"], data["note"], self.clock.now(), self.timers))
 
     @partner_endpoint("arrive")
-    def _arrive(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
-        return self._act(order, partner_id,
+    def _arrive(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
+        return self._act(asked, order,
                          domain.arrive(order, data["coordinates"], self.clock.now()))
 
     @partner_endpoint("complete")
-    def _complete(self, partner_id: str, data: dict, order_id: str) -> dict:
-        order = self._owned(self.db.conn, partner_id, order_id)
-        return self._act(order, partner_id, domain.complete(order, data))
+    def _complete(self, asked: gateway.Asked, data: dict, order_id: str) -> dict:
+        order = self._owned(asked, order_id)
+        return self._act(asked, order, domain.complete(order, data))
 
-    def _owned(self, conn, partner_id: str, order_id: str,  # noqa: ANN001
-               row: dict | None = None) -> domain.DispatchOrder:
-        row = row if row is not None else queries.order_record(conn, order_id)
+    def _owned(self, asked: gateway.Asked, order_id: str) -> domain.DispatchOrder:
+        """The order as read at admission, if it is the asking partner's; else 409 (it had
+        been theirs) or 404. An action on a stale read fails at append (expected version)."""
+        row, partner_id = asked.order, asked.partner_id
         order = domain.DispatchOrder.from_row(row) if row else None
         if order is not None and order.partner_id == partner_id:
             return domain.check_owner(order, partner_id, order_id, True)
+        if order is None:
+            return domain.check_owner(None, partner_id, order_id, False)
         # not this partner's now: had it ever been (409), or never (404)?
-        return domain.check_owner(order, partner_id, order_id,
-                                  order is not None and queries.ever_assigned(conn, order_id,
-                                                                              partner_id))
+        with self.db.reader() as conn:
+            ever = queries.ever_assigned(conn, order_id, partner_id)
+        return domain.check_owner(order, partner_id, order_id, ever)
 
-    def _act(self, order: domain.DispatchOrder, partner_id: str, *events: NewEvent) -> dict:
+    def _act(self, asked: gateway.Asked, order: domain.DispatchOrder,
+             *events: NewEvent) -> dict:
+        """Append the partner's events; the answer is the order as it then is: its row as
+        read at admission (the append succeeds only at that version) with what the read
+        models wrote. The answer is recorded with the read models, before the append takes
+        the log's lock (held to commit), so the lock waits for nothing else."""
+        answer: list[dict] = []
+
+        def project(conn, drafts: list[Envelope]) -> None:  # noqa: ANN001
+            with order_changes(conn) as changes:
+                projector.apply(conn, drafts)
+            row = {**asked.order, **changes.get(order.order_id, {})}
+            if row["partner_id"] != asked.partner_id:  # rejected: no longer this partner's
+                row["status"] = "released"
+            answer.append(queries.partner_order_view(row))
+            if asked.record_answer is not None:
+                asked.record_answer(answer[0])
+
         self._append_order(order.order_id, order.version, list(events), f"http-{uuid.uuid4()}",
-                           f"partner:{partner_id}")
-        row = queries.order_record(self.db.conn, order.order_id)
-        if row["partner_id"] != partner_id:  # rejected: it is no longer this partner's
-            row = {**row, "status": "released"}
-        return queries.partner_order_view(row)
+                           f"partner:{asked.partner_id}", project, commit=True)
+        return answer[0]
 
     # -- the one way events are written --------------------------------------------------------
 
@@ -378,17 +402,22 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return order
 
     def _append_order(self, order_id: str, expected_version: int, events: list[NewEvent],
-                      causation_id: str, actor: str) -> list[Envelope]:
+                      causation_id: str, actor: str, project: Callable = projector.apply,
+                      commit: bool = False) -> list[Envelope]:
         return self._append(f"order-{order_id}", expected_version, events, order_id, actor,
-                            causation_id)
+                            causation_id, project, commit)
 
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
-                correlation_id: str, actor: str,
-                causation_id: str | None = None) -> list[Envelope]:
+                correlation_id: str, actor: str, causation_id: str | None = None,
+                project: Callable = projector.apply, commit: bool = False) -> list[Envelope]:
+        """`project` writes the read models (projector.apply, and whatever must happen in the
+        transaction before the log's append lock is taken). `commit`: the append is the unit
+        of work's last write; on PostgreSQL its COMMIT goes in the append's round trip, so
+        the log's lock is released at once, not after a green-thread switch and a round trip."""
         return self.db.store.append(
             self.db.conn, stream_id, expected_version, events, occurred_at=self.clock.now(),
             correlation_id=correlation_id, causation_id=causation_id or f"cmd-{uuid.uuid4()}",
-            actor=actor, project=projector.apply)
+            actor=actor, project=project, commit=commit)
 
 
 def _actor(agent_id: str) -> str:

@@ -36,9 +36,20 @@ def system(container_factory, service_config, database_for, backend, broker_uri,
     with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
             ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
         running = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
-                                 [relay])
+                                 [relay], dispatch_url=dispatch_url)
         yield running
         running.close()
+
+
+@pytest.fixture
+def second_gateway(system, container_factory, service_config):
+    """Another dispatch replica on the same database: its own process state (remembered
+    secrets, rate limits), its own port."""
+    port = free_port()
+    replica = container_factory(DispatchService,
+                                dispatch_config(service_config, system.dispatch_url, port))
+    replica.start()
+    return f"http://127.0.0.1:{port}"
 
 
 def assigned(system: DispatchSystem, order_id: str) -> dict:
@@ -191,3 +202,65 @@ def test_bad_input_is_4xx_with_field_errors_and_changes_nothing(system):
     unknown = system.signed(partner, "GET", "/api/v1/nothing")
     assert unknown.status_code == 404
     assert len(system.dispatch.order_history(order_id)) == before
+
+
+def test_a_read_of_an_order_the_partner_no_longer_holds_is_404_and_an_action_409(system):
+    first = system.register_partner("甲", rating=5.0)
+    system.register_partner("乙", rating=1.0)
+    order_id = system.repair("13800000006")
+    assert assigned(system, order_id)["partner_id"] == first.partner_id
+    rejected = system.signed(first, "POST", path(order_id, "reject"), {"reason_code": "other"},
+                             key="r1")
+    assert (rejected.status_code, rejected.json()["status"]) == (200, "released")
+    read = system.signed(first, "GET", path(order_id))
+    assert (read.status_code, read.json()["error"]["code"]) == (404, "order_not_found")
+    accept = system.signed(first, "POST", path(order_id, "accept"), {}, key="a1")
+    assert (accept.status_code, accept.json()["error"]["code"]) == (409, "order_reassigned")
+
+
+def test_a_rotated_secret_takes_effect_at_once_on_every_replica(system, second_gateway):
+    partner = system.register_partner()
+    order_id = system.repair("13800000007")
+    assigned(system, order_id)
+    gateways = (system.base_url, second_gateway)
+    for base_url in gateways:  # each replica has now read and remembers the secret
+        system.base_url = base_url
+        assert system.signed(partner, "GET", path(order_id)).status_code == 200
+    rotated = system.dispatch.rotate_secret(partner.partner_id)
+    renewed = type(partner)(partner.partner_id, rotated["secret"])
+    for base_url in gateways:
+        system.base_url = base_url
+        old = system.signed(partner, "GET", path(order_id))
+        assert (old.status_code, old.json()["error"]["code"]) == (401, "bad_signature")
+        old_post = system.signed(partner, "POST", path(order_id, "accept"), {},
+                                 key=f"k-{base_url}")
+        assert (old_post.status_code, old_post.json()["error"]["code"]) == (
+            401, "bad_signature")
+        assert system.signed(renewed, "GET", path(order_id)).status_code == 200
+    assert [e["event_type"] for e in system.dispatch.order_history(order_id)] == [
+        "order_received", "order_assigned"]
+
+
+def test_a_signed_request_is_used_once_across_replicas(system, second_gateway):
+    partner = system.register_partner()
+    order_id = system.repair("13800000008")
+    assigned(system, order_id)
+    read = system.signed(partner, "GET", path(order_id, ""))
+    assert read.status_code == 200
+    again = system.session.send(read.request.copy())
+    assert (again.status_code, again.json()["error"]["code"]) == (401, "signature_replayed")
+    elsewhere = read.request.copy()
+    elsewhere.url = second_gateway + path(order_id)
+    replayed = system.session.send(elsewhere)
+    assert (replayed.status_code, replayed.json()["error"]["code"]) == (401,
+                                                                      "signature_replayed")
+    # a POST answered by one replica: the other gives the first answer to its retry
+    accepted = system.signed(partner, "POST", path(order_id, "accept"), {}, key="k-once")
+    assert accepted.status_code == 200
+    retry = accepted.request.copy()
+    retry.url = second_gateway + path(order_id, "accept")
+    resent = system.session.send(retry)
+    assert resent.status_code == 200 and resent.headers["Idempotent-Replayed"] == "true"
+    assert resent.json() == accepted.json()
+    types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
+    assert types.count("order_accepted") == 1
