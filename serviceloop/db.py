@@ -91,6 +91,20 @@ def end_transaction(conn: Connection, command: str) -> None:
 
 
 @contextmanager
+def statements_on_their_own(conn: Connection) -> Iterator[Connection]:
+    """`conn` (PostgreSQL) in autocommit mode for the block: reads without BEGIN/ROLLBACK."""
+    driver = conn.connection.driver_connection
+    driver.autocommit = True
+    try:
+        yield conn
+    finally:
+        try:
+            driver.autocommit = False
+        except Exception:  # noqa: BLE001 - a dead connection is not given back to the pool
+            conn.invalidate()
+
+
+@contextmanager
 def deferring(conn: Connection) -> Iterator[list[tuple[str, tuple]]]:
     """Collect the statements `sql()` is given on `conn` instead of running them, so that the
     caller sends them in one round trip with its own (PostgreSQL only; they must not read)."""

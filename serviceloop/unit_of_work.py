@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ServiceUnavailable
-from serviceloop.db import begin_with_first_statement, end_transaction
+from serviceloop.db import begin_with_first_statement, end_transaction, statements_on_their_own
 
 
 class UnitOfWork:
@@ -104,6 +104,9 @@ class UnitOfWork:
 def read_only(engine: Engine) -> Iterator[Connection]:
     """A connection for reads that must not take SQLite's write lock.
 
+    On PostgreSQL each read is a statement of its own (READ COMMITTED gives every statement
+    its own snapshot anyway): no BEGIN and no ROLLBACK round trips around it.
+
     A connection the database dropped (restart, `pg_terminate_backend`) is found on use and
     the pool renews them all; the read that found it says "try again" as a typed error,
     rather than handing the caller the driver's text.
@@ -111,6 +114,10 @@ def read_only(engine: Engine) -> Iterator[Connection]:
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(read_only=True)
+            if conn.dialect.name == "postgresql":
+                with statements_on_their_own(conn):
+                    yield conn
+                return
             with conn.begin():
                 yield conn
     except DBAPIError as error:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from serviceloop.db import make_engine, sql
 from serviceloop.eventstore import EventStore, NewEvent, compute_hash, verify_chain
-from serviceloop.unit_of_work import UnitOfWork
+from serviceloop.unit_of_work import UnitOfWork, read_only
 from services.orders.projections import events as events_table
 
 WHEN = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -170,3 +170,15 @@ def test_the_databases_hash_is_the_one_python_computes_for_any_text(
 def _read(engine) -> list:
     with engine.connect() as conn:
         return list(STORE.replay(conn))
+
+
+def test_a_read_is_its_own_round_trip_without_begin_or_rollback(pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    append(unit, "customer-a", 0, [registered(1)], commit=True)
+    unit.commit()
+    round_trips.clear()
+    with read_only(pg_engine) as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 1
+    assert round_trips == ["SELECT count(*) FROM events"]
+    with pg_engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False
