@@ -401,16 +401,23 @@ class EventStore:
 
     def events_since(self, conn: Connection, position: int, limit: int) -> list[Envelope]:
         """Envelopes with global_position > `position`, in log order, at most `limit`."""
-        return self._select(conn, "global_position > ? ORDER BY global_position LIMIT ?",
-                            (int(position), int(limit)))
+        return list(map(Envelope._make, self.rows_since(conn, position, limit)))
 
-    def _select(self, conn: Connection, where: str, params: tuple) -> list[Envelope]:
+    def rows_since(self, conn: Connection, position: int, limit: int) -> list[tuple]:
+        """As `events_since`, each event the plain tuple of its Envelope fields: for a reader
+        that only passes the fields on (an auditor's packed page), no envelope built."""
+        return self._select(conn, "global_position > ? ORDER BY global_position LIMIT ?",
+                            (int(position), int(limit)), make=None)
+
+    def _select(self, conn: Connection, where: str, params: tuple,
+                make: Callable[[tuple], Envelope] | None = Envelope._make) -> list:
         # straight to the driver's cursor: rows become envelopes without SQLAlchemy's Row
         cursor = conn.connection.driver_connection.cursor()
         try:
             cursor.execute(for_driver(conn, f"SELECT {_COLUMNS} FROM events WHERE {where}"),
                            params)
-            return list(map(Envelope._make, cursor.fetchall()))
+            rows = cursor.fetchall()
+            return rows if make is None else list(map(make, rows))
         finally:
             cursor.close()
 

@@ -132,7 +132,8 @@ class EventLogRpc:
                 f"limit must be 1..{MAX_EVENTS_PER_CALL}", {"limit": ["out of range"]}
             )
         with self.db.reader() as conn:
-            found = self.db.store.events_since(conn, position, limit)
+            read = self.db.store.rows_since if packed else self.db.store.events_since
+            found = read(conn, position, limit)
         if packed:
             return pack_page(found)
         if raw:
