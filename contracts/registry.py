@@ -93,7 +93,7 @@ def payload_check(event_type: str, version: int = 1) -> Callable[[bytes], bool]:
         fast = None
 
     def check(text: bytes) -> bool:
-        if fast is not None and fast(text) is not None:
+        if fast is not None and fast(text) is not None and (text.isascii() or _utf8(text)):
             return True
         try:
             validate_event(event_type, version, json.loads(text))
@@ -102,6 +102,14 @@ def payload_check(event_type: str, version: int = 1) -> Callable[[bytes], bool]:
         return True
 
     return check
+
+
+def _utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def load(schema: Schema, data: object) -> dict:

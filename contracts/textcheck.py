@@ -2,9 +2,10 @@
 
 An auditor checks every payload of every log against its contract; decoding each one costs
 more than the check itself. `compile_text_check` turns a marshmallow schema into one regular
-expression over canonical JSON (keys sorted, no spaces) that matches only texts whose decoded
-payload marshmallow accepts: exactly the schema's keys (the required ones present), strings
-without escapes, of well-formed UTF-8, counted in characters for Length, OneOf as the
+expression over canonical JSON (keys sorted, no spaces; UTF-8, well-formed: the caller makes
+sure) that matches only texts whose decoded payload marshmallow accepts: exactly the schema's
+keys (the required ones present), strings without escapes (Length: bytes bound the characters
+from above; a lower bound above 1 is counted in ASCII characters), OneOf as the
 choices' own JSON, integers and decimals small enough that Range holds for every one of them,
 ISO dates and times of a shape `fromisoformat` always takes, nested schemas and lists, and
 any JSON object of bounded depth for a Dict field. Anything else does not match, and the
@@ -25,22 +26,19 @@ from contracts.fastcheck import _compilable
 
 TextCheck = Callable[[bytes], object]  # a match (truthy) or None
 
-_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7f]"  # printable, less '"' and '\', as JSON has them
-_MULTIBYTE = (rb"(?:[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]"
-              rb"|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
-              rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}"
-              rb"|\xf4[\x80-\x8f][\x80-\xbf]{2})")  # one well-formed UTF-8 character
-_CHARACTER = rb"(?:" + _ASCII + rb"|" + _MULTIBYTE + rb")"
-_PLAIN_STRING = rb'"(?:' + _ASCII + rb"++|" + _MULTIBYTE + rb')*+"'
-_ANY_STRING = (rb'"(?:' + _ASCII + rb"++|" + _MULTIBYTE
-               + rb'|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"')
+# the text is well-formed UTF-8 (the caller makes sure: an encoded str always is), so a
+# string's bytes are its characters' and no more than that needs checking byte by byte
+_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7f]"  # printable, less '"' and '\\', as JSON has them
+_UNESCAPED = rb'[^"\\\x00-\x1f]'  # a byte of a character JSON writes as it is
+_PLAIN_STRING = rb'"' + _UNESCAPED + rb'*+"'
+_ANY_STRING = rb'"(?:' + _UNESCAPED + rb'++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
 _ANY_NUMBER = rb"-?(?:0|[1-9]\d{0,50})(?:\.\d{1,50})?(?:[eE][+-]?\d{1,4})?"
 _DAY = (rb"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
         rb"|02-(?:0[1-9]|1\d|2[0-8]))")  # 29 February: marshmallow decides
 _DATE = rb"(?:19|20)\d\d-" + _DAY
 _CLOCK = rb"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{6}|\.\d{3})?"
 _OFFSET = rb"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
-_DICT_DEPTH = 1  # a Dict field's values nest this deep at most on the fast path
+_DICT_DEPTH = 0  # a Dict field's values: scalars on the fast path (deeper: decoded)
 _SIGNIFICANT = 15  # digits of an integer part: below 2**53, so a Float field takes it as is
 
 
@@ -134,8 +132,9 @@ def _string(rules: list) -> bytes:
     if low == 0 and high is None:
         return _PLAIN_STRING
     count = b"{%d,%s}+" % (low, b"" if high is None else b"%d" % high)
-    # counted in characters; all-ASCII text (the most of it) at the regex engine's full speed
-    return rb'"(?:' + _ASCII + count + rb'"|' + _CHARACTER + count + rb'")'
+    if low <= 1:  # as many bytes as characters, or more: at most `high` bytes is enough
+        return rb'"' + _UNESCAPED + count + rb'"'
+    return rb'"' + _ASCII + count + rb'"'  # at least `low` characters: counted in ASCII
 
 
 def _bounds(rules: list) -> tuple[float | None, bool, float | None, bool]:
@@ -198,9 +197,12 @@ def _float(rules: list) -> bytes:
 def _up_to(most: int | None) -> bytes:
     """Canonical integers 0 … `most` (any, if None), exactly."""
     if most is None:
-        return rb"(?:0|[1-9]\d{0,17})"
+        return rb"(?:0|[1-9]\d{0,17}+)"
     digits = str(most)
-    shorter = [rb"\d" if k == 1 else rb"[1-9]\d{%d}" % (k - 1) for k in range(1, len(digits))]
+    # every shorter number at once (possessive: a longer one is not taken apart), then those as
+    # long as `most` and not above it
+    shorter = [] if len(digits) == 1 else [
+        rb"0|[1-9]\d{0,%d}+" % (len(digits) - 2) if len(digits) > 2 else rb"\d"]
     same = []
     for at, digit in enumerate(map(int, digits)):
         lowest = 1 if at == 0 and len(digits) > 1 else 0

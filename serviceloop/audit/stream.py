@@ -166,8 +166,12 @@ def _passes(page: dict, expected: int, prev_hash: str) -> tuple[list, ...] | Non
     hashes = texts["hash"].decode("ascii").split("\x1f")
     if list(map(_hexdigest, map(hashlib.sha256, documents))) != hashes:
         return None
-    # each payload's text check (a compiled regex: C all the way); those it is not sure of, and
-    # the event types without one, decoded and validated
+    # each payload's text check (a compiled regex: C all the way, on text known to be UTF-8);
+    # those it is not sure of, and the event types without one, decoded and validated
+    try:
+        texts["payload_json"].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
     kinds = list(zip(columns["event_type"], columns["schema_version"], strict=True))
     payloads = columns["payload_json"]
     for kind in set(kinds).difference(_TEXT_CHECKS):

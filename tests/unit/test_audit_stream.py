@@ -176,3 +176,16 @@ def test_read_logs_hands_out_each_event_as_a_dict_with_its_payload_decoded(logs)
             b["payload"] for b in log]
         assert [b["hash"] for b in read_back[service]] == [b["hash"] for b in log]
     assert audit.verify(read_back) == []
+
+
+def test_progress_is_told_each_page_as_it_is_checked_and_as_it_is_read(logs):
+    checked: dict[str, list[int]] = {}
+    audit.verify_over_rpc(_Rpc(logs), list(logs),
+                          lambda service, count: checked.setdefault(service, []).append(count))
+    read_back: dict[str, list[int]] = {}
+    audit.read_logs(_Rpc(logs), list(logs),
+                    lambda service, count: read_back.setdefault(service, []).append(count))
+    for service, log in logs.items():  # pages of 4: 4, 8, … up to the whole log
+        pages = list(range(4, len(log), 4)) + [len(log)]
+        assert checked[service][:len(pages)] == pages and checked[service][-1] == len(log)
+        assert read_back[service][:len(pages)] == pages and read_back[service][-1] == len(log)
