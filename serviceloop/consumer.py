@@ -43,7 +43,21 @@ MAX_BACKOFF = 2.0
 
 
 class RetryLater(Exception):
-    """A handler's way to say 'not yet' (e.g. an event overtook the one before it)."""
+    """A handler's way to say 'not yet' (e.g. an event overtook the one before it).
+
+    `waiting_for`: the order (correlation id) whose next event may unblock it, when that is
+    not the message's own order (an event about many orders); a parked message is handed back
+    when an event of its own order or of this one is handled.
+    """
+
+    def __init__(self, message: str, waiting_for: str | None = None) -> None:
+        if waiting_for is not None:
+            message = f"{message} {_WAITS_FOR.format(waiting_for)}"
+        super().__init__(message)
+        self.waiting_for = waiting_for
+
+
+_WAITS_FOR = "[waiting for {}]"
 
 
 def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
@@ -139,16 +153,17 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
 
 def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
     """Messages parked because they came before the event they depend on (RetryLater), for
-    the same order, delivered again now that one of its events was handled: the catch-up
-    has already moved past them, and nothing else would ever bring them back."""
+    the same order or waiting for it, delivered again now that one of its events was handled:
+    the catch-up has already moved past them, and nothing else would ever bring them back."""
     with service.db.reader() as conn:
         rows = conn.execute(text(
-            "SELECT id, consumer, source, envelope FROM parked_messages "
+            "SELECT id, consumer, source, envelope, error FROM parked_messages "
             "WHERE replayed_at IS NULL AND error LIKE 'RetryLater:%' ORDER BY id")).all()
     handed_back = 0
     for row in rows:
         body = json.loads(row.envelope)
-        if body.get("correlation_id") != correlation_id:
+        if (body.get("correlation_id") != correlation_id
+                and _WAITS_FOR.format(correlation_id) not in row.error):
             continue
         method = getattr(type(service), row.consumer.split(".", 1)[1])
         if deliver(service, method.handler, row.consumer, row.source, body, attempts=1,

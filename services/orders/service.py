@@ -270,8 +270,9 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def on_task_returned(self, envelope: Envelope) -> None:
         self._follow_callback(envelope)
 
-    # a paid order still `completed` here waits for its verification: up to ~35 s of tries
-    @consumes("settlement", "period_closed", attempts=20)
+    # a paid order still `completed` here waits for its verification: parked after a few
+    # tries, handed back when that order's verification is applied
+    @consumes("settlement", "period_closed")
     def on_period_closed(self, envelope: Envelope) -> None:
         """A verified order settled in a closed period is closed: its loop is complete.
 
@@ -289,7 +290,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             if order is not None and order.status == "completed" and cents > 0:
                 # paid, so verified at the callback: that outcome is still on its way here
                 raise RetryLater(f"order {order_id} paid in {p['period']} before orders "
-                                 "saw it verified")
+                                 "saw it verified", waiting_for=order_id)
             if order is None or order.status != "verified":
                 continue
             self._append(f"order-{order_id}", order.version, [NewEvent("order_settled", {

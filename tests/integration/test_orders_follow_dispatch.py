@@ -283,6 +283,10 @@ def test_a_period_that_pays_an_order_before_orders_saw_it_verified_still_closes_
     queue = queue_name("settlement", "period_closed", "orders", "on_period_closed")
     wait_until(lambda: queue_counts(broker_uri, "messages_ready").get(queue) == 0,
                message="orders to take the close")
+    # after a few tries the close is parked, waiting for that order's verification: the
+    # verification (another order's event than the close's own) hands it back
+    wait_until(lambda: [m["event_type"] for m in desk.rpc.parked_messages()] == ["period_closed"],
+               message="the close to be parked")
     publish(broker_uri, verified, source="callback")
     desk.shows(order_id, "closed")
     settled = [e for e in desk.rpc.order_history(order_id) if e["event_type"] == "order_settled"]
