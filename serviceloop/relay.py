@@ -103,6 +103,8 @@ class Relay:
         self._unconfirmed: set[int] = set()
         self._window_end = 0
         self._next_tag = 0
+        self._position: int | None = None  # read once per connection: only the lease holder
+        # writes it, so an idle poll is one query (the events after it)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -186,8 +188,9 @@ class Relay:
             return
         try:
             with read_only(self.engine) as conn:
-                position = read_position(conn, "relay_positions", self.name)
-                batch = self.store.events_since(conn, position, self.window)
+                if self._position is None:
+                    self._position = read_position(conn, "relay_positions", self.name)
+                batch = self.store.events_since(conn, self._position, self.window)
         except Exception:
             log.exception("relay %s could not read its log", self.name)
             self._connection.ioloop.call_later(1.0, self._publish_window)
@@ -230,6 +233,7 @@ class Relay:
             log.exception("relay %s could not record its position", self.name)
             self._channel.close()  # the window will be published again: at least once
             return
+        self._position = self._window_end
         self._connection.ioloop.add_callback_threadsafe(self._publish_window)
 
 
