@@ -70,10 +70,9 @@ def verify(headers: Mapping[str, str], secret_for: Callable[[str], str | None], 
     `secret_for(partner_id)` returns the partner's active secret, or None if there is no such
     partner; an unknown partner is reported as a bad signature, like a wrong secret.
     """
-    by_name = {name.lower(): value for name, value in headers.items()}
-    partner_id = by_name.get(PARTNER_ID_HEADER.lower())
-    timestamp = by_name.get(TIMESTAMP_HEADER.lower())
-    signature = by_name.get(SIGNATURE_HEADER.lower())
+    partner_id = _header(headers, PARTNER_ID_HEADER)
+    timestamp = _header(headers, TIMESTAMP_HEADER)
+    signature = _header(headers, SIGNATURE_HEADER)
     if not (partner_id and timestamp and signature):
         missing = [name for name, value in ((PARTNER_ID_HEADER, partner_id),
                                             (TIMESTAMP_HEADER, timestamp),
@@ -92,6 +91,16 @@ def verify(headers: Mapping[str, str], secret_for: Callable[[str], str | None], 
     if not hmac.compare_digest(expected.encode(), given) or not secret:
         raise SignatureError("bad_signature", "the signature does not match the request")
     return partner_id
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The header `name`, whatever its case: a direct look-up first (a web framework's
+    headers are case-insensitive already), then a scan (a plain dict)."""
+    value = headers.get(name)
+    if value is None:
+        wanted = name.lower()
+        value = next((v for key, v in headers.items() if key.lower() == wanted), None)
+    return value
 
 
 def new_secret() -> str:

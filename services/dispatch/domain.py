@@ -184,11 +184,14 @@ def ended(order: DispatchOrder) -> DispatchOrder:
 # -- what a partner does --------------------------------------------------------------------
 
 
+# the statuses in which an order is its partner's to see and act on
+HELD = frozenset(("assigned", "accepted", "scheduled", "on_site", "completed"))
+
+
 def check_owner(order: DispatchOrder | None, partner_id: str, order_id: str,
                 ever_assigned: bool) -> DispatchOrder:
     """The order, if `partner_id` holds it now; otherwise 409 (it had it) or 404 (never)."""
-    if order is not None and order.partner_id == partner_id and order.status in (
-            "assigned", "accepted", "scheduled", "on_site", "completed"):
+    if order is not None and order.partner_id == partner_id and order.status in HELD:
         return order
     if order is not None and ever_assigned:
         raise Conflict(f"order {order_id} is no longer assigned to you",

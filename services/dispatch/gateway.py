@@ -5,8 +5,9 @@ DispatchService): the body is read with a size cap, the signature verified again
 partner's secret and recorded so it cannot be replayed, the partner's rate checked, the
 query or JSON body loaded through its schema in contracts/, and every outcome answered as
 JSON. Bad input is never a 500 and never changes state; a 5xx carries a correlation id, never
-exception text. What is remembered of requests (used signatures, answered Idempotency-Keys)
-is in services/dispatch/idempotency.py.
+exception text. The database's part of letting a request in (the secret still current, the
+signature recorded, a retry's stored answer, the order) is one statement on PostgreSQL:
+services/dispatch/admission.py; what is remembered of requests is in idempotency.py.
 """
 
 from __future__ import annotations

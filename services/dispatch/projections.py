@@ -271,7 +271,8 @@ _CHANGES = "dispatch.order_changes"
 def order_changes(conn: Connection) -> Iterator[dict[str, dict]]:
     """What the handlers write to dispatch_orders rows while the block runs (order id ->
     column -> last value written), so a caller knows an order's new row without reading it
-    back: the event store may send these writes later, with its append (sql() deferred)."""
+    back: the event store may send these writes later, with its append (sql() deferred).
+    Rows inserted (`order_received`) are not in it: no partner acts on an order's first event."""
     changes: dict[str, dict] = {}
     conn.info[_CHANGES] = changes
     try:
@@ -282,9 +283,10 @@ def order_changes(conn: Connection) -> Iterator[dict[str, dict]]:
 
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
     # driver SQL, one statement text per set of columns: every partner action comes here
+    order_id = e.payload["order_id"]
     changes = conn.info.get(_CHANGES)
     if changes is not None:
-        changes.setdefault(e.payload["order_id"], {}).update(
+        changes.setdefault(order_id, {}).update(
             updated_at=e.occurred_at, version=e.stream_version, **values)
     columns = ("updated_at", "version", *values)
     statement = _ORDER_UPDATES.get(columns)
@@ -292,8 +294,7 @@ def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
         statement = _ORDER_UPDATES[columns] = (
             f"UPDATE dispatch_orders SET {', '.join(f'{c} = ?' for c in columns)}"
             " WHERE order_id = ?")
-    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(),
-                          e.payload["order_id"]))
+    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(), order_id))
 
 
 def _json(value: object) -> str:
