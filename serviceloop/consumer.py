@@ -31,6 +31,7 @@ from contracts.envelope import ENVELOPE
 from contracts.errors import NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
+from serviceloop.crashpoints import crash_point
 from serviceloop.db import fetch_rows, owns_transaction, sql
 from serviceloop.eventstore import Envelope
 from serviceloop.observability import log_context
@@ -126,7 +127,9 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
                     service.db.rollback()
                     return "duplicate"
                 handler(service, envelope)
+                crash_point(f"{service.name}.mid_consumer")
                 waiting = record_handled_and_commit(service.db, consumer, source, envelope, now)
+                crash_point(f"{service.name}.after_commit")
             except BaseException:
                 service.db.rollback()
                 raise

@@ -14,6 +14,7 @@ from contracts.errors import ValidationFailed
 from serviceloop.audit.wire import pack_page
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
+from serviceloop.crashpoints import crash_point
 from serviceloop.db import is_sqlite, make_engine
 from serviceloop.eventstore import EventStore
 from serviceloop.observability import log_context
@@ -92,6 +93,7 @@ def transactional(method):  # noqa: ANN001, ANN201
             try:
                 result = method(self, *args, **kwargs)
                 self.db.commit()
+                crash_point(f"{self.name}.after_commit")
                 return result
             except DBAPIError as error:
                 self.db.rollback()

@@ -23,6 +23,7 @@ from pika.spec import Basic
 from sqlalchemy import Engine
 
 from serviceloop.clock import Clock, SystemClock, isoformat
+from serviceloop.crashpoints import crash_point
 from serviceloop.db import is_sqlite, read_position, save_position
 from serviceloop.eventstore import EventStore
 from serviceloop.unit_of_work import read_only
@@ -225,6 +226,7 @@ class Relay:
             self._window_confirmed()
 
     def _window_confirmed(self) -> None:
+        crash_point(f"{self.name}.after_publish")  # published and confirmed, not recorded
         try:
             with self.engine.begin() as conn:
                 save_position(conn, "relay_positions", self.name, self._window_end,

@@ -27,6 +27,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from serviceloop import crashpoints
 from serviceloop.client import cluster
 from serviceloop.config import PROJECT_ROOT
 from serviceloop.services import IMPLEMENTED, SERVICE_CLASSES
@@ -86,6 +87,13 @@ class System:
         pid = self.processes()[name]
         os.kill(pid, sig)
         return pid
+
+    def arm(self, point: str) -> None:
+        """The next process to reach `point` (serviceloop.crashpoints) is killed there."""
+        crashpoints.arm(self.env["SERVICELOOP_CRASH_FILE"], point)
+
+    def armed(self, point: str) -> bool:
+        return crashpoints.armed(self.env["SERVICELOOP_CRASH_FILE"], point)
 
     def restarted(self, name: str, old_pid: int, timeout: float = 60) -> int:
         """Wait for `serviceloop up` to have started `name` again; its new pid."""
@@ -220,6 +228,7 @@ def system(tmp_path_factory, broker_uri, migrated_templates) -> Iterator[System]
     env = {**os.environ, "AMQP_URI": broker_uri, "SERVICELOOP_VAR": str(folder),
            "SERVICELOOP_CLOCK": f"file:{folder / 'clock-offset'}",
            "AMQP_HEARTBEAT": str(HEARTBEAT), "PROVIDER_PORT": str(free_port()),
+           "SERVICELOOP_CRASH_FILE": str(folder / "crash"),
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
            **{f"DATABASE_URL_{s.upper()}": url for s, url in databases.items()},
            **{PORT_VARIABLES[s]: str(port) for s, port in ports.items()}}
