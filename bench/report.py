@@ -61,7 +61,8 @@ def with_target(result: dict) -> dict:
         met = result["value"] < SETTLEMENT_SECONDS and result["peak_rss_mib"] < SETTLEMENT_MIB
     elif result["bench"] == "audit_verify":
         target = f"≥ {AUDIT_EVENTS_PER_S:,} events/s"
-        met = result["value"] >= AUDIT_EVENTS_PER_S
+        # what `serviceloop audit verify` does end to end, reading included
+        met = result.get("stream_events_per_s", result["value"]) >= AUDIT_EVENTS_PER_S
     elif result["bench"] == "loop":
         target = (f"≥ {LOOP_TARGET_PER_S} loops/s sustained, no growth in memory or queue "
                   "depth")
@@ -124,6 +125,13 @@ def _row(r: dict) -> list[str]:
         measured = (f"{_num(r['value'])} events/s checked ({r['verify_seconds']:.1f} s); with "
                     f"reading them over RPC {_num(r['verify_with_read_events_per_s'])} events/s "
                     f"({r['read_seconds'] + r['verify_seconds']:.1f} s)")
+        if "stream_events_per_s" in r:
+            measured = (f"`serviceloop audit verify` end to end (each page checked as it "
+                        f"arrives): {_num(r['stream_events_per_s'])} events/s "
+                        f"({r['stream_seconds']:.1f} s; CPU "
+                        f"{r['stream_auditor_cpu_seconds']:.1f} s auditor + "
+                        f"{r['stream_services_cpu_seconds']:.1f} s services); in the "
+                        f"same run, reading every log then checking: {measured}")
         baseline = f"SHA-256 of the same documents alone {_num(r['baseline'])} events/s"
     elif r["bench"] == "audit_loops":
         name = f"audit loops, {r['orders']:,} orders"
