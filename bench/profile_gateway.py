@@ -2,7 +2,9 @@
 
 Usage: python -m bench.profile_gateway [--backend postgres] [--partners 16] [--requests 100]
            [--operation get|complete|bare_get|bare_post]
-Samples the whole process (dispatch, the bare service and the partners' clients all run in it).
+Samples the whole process (dispatch, the bare service and the partners' clients all run in it),
+and on PostgreSQL counts the waits for the database per request (each round trip is at least
+one: psycopg2 hands every wait to eventlet's callback; dispatch's timers add a few).
 """
 
 import warnings
@@ -14,6 +16,8 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+
+import psycopg2.extensions  # noqa: E402
 
 from bench.common import fresh_database, fresh_vhost  # noqa: E402
 from bench.gateway import (  # noqa: E402
@@ -68,14 +72,37 @@ def main(argv: list[str] | None = None) -> None:
 
             send_concurrently(calls(0, WARMUP), ok)
             timed = calls(WARMUP, args.requests)
+            waits = count_database_waits()
             with Sampler() as sampler:
                 result = send_concurrently(timed, ok)
+            waits = waits()
     print(f"{args.operation}: {result['per_s']:.0f}/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms over {result['requests']} requests; process CPU "
           f"{result['process_cpu_ms_per_request']:.2f} ms/request, "
           f"busy {result['process_cpu_busy']:.0%}")
+    if args.backend == "postgres":
+        print(f"database waits (>= round trips): {waits / result['requests']:.2f} per request")
     print(sampler.report(inclusive_filter=PROJECT,
                          cpu_ms_per_call=result["process_cpu_ms_per_request"]))
+
+
+def count_database_waits():  # noqa: ANN201
+    """Count psycopg2's waits from now on; the returned function stops and gives the count."""
+    wait = psycopg2.extensions.get_wait_callback()
+    waits = 0
+
+    def counting(connection):  # noqa: ANN001, ANN202
+        nonlocal waits
+        waits += 1
+        return wait(connection)
+
+    psycopg2.extensions.set_wait_callback(counting)
+
+    def stop() -> int:
+        psycopg2.extensions.set_wait_callback(wait)
+        return waits
+
+    return stop
 
 
 if __name__ == "__main__":
