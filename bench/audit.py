@@ -239,9 +239,10 @@ def stop_services(processes: list[subprocess.Popen]) -> None:
 
 
 def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dict:
-    """`audit verify` end to end (each page checked as it arrives, `verify_over_rpc`), then
-    `audit loops`' way: the logs read as dicts (`read_logs`), checked in memory (`verify`) and
-    their open loops found. CPU seconds of the auditor and of the four services alongside."""
+    """`audit verify` end to end (each page checked as it arrives, `verify_over_rpc`), then the
+    logs read as dicts (`read_logs`) and checked in memory (`verify`), then `audit loops`' way:
+    only the kinds of event it looks at read (`read_logs(event_types=)`) and the open loops
+    found. CPU seconds of the auditor and of the four services alongside."""
     from nameko.standalone.rpc import ClusterRpcProxy
 
     from serviceloop import audit
@@ -269,6 +270,9 @@ def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dic
         started = perf_counter()
         logs = audit.read_logs(rpc, SERVICES)
         read_seconds = perf_counter() - started
+        started = perf_counter()  # `audit loops`' way: only the kinds of event it looks at
+        loop_logs = audit.read_logs(rpc, SERVICES, event_types=audit.LOOP_EVENT_TYPES)
+        loops_read_seconds = perf_counter() - started
     events = sum(len(log) for log in logs.values())
     assert events == made["events"], (events, made["events"])
     started = perf_counter()
@@ -276,7 +280,7 @@ def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dic
     verify_seconds = perf_counter() - started
     assert breaks == [], breaks[:5]
     started = perf_counter()
-    loops = audit.open_loops(logs, datetime.now(UTC))
+    loops = audit.open_loops(loop_logs, datetime.now(UTC))
     loops_seconds = perf_counter() - started
     found, wanted = {loop["order_id"] for loop in loops}, set(made["open_orders"])
     assert found == wanted, (len(found), len(wanted), loops[:3], sorted(wanted - found)[:3])
@@ -294,7 +298,8 @@ def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dic
             "verify_events_per_s": round(events / verify_seconds),
             "verify_with_read_events_per_s": round(events / (read_seconds + verify_seconds)),
             "loops_seconds": round(loops_seconds, 2),
-            "loops_with_read_seconds": round(read_seconds + loops_seconds, 2),
+            "loops_read_seconds": round(loops_read_seconds, 2),
+            "loops_with_read_seconds": round(loops_read_seconds + loops_seconds, 2),
             "auditor_peak_rss_mib": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -349,7 +354,8 @@ def bench_audit_results(events: int, backend: str, log=print) -> list[dict]:  # 
               "baseline": baseline, "ratio": result["verify_events_per_s"] / baseline}
     # the target's shape: 1,000,000 events holding 250,000 orders; reading scales with the
     # events, finding the loops with the orders
-    at_target = (result["read_seconds"] * 1_000_000 / result["events"]
+    at_target = (result.get("loops_read_seconds", result["read_seconds"]) * 1_000_000
+                 / result["events"]
                  + result["loops_seconds"] * 250_000 / result["orders"])
     loops = {**result, "bench": "audit_loops", "value": result["loops_with_read_seconds"],
              "seconds_per_250k": at_target}

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from serviceloop.audit.wire import FIELDS, unpack_page
 
 PAGE = 10_000  # events per call: the most events_since hands out (MAX_EVENTS_PER_CALL)
+_POSITION, _TYPE = FIELDS.index("global_position"), FIELDS.index("event_type")
 
 
 def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = None,  # noqa: ANN001
@@ -20,10 +21,16 @@ def read_log(rpc, service: str, progress: Callable[[str, int], None] | None = No
 
 def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
               progress: Callable[[str, int], None] | None = None,
-              until: dict[str, int] | None = None) -> dict[str, list[dict]]:
+              until: dict[str, int] | None = None,
+              event_types: set[str] | None = None) -> dict[str, list[dict]]:
     """Several services' whole logs (or each up to `until[service]`), read side by side: each
-    event a dict of its fields, `payload_json` as stored and hashed, `payload` decoded."""
+    event a dict of its fields, `payload_json` as stored and hashed, `payload` decoded.
+
+    `event_types`: keep only events of these types, and each log's last event (its newest
+    moment) whatever its type: for a reader such as `audit loops` that looks at a few kinds."""
     logs: dict[str, list[dict]] = {service: [] for service in services}
+    read = dict.fromkeys(logs, 0)
+    newest: dict[str, dict] = {}
     limit = until or {}
     collecting = gc.isenabled()
     gc.disable()  # a million dicts that all live on: no collector passes over them meanwhile
@@ -33,16 +40,25 @@ def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
             page = unpack_page(packed)
             last = limit.get(service)
             for row in zip(*(page[name] for name in FIELDS), strict=True):
-                body = dict(zip(FIELDS, row, strict=True))
-                if last is not None and body["global_position"] > last:
+                if last is not None and row[_POSITION] > last:
                     continue
+                read[service] += 1
+                if event_types is not None and row[_TYPE] not in event_types:
+                    newest[service] = row
+                    continue
+                newest.pop(service, None)
+                body = dict(zip(FIELDS, row, strict=True))
                 body["payload"] = json.loads(body["payload_json"])
                 log.append(body)
             if progress:
-                progress(service, len(log))
+                progress(service, read[service])
     finally:
         if collecting:
             gc.enable()
+    for service, row in newest.items():  # a last event of a kind not asked for
+        body = dict(zip(FIELDS, row, strict=True))
+        body["payload"] = json.loads(body["payload_json"])
+        logs[service].append(body)
     return logs
 
 

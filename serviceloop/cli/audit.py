@@ -106,9 +106,9 @@ def _heads(rpc) -> dict[str, int]:  # noqa: ANN001
     return {service: getattr(rpc, service).log_head()["position"] for service in IMPLEMENTED}
 
 
-def _all_logs(rpc) -> dict[str, list[dict]]:  # noqa: ANN001
+def _all_logs(rpc, event_types: set[str] | None = None) -> dict[str, list[dict]]:  # noqa: ANN001
     progress = _Progress(_heads(rpc))
-    logs = audit.read_logs(rpc, IMPLEMENTED, progress)
+    logs = audit.read_logs(rpc, IMPLEMENTED, progress, event_types=event_types)
     progress.close()
     return logs
 
@@ -172,7 +172,7 @@ def _checkpoint(args: argparse.Namespace) -> None:
 
 def _loops(args: argparse.Namespace) -> None:
     with cluster(timeout=120) as rpc:
-        logs = _all_logs(rpc)
+        logs = _all_logs(rpc, audit.LOOP_EVENT_TYPES)
     now, source = audit.loops_now(logs, _services_clock().now(),
                                   parse_time(args.now) if args.now else None)
     sys.stderr.write(f"ages as of {isoformat(now)} ({source})\n")
