@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 Check = Callable[[object], bool]
 FLOAT_INTS = 2**53  # ints a Float field turns into the same float
 
 
-def compile_schema(schema: Schema) -> Check | None:
-    """A checker for `schema`'s load, or None when only marshmallow itself can decide."""
-    if not _compilable(schema):
+def compile_schema(schema: Schema, schema_validators_apart: bool = False) -> Check | None:
+    """A checker for `schema`'s load, or None when only marshmallow itself can decide.
+    `schema_validators_apart`: a schema whose only hooks are its own `validates_schema`
+    is compiled too, the caller running them on the loaded data (see `compile_loader`)."""
+    if not _compilable(schema, schema_validators_apart):
         return None
     source = _Source()
     entry = source.schema_function(schema)
@@ -33,9 +35,116 @@ def compile_schema(schema: Schema) -> Check | None:
     return namespace[entry]
 
 
-def _compilable(schema: Schema) -> bool:
-    return (getattr(schema, "unknown", RAISE) == RAISE and not any(schema._hooks.values())
+def _compilable(schema: Schema, schema_validators_apart: bool = False) -> bool:
+    hooks = {tag for tag, found in schema._hooks.items() if found}
+    if schema_validators_apart:
+        hooks.discard("validates_schema")
+    return (getattr(schema, "unknown", RAISE) == RAISE and not hooks
             and not (schema.only or schema.exclude or schema.partial))
+
+
+# -- loading: the same dict as marshmallow's load, for the inputs the check says yes to --------
+
+Loader = Callable[[object], "dict | None"]
+
+
+def compile_loader(schema: Schema) -> Loader | None:
+    """`schema.load` for the common case: a function giving the loaded dict where it is sure
+    marshmallow gives the same, None where only marshmallow can say (the caller then loads
+    through it, which gives the real answer or the field errors). None when the schema has a
+    field whose loaded value is not the value sent (dates, floats, renamed keys…).
+
+    The compiled check says the fields are valid; a valid String, Integer or Boolean loads as
+    itself, so the loaded dict is the input with each missing field's load_default, nested
+    schemas alike; then the schema's own `validates_schema` run on it, as marshmallow runs
+    them (any error: None, and marshmallow answers)."""
+    if not _loads_as_sent(schema, top=True):
+        return None
+    check = compile_schema(schema, schema_validators_apart=True)
+    if check is None:
+        return None
+    fill = _filler(schema)
+    validators = [getattr(schema, name) for name, _, _ in schema._hooks["validates_schema"]]
+
+    def load(data: object) -> dict | None:
+        try:
+            if not check(data):
+                return None
+            loaded = fill(data)
+            for validator in validators:
+                validator(loaded, partial=schema.partial, many=False, unknown=schema.unknown)
+        except Exception:  # noqa: BLE001 - not sure (or refused): marshmallow decides
+            return None
+        return loaded
+
+    return load
+
+
+_AS_SENT = (fields.String, fields.Integer, fields.Boolean)
+
+
+def _loads_as_sent(schema: Schema, top: bool = False) -> bool:
+    """Whether every field of `schema` loads a valid value as the value itself. Top level:
+    schema validators only (not passed the original or the collection); nested: no hooks."""
+    for tag, found in schema._hooks.items():
+        if not found:
+            continue
+        if not top or tag != "validates_schema" or any(
+                many or options.get("pass_original") for _, many, options in found):
+            return False
+    return all(field.dump_only or _field_as_sent(name, field)
+               for name, field in schema.fields.items())
+
+
+def _field_as_sent(name: str, field: fields.Field) -> bool:
+    if field.data_key not in (None, name) or field.attribute not in (None, name):
+        return False
+    kind = type(field)
+    if kind in _AS_SENT:
+        return True
+    if kind is fields.List:
+        return _field_as_sent(name, field.inner)
+    if kind is fields.Nested:
+        return (not (field.only or field.exclude or field.many)
+                and isinstance(field.nested, type | Schema) and _loads_as_sent(field.schema))
+    return False
+
+
+def _filler(schema: Schema) -> Callable[[dict], dict]:
+    """The input with the load_default of each missing field, in marshmallow's key order."""
+    steps = []
+    for name, field in schema.fields.items():
+        if field.dump_only:
+            continue
+        steps.append((name, field.load_default, _inner_filler(field)))
+
+    def fill(data: dict) -> dict:
+        loaded = {}
+        for name, default, inner in steps:
+            value = data.get(name, _MISSING_FIELD)
+            if value is _MISSING_FIELD:
+                if default is missing:
+                    continue
+                value = default() if callable(default) else default
+            elif inner is not None and value is not None:
+                value = inner(value)
+            loaded[name] = value
+        return loaded
+
+    return fill
+
+
+def _inner_filler(field: fields.Field) -> Callable[[object], object] | None:
+    if type(field) is fields.Nested:
+        return _filler(field.schema)
+    if type(field) is fields.List:
+        item = _inner_filler(field.inner)
+        if item is not None:
+            return lambda values: [None if v is None else item(v) for v in values]
+    return None
+
+
+_MISSING_FIELD = object()
 
 
 class _Source:

@@ -2,7 +2,7 @@
 
 A request whose signature checks out against the partner's secret (the gateway keeps the
 secrets it has read, services/dispatch/gateway.py) is admitted by one statement on
-PostgreSQL, its own transaction (autocommit: no BEGIN, no COMMIT round trip):
+PostgreSQL:
 
 - the secret it was checked with is still the partner's (rotation takes effect at once: if
   not, nothing is written and the gateway reads the secret again);
@@ -12,23 +12,30 @@ PostgreSQL, its own transaction (autocommit: no BEGIN, no COMMIT round trip):
   signature is not recorded: the retry gets the first answer, as often as it is sent);
 - the order the path names, as it is now, for the route's handler.
 
-SQLite has no INSERT inside WITH: the same four steps run as statements of one transaction
-(in-process, so no round trips to save). Both go straight to the driver's cursor: this is the
-gateway's hot path, and SQLAlchemy's statement and result machinery costs more than the
-statements themselves.
+A GET's admission is its own transaction (autocommit: no BEGIN, no COMMIT round trip). A
+POST's opens the worker's unit of work, and its action follows in the same transaction: one
+durable commit per POST. The action's writes start at a savepoint (`ACTION_SAVEPOINT`), so a
+refused or failed action is rolled back to it and the signature is still committed as used
+(services/dispatch/gateway.py). SQLite has no INSERT inside WITH: the same four steps run as
+statements (in-process, so no round trips to save). Both go straight to the driver's cursor:
+this is the gateway's hot path, and SQLAlchemy's statement and result machinery costs more
+than the statements themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from serviceloop.db import fetch_rows
 from services.dispatch.queries import ORDER_COLUMNS
 
 if TYPE_CHECKING:
     from serviceloop.nameko_deps import WorkerDatabase
+
+ACTION_SAVEPOINT = "gateway_action"
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -38,15 +45,16 @@ class Admission:
     order: dict | None  # the order the path names, None if there is none (or no order_id)
 
 
+# `?` markers (serviceloop.db.for_driver); parameters in the order of `_pg_parameters`
 _PG_ADMIT = f"""
 WITH credential AS (
-    SELECT 1 FROM partner_credentials WHERE partner_id = %(partner)s AND secret = %(secret)s
+    SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?
 ), answered AS (
     SELECT request_hash, status, response FROM idempotency_keys
-    WHERE partner_id = %(partner)s AND key = %(key)s AND status <> 0
+    WHERE partner_id = ? AND key = ? AND status <> 0
 ), recorded AS (
     INSERT INTO seen_signatures (partner_id, signature, seen_at)
-    SELECT %(partner)s, %(signature)s, %(seen_at)s
+    SELECT ?, ?, ?
     WHERE EXISTS (SELECT 1 FROM credential) AND NOT EXISTS (SELECT 1 FROM answered)
     ON CONFLICT (partner_id, signature) DO NOTHING
     RETURNING 1
@@ -55,7 +63,7 @@ SELECT EXISTS (SELECT 1 FROM credential), EXISTS (SELECT 1 FROM recorded),
        a.request_hash, a.status, a.response, {", ".join(f"o.{c}" for c in ORDER_COLUMNS)}
 FROM (SELECT 1) AS one
 LEFT JOIN answered AS a ON true
-LEFT JOIN dispatch_orders AS o ON o.order_id = %(order)s
+LEFT JOIN dispatch_orders AS o ON o.order_id = ?
 """
 
 _SECRET = "SELECT secret FROM partner_credentials WHERE partner_id = ?"
@@ -68,16 +76,21 @@ _ORDER = f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id
 
 
 class AdmissionSession:
-    """The statements admitting one request, on one connection (see `admission_session`)."""
+    """The statements admitting one request, on one connection (see `admission_session`).
+    PostgreSQL: `rows(statement, parameters)` runs driver SQL written with `?` markers and
+    gives the rows; SQLite: statements on `cursor`, the driver's."""
 
-    def __init__(self, cursor, postgres: bool) -> None:  # noqa: ANN001 - a driver cursor
-        self.cursor = cursor
+    def __init__(self, postgres: bool, rows: Callable[[str, tuple], list[tuple]] | None = None,
+                 cursor=None) -> None:  # noqa: ANN001 - a driver cursor
         self.postgres = postgres
+        self.rows = rows
+        self.cursor = cursor
 
     def secret(self, partner_id: str) -> str | None:
-        self.cursor.execute(_SECRET.replace("?", "%s") if self.postgres else _SECRET,
-                            (partner_id,))
-        row = self.cursor.fetchone()
+        if self.postgres:
+            found = self.rows(_SECRET, (partner_id,))
+            return found[0][0] if found else None
+        row = self.cursor.execute(_SECRET, (partner_id,)).fetchone()
         return row[0] if row else None
 
     def admit(self, partner_id: str, secret: str, signature: str, seen_at: int,
@@ -88,10 +101,8 @@ class AdmissionSession:
 
     def _admit_postgres(self, partner_id: str, secret: str, signature: str, seen_at: int,
                         key: str | None, order_id: str | None) -> Admission:
-        self.cursor.execute(_PG_ADMIT, {"partner": partner_id, "secret": secret, "key": key,
-                                        "signature": signature, "seen_at": seen_at,
-                                        "order": order_id})
-        row = self.cursor.fetchone()
+        row = self.rows(_PG_ADMIT, (partner_id, secret, partner_id, key, partner_id, signature,
+                                    seen_at, order_id))[0]
         answered = row[2:5] if row[3] is not None else None
         order = dict(zip(ORDER_COLUMNS, row[5:], strict=True)) if row[5] is not None else None
         return Admission(row[0], row[1], answered, order)
@@ -113,16 +124,33 @@ class AdmissionSession:
 
 
 @contextmanager
-def admission_session(db: WorkerDatabase) -> Iterator[AdmissionSession]:
-    """PostgreSQL: a pooled connection in autocommit, each statement its own transaction.
-    SQLite: the worker's transaction (its write lock: the signature is written), committed
-    at the end of the block, rolled back if it raises."""
+def admission_session(db: WorkerDatabase, in_unit_of_work: bool = False) \
+        -> Iterator[AdmissionSession]:
+    """`in_unit_of_work` (a POST): the statements open the worker's unit of work, which the
+    caller goes on with (its action) and ends; on PostgreSQL BEGIN goes with the first.
+    Else (a GET), on PostgreSQL: a pooled connection in autocommit, each statement its own
+    transaction; on SQLite: the worker's transaction (its write lock: the signature is
+    written), committed at the end of the block, rolled back if it raises (in the unit of
+    work, the caller rolls back)."""
     engine = db.engine
-    if engine.dialect.name != "postgresql":
+    postgres = engine.dialect.name == "postgresql"
+    if in_unit_of_work:
+        conn = db.conn
+        if postgres:
+            yield AdmissionSession(True, lambda statement, params:
+                                   fetch_rows(conn, statement, params))
+            return
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            yield AdmissionSession(False, cursor=cursor)
+        finally:
+            cursor.close()
+        return
+    if not postgres:
         with db.transaction() as conn:
             cursor = conn.connection.driver_connection.cursor()
             try:
-                yield AdmissionSession(cursor, postgres=False)
+                yield AdmissionSession(False, cursor=cursor)
             finally:
                 cursor.close()
         return
@@ -133,7 +161,7 @@ def admission_session(db: WorkerDatabase) -> Iterator[AdmissionSession]:
     try:
         driver.autocommit = True
         cursor = driver.cursor()
-        yield AdmissionSession(cursor, postgres=True)
+        yield AdmissionSession(True, _autocommit_rows(cursor))
     except driver_error as error:
         if engine.dialect.is_disconnect(error, driver, cursor):
             # as SQLAlchemy does on a disconnect: every connection opened before it is renewed
@@ -141,6 +169,17 @@ def admission_session(db: WorkerDatabase) -> Iterator[AdmissionSession]:
         raise
     finally:
         _give_back(pooled, driver, cursor, driver_error)
+
+
+_DRIVER_TEXT = {_SECRET: _SECRET.replace("?", "%s"), _PG_ADMIT: _PG_ADMIT.replace("?", "%s")}
+
+
+def _autocommit_rows(cursor) -> Callable[[str, tuple], list[tuple]]:  # noqa: ANN001
+    def rows(statement: str, params: tuple) -> list[tuple]:
+        cursor.execute(_DRIVER_TEXT[statement], params)
+        return cursor.fetchall()
+
+    return rows
 
 
 def _give_back(pooled, driver, cursor, driver_error: type) -> None:  # noqa: ANN001

@@ -35,14 +35,16 @@ from contracts.errors import (
     RateLimited,
     ServiceError,
 )
+from contracts.fastcheck import compile_loader
 from contracts.gateway import IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROUTES_BY_OPERATION
 from contracts.registry import load
 from contracts.signing import SignatureError
 from contracts.signing import verify as verify_signature
 from serviceloop.clock import isoformat
+from serviceloop.db import fetch_rows, sql
 from serviceloop.observability import count, log_context
 from services.dispatch import idempotency
-from services.dispatch.admission import AdmissionSession, admission_session
+from services.dispatch.admission import ACTION_SAVEPOINT, AdmissionSession, admission_session
 
 if TYPE_CHECKING:
     from serviceloop.clock import Clock
@@ -52,10 +54,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
+_PG_IN_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
 MAX_IDEMPOTENCY_KEY = 128
 _SCHEMAS = {route.operation: (route.query() if route.query else None,
                               route.body() if route.body else None)
             for route in ROUTES_BY_OPERATION.values()}
+# a body as marshmallow loads it, without marshmallow where that is sure (contracts/fastcheck)
+_FAST_BODY_LOADERS = {operation: compile_loader(body) for operation, (_, body)
+                      in _SCHEMAS.items() if body is not None}
 
 
 class TokenBucket:
@@ -102,12 +108,17 @@ class GatewaySettings(DependencyProvider):
 class Asked:
     """Who sent an admitted request, and the order its path names as read at admission
     (None if there is no such order or no order in the path): not yet checked to be theirs.
-    A POST's handler may hand its answer to `record_answer` inside its transaction (stored
-    under the Idempotency-Key); the gateway stores it otherwise."""
+    A POST is admitted in the worker's unit of work, and its handler acts in it: it calls
+    `begin_action(conn)` before its first write (a savepoint: a refused or failed action is
+    rolled back to it, and the signature recorded at admission is still committed) and may
+    hand its answer to `record_answer` inside its transaction (stored under the
+    Idempotency-Key); the gateway stores it otherwise."""
 
     partner_id: str
     order: dict | None
     record_answer: Callable[[dict], None] | None = None
+    # a POST's handler calls it on its transaction's connection before its first write
+    begin_action: Callable[[object], None] | None = None
 
 
 def partner_endpoint(operation: str):  # noqa: ANN201
@@ -140,6 +151,7 @@ class Gateway:
         self.clock = clock
         self.settings = settings
         self.probes = probes
+        self._action_begun = False  # a POST's savepoint is in its transaction (or deferred)
 
     def serve(self, operation: str, request: Request, order_id: str | None,
               handler: Callable[[Asked, dict], dict]) -> Response:
@@ -179,27 +191,66 @@ class Gateway:
             key = idempotency_key(request)
             fingerprint = request_hash(request.method, request.path, body)
         # the signature recorded as used (committed whatever the request then does), the
-        # stored answer of a retried POST and the order: one statement (admission.py)
+        # stored answer of a retried POST and the order: one statement (admission.py); a
+        # POST's opens the transaction its action then runs in
         asked, answered = self._admit(request, body, key, order_id)
         # from here the log names who asked and which order: the request id is the cause
         log_context(correlation_id=order_id, causation_id=correlation_id,
                     actor=f"partner:{asked.partner_id}")
-        if key is not None:
+        if request.method == "GET":
+            query = query_params(request, query_schema)
+            return json_response(200, handler(asked, query), correlation_id)
+        try:
             # a retry of an answered request, even resent byte for byte, gets the first
             # answer; any other reuse of a signature is a replay
             stored = replayed(answered, fingerprint, correlation_id)
             if stored is not None:
+                self._keep_signature()
                 return stored
-        if request.method == "GET":
-            query = query_params(request, query_schema)
-            return json_response(200, handler(asked, query), correlation_id)
-        if request.args:
-            raise BadRequest("a POST takes no query parameters",
-                             {name: ["unexpected"] for name in request.args},
-                             code="unexpected_parameter")
-        data = load(body_schema, json_body(body, request.content_type))
-        return self._idempotent(asked, key, fingerprint, correlation_id,
-                                lambda asked: handler(asked, data))
+            if request.args:
+                raise BadRequest("a POST takes no query parameters",
+                                 {name: ["unexpected"] for name in request.args},
+                                 code="unexpected_parameter")
+            data = load_body(operation, body_schema, json_body(body, request.content_type))
+            return self._idempotent(asked, key, fingerprint, correlation_id,
+                                    lambda asked: handler(asked, data))
+        except Exception:  # a worker killed (GreenletExit) is rolled back at its teardown
+            self._keep_signature()
+            raise
+
+    def _begin_action(self, conn) -> None:  # noqa: ANN001 - the unit of work's connection
+        """A savepoint before the action's first write (on PostgreSQL sent with the
+        action's append, serviceloop.db.sql deferring it)."""
+        sql(conn, f"SAVEPOINT {ACTION_SAVEPOINT}")
+        self._action_begun = True
+
+    def _keep_signature(self) -> None:
+        """End a POST's transaction without its action: what the action wrote is rolled
+        back to its savepoint, the signature recorded at admission is committed (a replay of
+        a refused request stays refused). Nothing to do once the transaction has ended.
+
+        On PostgreSQL the action's writes and COMMIT go in one round trip (its append), so
+        a transaction still open has written nothing after admission unless that round trip
+        failed, which leaves it in error. In error before the savepoint (a read of the
+        action failing: the database is away), the whole transaction is rolled back."""
+        db = self.db
+        if not db.active:
+            return
+        conn = db.conn
+        try:
+            if conn.dialect.name == "postgresql":
+                status = conn.connection.driver_connection.info.transaction_status
+                if status == _PG_IN_ERROR:
+                    if not self._action_begun:
+                        db.rollback()
+                        return
+                    fetch_rows(conn, f"ROLLBACK TO SAVEPOINT {ACTION_SAVEPOINT}; COMMIT")
+            elif self._action_begun:
+                sql(conn, f"ROLLBACK TO SAVEPOINT {ACTION_SAVEPOINT}")
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
 
     def _admit(self, request: Request, body: bytes, key: str | None,
                order_id: str | None) -> tuple[Asked, tuple | None]:
@@ -209,7 +260,7 @@ class Gateway:
         signature = request.headers.get("X-Signature", "").strip().lower()
         if order_id is not None and "\x00" in order_id:
             order_id = None  # no order has it; the driver would refuse the text
-        with admission_session(self.db) as session:
+        with admission_session(self.db, in_unit_of_work=key is not None) as session:
             partner_id, secret = self._verified(session, request, body, signed_at)
             check_rate(self.settings, partner_id)
             timestamp = int(request.headers["X-Timestamp"])
@@ -226,7 +277,8 @@ class Gateway:
             raise SignatureError("signature_replayed",
                                  "this signed request was already used; sign each request "
                                  "afresh")
-        return Asked(partner_id, admitted.order), admitted.answered
+        return (Asked(partner_id, admitted.order, begin_action=self._begin_action),
+                admitted.answered)
 
     def _verified(self, session: AdmissionSession, request: Request, body: bytes,
                   signed_at: float) -> tuple[str, str]:
@@ -282,7 +334,7 @@ class Gateway:
             if not recorded:
                 record_answer(view)
         except (IntegrityError, ConcurrencyConflict):  # a request with this key went first?
-            self.db.rollback()
+            self._keep_signature()
             with self.db.reader() as reader:
                 row = idempotency.stored_answer(reader, asked.partner_id, key)
             stored = replayed(row, fingerprint, correlation_id)
@@ -333,6 +385,14 @@ def json_body(body: bytes, content_type: str | None) -> dict:
         raise BadRequest("the body must be a JSON object", {"body": ["expected an object"]},
                          code="malformed_json")
     return data
+
+
+def load_body(operation: str, schema, data: dict) -> dict:  # noqa: ANN001
+    """`data` loaded through the route's body schema: the compiled loader's dict, or where it
+    is not sure, marshmallow's (which answers every refusal with its field errors)."""
+    fast = _FAST_BODY_LOADERS.get(operation)
+    loaded = fast(data) if fast is not None else None
+    return loaded if loaded is not None else load(schema, data)
 
 
 def query_params(request: Request, schema) -> dict:  # noqa: ANN001

@@ -377,10 +377,14 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         """Append the partner's events; the answer is the order as it then is: its row as
         read at admission (the append succeeds only at that version) with what the read
         models wrote. The answer is recorded with the read models, before the append takes
-        the log's lock (held to commit), so the lock waits for nothing else."""
+        the log's lock (held to commit), so the lock waits for nothing else. The action's
+        writes start at the gateway's savepoint: if they fail, the signature recorded at
+        admission in the same transaction is still committed."""
         answer: list[dict] = []
 
         def project(conn, drafts: list[Envelope]) -> None:  # noqa: ANN001
+            if asked.begin_action is not None:
+                asked.begin_action(conn)
             with order_changes(conn) as changes:
                 projector.apply(conn, drafts)
             row = {**asked.order, **changes.get(order.order_id, {})}

@@ -9,6 +9,7 @@ import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from serviceloop.clock import isoformat
+from serviceloop.db import make_engine
 from services.dispatch.service import DispatchService
 from services.orders.service import OrdersService
 from tests.helpers import wait_until
@@ -264,3 +265,51 @@ def test_a_signed_request_is_used_once_across_replicas(system, second_gateway):
     assert resent.json() == accepted.json()
     types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
     assert types.count("order_accepted") == 1
+
+
+_FAILING_KEY_TRIGGER = {
+    "postgresql": [
+        "CREATE FUNCTION refuse_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'refused' USING ERRCODE = 'unique_violation'; END $$",
+        "CREATE TRIGGER refuse_key BEFORE INSERT ON idempotency_keys FOR EACH ROW "
+        "WHEN (NEW.key = 'fails') EXECUTE FUNCTION refuse_key()"],
+    "sqlite": [
+        "CREATE TRIGGER refuse_key BEFORE INSERT ON idempotency_keys "
+        "WHEN NEW.key = 'fails' BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+}
+
+
+def test_a_refused_or_failed_action_leaves_its_signature_used_and_nothing_else(system):
+    """A POST's signature is recorded in its action's transaction: an action refused (409)
+    or failing in its last round trip (here the database refuses the answer's row, after the
+    read model was written) rolls back to the action's savepoint; the signature is committed
+    and a replay refused."""
+    partner = system.register_partner()
+    order_id = system.repair("13800000009")
+    assigned(system, order_id)
+    early = system.signed(partner, "POST", path(order_id, "complete"),
+                          {"work_done": "x", "labour_fee_cents": 1}, key="early")
+    assert (early.status_code, early.json()["error"]["code"]) == (409, "not_accepted")
+    replay = system.session.send(early.request.copy())
+    assert (replay.status_code, replay.json()["error"]["code"]) == (401, "signature_replayed")
+
+    engine = make_engine(system.dispatch_url)
+    try:
+        with engine.begin() as conn:
+            for statement in _FAILING_KEY_TRIGGER[engine.dialect.name]:
+                conn.exec_driver_sql(statement)
+        failed = system.signed(partner, "POST", path(order_id, "accept"), {}, key="fails")
+        assert (failed.status_code, failed.json()["error"]["code"]) == (503, "unavailable")
+        assert system.dispatch.get_order(order_id)["status"] == "assigned"
+        replay = system.session.send(failed.request.copy())
+        assert (replay.status_code, replay.json()["error"]["code"]) == (401,
+                                                                        "signature_replayed")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_key" + (
+                " ON idempotency_keys" if engine.dialect.name == "postgresql" else ""))
+    finally:
+        engine.dispose()
+    accepted = system.signed(partner, "POST", path(order_id, "accept"), {}, key="fails")
+    assert (accepted.status_code, accepted.json()["status"]) == (200, "accepted")
+    types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
+    assert types == ["order_received", "order_assigned", "order_accepted"]
