@@ -26,7 +26,9 @@ def test_the_orders_history_goes_down_to_nothing_and_up_again(orders_url):
 
 
 def test_every_subscribed_queue_exists_and_is_bound_before_any_producer_runs(
-        broker_uri, monkeypatch: pytest.MonkeyPatch):
+        own_broker_uri, monkeypatch: pytest.MonkeyPatch):
+    # a virtual host of its own: another test's messages left in that queue would count
+    broker_uri = own_broker_uri
     monkeypatch.setattr(subscriptions, "SUBSCRIPTIONS", [
         Subscription("orders", "order_created", "dispatch", "on_order_created")])
     declared = declare_broker_topology(broker_uri)
