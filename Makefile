@@ -10,10 +10,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 install: $(STAMP)
 
+# uv resolves and installs the dependencies in seconds where pip takes minutes; pip alone
+# is the fallback when uv cannot be had
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]' \
+	  || $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 services:
