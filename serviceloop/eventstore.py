@@ -8,6 +8,7 @@ commit order (a relay tailing by position can then never skip a late committer).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -249,6 +250,41 @@ FROM (SELECT ?::text AS event_id, ?::text AS stream_id,
       FROM (SELECT COALESCE(MAX(global_position), 0) AS position FROM events) AS last) AS head"""
 
 
+_INTEGER_AT = (0, 3, 5)  # global_position, stream_version, schema_version
+_PREV_HASH, _HASH = 11, 12
+
+
+def _of_types(count: int) -> str:
+    """The condition on event_type for `count` types given (none: any type)."""
+    return f" AND event_type IN ({', '.join(['?'] * count)})" if count else ""
+
+
+@functools.cache
+def _page_sql(dialect: str, kinds: int) -> str:
+    """`EventStore.page_since`'s query, for `kinds` event types given."""
+    names = [name.strip() for name in _COLUMNS.split(",")]
+    where = f"global_position > ?{_of_types(kinds)}"
+    if dialect == "sqlite":  # each row, texts as stored bytes, and whether it is as expected
+        expected = " AND ".join(
+            [f"typeof({name}) = '{'integer' if n in _INTEGER_AT else 'text'}'"
+             for n, name in enumerate(names)] + ["prev_hash <> ''"])
+        shown = ", ".join(name if n in _INTEGER_AT else f"CAST({name} AS BLOB)"
+                          for n, name in enumerate(names))
+        return (f"SELECT {shown}, {expected} FROM events WHERE {where} "
+                f"ORDER BY global_position LIMIT ?")
+    # count, last position, rows it cannot vouch for, the text
+    shown = dict(zip(names, names, strict=True))
+    shown["prev_hash"] = "CASE WHEN prev_hash = previous THEN '' ELSE prev_hash END"
+    joined = " || chr(30) || ".join(
+        f"string_agg({shown[name]}{'::text' if n in _INTEGER_AT else ''}, chr(31) "
+        f"ORDER BY global_position)" for n, name in enumerate(names))
+    return (f"SELECT count(*), max(global_position), "
+            f"coalesce(sum(CASE WHEN prev_hash = '' THEN 1 ELSE 0 END), 0), {joined} "
+            f"FROM (SELECT *, lag(hash) OVER (ORDER BY global_position) AS previous FROM "
+            f"(SELECT {_COLUMNS} FROM events WHERE {where} "
+            f"ORDER BY global_position LIMIT ?) AS page) AS page")
+
+
 class EventStore:
     """Reads and appends one service's log through a connection the caller's transaction owns."""
 
@@ -403,11 +439,55 @@ class EventStore:
         """Envelopes with global_position > `position`, in log order, at most `limit`."""
         return list(map(Envelope._make, self.rows_since(conn, position, limit)))
 
-    def rows_since(self, conn: Connection, position: int, limit: int) -> list[tuple]:
+    def rows_since(self, conn: Connection, position: int, limit: int,
+                   event_types: Sequence[str] = ()) -> list[tuple]:
         """As `events_since`, each event the plain tuple of its Envelope fields: for a reader
-        that only passes the fields on (an auditor's packed page), no envelope built."""
-        return self._select(conn, "global_position > ? ORDER BY global_position LIMIT ?",
-                            (int(position), int(limit)), make=None)
+        that only passes the fields on (an auditor's packed page), no envelope built.
+        `event_types`: only events of these types."""
+        kinds = _of_types(len(event_types))
+        return self._select(conn, f"global_position > ?{kinds} ORDER BY global_position LIMIT ?",
+                            (int(position), *event_types, int(limit)), make=None)
+
+    def page_since(self, conn: Connection, position: int, limit: int,
+                   event_types: Sequence[str] = ()) -> tuple[int, int, bytes] | None:
+        """As `rows_since`, the page as one UTF-8 string (serviceloop/audit/wire.py): each
+        column's values joined with \\x1f (integers in decimal; prev_hash empty where it is
+        the hash of the row before it in the page), the columns with \\x1e, in Envelope's
+        field order. `(count, last position, text)`; None when the page is empty or its text
+        would not split back into exactly the stored values: a value not of its column's
+        type, an empty prev_hash, a separator inside a value, text that is not UTF-8 (the
+        caller reads `rows_since` instead).
+
+        PostgreSQL joins the page itself (string_agg); SQLite hands each text as its stored
+        bytes, joined here (its aggregates and window functions cost more than the rows)."""
+        found = fetch_rows(conn, _page_sql(conn.dialect.name, len(event_types)),
+                           (int(position), *event_types, int(limit)))
+        if conn.dialect.name == "sqlite":
+            if not found:
+                return None
+            columns = list(zip(*found, strict=True))
+            if not all(columns.pop()):  # a value not of its column's type, an empty prev_hash
+                return None
+            count, last = len(found), columns[0][-1]
+            prev_hashes, hashes = columns[_PREV_HASH], columns[_HASH]
+            columns[_PREV_HASH] = prev_hashes[:1] + tuple(
+                b"" if prev == before else prev
+                for prev, before in zip(prev_hashes[1:], hashes, strict=False))
+            text = b"\x1e".join(b"\x1f".join(map(b"%d".__mod__, column)) if n in _INTEGER_AT
+                                 else b"\x1f".join(column) for n, column in enumerate(columns))
+            if not text.isascii():
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+        else:
+            count, last, doubtful, text = found[0]
+            if not count or doubtful:
+                return None
+            text = text.encode("utf-8")
+        if text.count(b"\x1e") != 12 or text.count(b"\x1f") != 13 * (count - 1):
+            return None
+        return count, last, text
 
     def _select(self, conn: Connection, where: str, params: tuple,
                 make: Callable[[tuple], Envelope] | None = Envelope._make) -> list:

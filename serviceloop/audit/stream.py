@@ -25,7 +25,6 @@ from serviceloop.audit.verify import COMMAND_PREFIXES, NOT_JSON, causation_break
 from serviceloop.audit.wire import (
     FIELDS,
     INTEGERS,
-    TEXTS,
     VALUE_SEPARATOR,
     packed_columns,
     unpack_page,
@@ -34,8 +33,8 @@ from serviceloop.eventstore import GENESIS_HASH, Envelope
 
 # compute_hash's document, for fields that json.dumps would write as they are
 _DOCUMENT = (b'{"actor":"%s","causation_id":"%s","correlation_id":"%s","event_id":"%s",'
-             b'"event_type":"%s","global_position":%d,"occurred_at":"%s","payload":%s,'
-             b'"prev_hash":"%s","schema_version":%d,"stream_id":"%s","stream_version":%d}')
+             b'"event_type":"%s","global_position":%s,"occurred_at":"%s","payload":%s,'
+             b'"prev_hash":"%s","schema_version":%s,"stream_id":"%s","stream_version":%s}')
 _ORDER = ("actor", "causation_id", "correlation_id", "event_id", "event_type",
           "global_position", "occurred_at", "payload_json", "prev_hash", "schema_version",
           "stream_id", "stream_version")
@@ -44,6 +43,8 @@ _ORDER = ("actor", "causation_id", "correlation_id", "event_id", "event_type",
 _ESCAPED = bytes(range(0x1f)) + b'"\\'
 _ESCAPED_ASCII = _ESCAPED + b"\x7f"
 _hexdigest = methodcaller("hexdigest")
+_ALL = list(FIELDS)
+_UNESCAPED = ("payload_json", *INTEGERS)  # canonical JSON already; decimal digits
 _CAUSATION = 99  # a causation break comes after the event's other breaks
 
 
@@ -103,7 +104,7 @@ class _LogCheck:
         self.unknown_causes: list[tuple[int, int, str]] = []  # (index, position, cause)
 
     def page(self, page: dict, seen: set[str]) -> None:
-        if not page["columns"]["global_position"]:  # the log ended at the previous page
+        if not page["count"]:  # the log ended at the previous page
             return
         first = len(self.positions)
         passed = _passes(page, self.expected, self.prev_hash)
@@ -139,29 +140,31 @@ class _LogCheck:
 def _passes(page: dict, expected: int, prev_hash: str) -> tuple[list, ...] | None:
     """(positions, event ids, causation ids, hashes) if the whole page is intact, following
     on from `expected` and `prev_hash`; None if any event in it may not be."""
+    count = page["count"]
+    if not count or page["packed"] != _ALL or not page["elided"] or type(prev_hash) is not str:
+        return None
     texts = packed_columns(page)
-    if len(texts) != len(TEXTS):
-        return None
-    integers = [page["columns"][name] for name in INTEGERS]
-    positions = integers[0]
-    count = len(positions)
-    if any(set(map(type, column)) - {int} for column in integers) or \
-            positions != list(range(expected, expected + count)):
-        return None
     for name, joined in texts.items():
         if name in ("prev_hash", "hash"):
             if not joined.isascii() or len(joined.translate(None, _ESCAPED_ASCII)) != len(joined):
                 return None
-        elif name != "payload_json" and len(joined.translate(None, _ESCAPED)) != len(joined):
+        elif name not in _UNESCAPED and len(joined.translate(None, _ESCAPED)) != len(joined):
             return None
+    # each event's prev_hash elided: the hash of the one before it (the first: where the
+    # chain stood)
+    if texts["prev_hash"] != prev_hash.encode() + VALUE_SEPARATOR * (count - 1):
+        return None
     columns = {name: joined.split(VALUE_SEPARATOR) for name, joined in texts.items()}
-    columns.update(zip(INTEGERS, integers, strict=True))
-    if not count or any(len(column) != count for column in columns.values()):
+    if any(len(column) != count for column in columns.values()):
         return None
-    prev_hashes, stored = columns["prev_hash"], columns["hash"]
-    if type(prev_hash) is not str or prev_hashes[0] != prev_hash.encode() or \
-            prev_hashes[1:] != stored[:-1]:
+    try:
+        positions = list(map(int, columns["global_position"]))
+    except ValueError:
         return None
+    if positions != list(range(expected, expected + count)):
+        return None
+    stored = columns["hash"]
+    columns["prev_hash"] = [columns["prev_hash"][0], *stored[:-1]]
     documents = map(_DOCUMENT.__mod__, zip(*(columns[name] for name in _ORDER), strict=True))
     hashes = texts["hash"].decode("ascii").split("\x1f")
     if list(map(_hexdigest, map(hashlib.sha256, documents))) != hashes:
@@ -184,17 +187,18 @@ def _passes(page: dict, expected: int, prev_hash: str) -> tuple[list, ...] | Non
             texts["causation_id"].decode("utf-8").split("\x1f"), hashes)
 
 
-_TEXT_CHECKS: dict[tuple[bytes, int], Callable[[bytes], object]] = {}
-_CHECKS: dict[tuple[bytes, int], Callable[[bytes], bool]] = {}
+_TEXT_CHECKS: dict[tuple[bytes, bytes], Callable[[bytes], object]] = {}
+_CHECKS: dict[tuple[bytes, bytes], Callable[[bytes], bool]] = {}
 
 
-def _text_check(kind: tuple[bytes, int]) -> Callable[[bytes], object]:
-    """The event type's regex over its payload text (a match, or None: not sure)."""
+def _text_check(kind: tuple[bytes, bytes]) -> Callable[[bytes], object]:
+    """The event type's regex over its payload text (a match, or None: not sure); `kind`:
+    the type and schema version as the page has them."""
     check = _TEXT_CHECKS.get(kind)
     if check is None:
         try:
-            schema = event_schema(kind[0].decode("utf-8"), kind[1])
-        except (ContractViolation, UnicodeDecodeError):
+            schema = event_schema(kind[0].decode("utf-8"), int(kind[1]))
+        except (ContractViolation, UnicodeDecodeError, ValueError):
             schema = None
         check = _TEXT_CHECKS[kind] = (schema is not None and compile_text_check(schema)) or \
             _not_sure
@@ -205,8 +209,8 @@ def _not_sure(text: bytes) -> None:
     return None
 
 
-def _payload_valid(kind: tuple[bytes, int], payload: bytes) -> bool:
+def _payload_valid(kind: tuple[bytes, bytes], payload: bytes) -> bool:
     check = _CHECKS.get(kind)
     if check is None:
-        check = _CHECKS[kind] = payload_check(kind[0].decode("utf-8"), kind[1])
+        check = _CHECKS[kind] = payload_check(kind[0].decode("utf-8"), int(kind[1]))
     return check(payload)

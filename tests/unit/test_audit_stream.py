@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 
 import pytest
 from kombu.utils import json as kombu_json
@@ -35,13 +36,28 @@ class _LogRpc:
         self.after: dict[int, int] = {0: 0}  # a page's last position: where the next starts
         self.events_since = self
 
-    def call_async(self, position: int, limit: int, packed: bool = False) -> _Answer:
+    def call_async(self, position: int, limit: int, packed: bool = False,
+                   event_types: list[str] | None = None) -> _Answer:
         assert packed
-        start = self.after[position]
-        page = self.envelopes[start:start + limit]
-        if page:
-            self.after[page[-1].global_position] = start + len(page)
+        start, page = self.after[position], []
+        for n, envelope in enumerate(self.envelopes[start:], start):
+            if len(page) == limit:
+                break
+            if event_types is None or envelope.event_type in event_types:
+                page.append(envelope)
+                self.after[envelope.global_position] = n + 1
         return _Answer(kombu_json.loads(kombu_json.dumps(pack_page(page))))
+
+    def __call__(self, position: int, limit: int, packed: bool = False) -> dict:
+        if position not in self.after:  # a single event looked up by its position
+            self.after[position] = next(n for n, e in enumerate(self.envelopes)
+                                        if e.global_position == position + 1)
+        return self.call_async(position, limit, packed).result()
+
+    def log_head(self) -> dict:
+        last = self.envelopes[-1] if self.envelopes else None
+        return {"position": last.global_position if last else 0,
+                "hash": last.hash if last else GENESIS_HASH}
 
 
 class _Rpc:
@@ -189,3 +205,22 @@ def test_progress_is_told_each_page_as_it_is_checked_and_as_it_is_read(logs):
         pages = list(range(4, len(log), 4)) + [len(log)]
         assert checked[service][:len(pages)] == pages and checked[service][-1] == len(log)
         assert read_back[service][:len(pages)] == pages and read_back[service][-1] == len(log)
+
+
+def test_a_reader_of_a_few_kinds_is_sent_only_those_and_each_log_s_newest_event(logs):
+    kinds = {"order_created", "order_assigned", "order_verified"}
+    everything = audit.read_logs(_Rpc(logs), list(logs))
+    told: dict[str, list[int]] = {}
+    few = audit.read_logs(_Rpc(logs), list(logs),
+                          lambda service, at: told.setdefault(service, []).append(at),
+                          event_types=kinds)
+    for service, log in everything.items():
+        wanted = [body for body in log if body["event_type"] in kinds]
+        if log[-1]["event_type"] not in kinds:
+            wanted.append(log[-1])
+        assert few[service] == wanted
+        assert told[service][-1] == log[-1]["global_position"]  # read to the end
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert audit.open_loops(audit.read_logs(_Rpc(logs), list(logs),
+                                            event_types=audit.LOOP_EVENT_TYPES), now) == \
+        audit.open_loops(everything, now)
