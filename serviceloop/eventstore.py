@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
-from serviceloop.db import deferring, fetch_rows, for_driver, owns_transaction, sql
+from serviceloop.db import deferring, fetch_rows, owns_transaction, sql
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = 7_420_001  # pg advisory lock id for "append to this database's log"
@@ -492,14 +492,8 @@ class EventStore:
     def _select(self, conn: Connection, where: str, params: tuple,
                 make: Callable[[tuple], Envelope] | None = Envelope._make) -> list:
         # straight to the driver's cursor: rows become envelopes without SQLAlchemy's Row
-        cursor = conn.connection.driver_connection.cursor()
-        try:
-            cursor.execute(for_driver(conn, f"SELECT {_COLUMNS} FROM events WHERE {where}"),
-                           params)
-            rows = cursor.fetchall()
-            return rows if make is None else list(map(make, rows))
-        finally:
-            cursor.close()
+        rows = fetch_rows(conn, f"SELECT {_COLUMNS} FROM events WHERE {where}", params)
+        return rows if make is None else list(map(make, rows))
 
     def replay(self, conn: Connection, *, after: int = 0,
                batch: int = 10_000) -> Iterator[Envelope]:

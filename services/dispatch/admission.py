@@ -25,7 +25,7 @@ than the statements themselves.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,68 +128,19 @@ def admission_session(db: WorkerDatabase, in_unit_of_work: bool = False) \
         -> Iterator[AdmissionSession]:
     """`in_unit_of_work` (a POST): the statements open the worker's unit of work, which the
     caller goes on with (its action) and ends; on PostgreSQL BEGIN goes with the first.
-    Else (a GET), on PostgreSQL: a pooled connection in autocommit, each statement its own
-    transaction; on SQLite: the worker's transaction (its write lock: the signature is
-    written), committed at the end of the block, rolled back if it raises (in the unit of
-    work, the caller rolls back)."""
-    engine = db.engine
-    postgres = engine.dialect.name == "postgresql"
-    if in_unit_of_work:
-        conn = db.conn
-        if postgres:
+    Else (a GET), on PostgreSQL: a reader's connection (autocommit, each statement its own
+    transaction; a dropped connection is ServiceUnavailable); on SQLite: the worker's
+    transaction (its write lock: the signature is written), committed at the end of the
+    block, rolled back if it raises (in the unit of work, the caller rolls back)."""
+    postgres = db.engine.dialect.name == "postgresql"
+    if postgres:
+        with nullcontext(db.conn) if in_unit_of_work else db.reader() as conn:
             yield AdmissionSession(True, lambda statement, params:
                                    fetch_rows(conn, statement, params))
-            return
+        return
+    with nullcontext(db.conn) if in_unit_of_work else db.transaction() as conn:
         cursor = conn.connection.driver_connection.cursor()
         try:
             yield AdmissionSession(False, cursor=cursor)
         finally:
             cursor.close()
-        return
-    if not postgres:
-        with db.transaction() as conn:
-            cursor = conn.connection.driver_connection.cursor()
-            try:
-                yield AdmissionSession(False, cursor=cursor)
-            finally:
-                cursor.close()
-        return
-    driver_error = engine.dialect.loaded_dbapi.Error
-    pooled = engine.raw_connection()
-    driver = pooled.driver_connection
-    cursor = None
-    try:
-        driver.autocommit = True
-        cursor = driver.cursor()
-        yield AdmissionSession(True, _autocommit_rows(cursor))
-    except driver_error as error:
-        if engine.dialect.is_disconnect(error, driver, cursor):
-            # as SQLAlchemy does on a disconnect: every connection opened before it is renewed
-            engine.pool._invalidate(pooled, error)  # noqa: SLF001
-        raise
-    finally:
-        _give_back(pooled, driver, cursor, driver_error)
-
-
-_DRIVER_TEXT = {_SECRET: _SECRET.replace("?", "%s"), _PG_ADMIT: _PG_ADMIT.replace("?", "%s")}
-
-
-def _autocommit_rows(cursor) -> Callable[[str, tuple], list[tuple]]:  # noqa: ANN001
-    def rows(statement: str, params: tuple) -> list[tuple]:
-        cursor.execute(_DRIVER_TEXT[statement], params)
-        return cursor.fetchall()
-
-    return rows
-
-
-def _give_back(pooled, driver, cursor, driver_error: type) -> None:  # noqa: ANN001
-    """Back to the pool as it came (not in autocommit), or discarded if that fails."""
-    try:
-        if cursor is not None:
-            cursor.close()
-        if pooled.is_valid:
-            driver.autocommit = False
-    except driver_error as error:
-        pooled.invalidate(error)
-    finally:
-        pooled.close()

@@ -476,6 +476,8 @@ def error_response(error: ServiceError, correlation_id: str) -> Response:
     headers = {}
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(max(1, round(getattr(error, "retry_after", 1) + 0.5)))
+    elif status == 503:  # ServiceUnavailable: the database connection dropped, say
+        headers["Retry-After"] = "1"
     if status == 401:
         headers["WWW-Authenticate"] = 'HMAC-SHA256 realm="partner-gateway"'
     return json_response(status, {"error": {**error.as_dict(), "correlation_id": correlation_id}},
