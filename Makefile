@@ -33,7 +33,7 @@ demo: install
 
 test: install
 	@scripts/ensure-services --postgres
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@PY=$(PY) scripts/run-tests $(PYTEST_ARGS)
 
 bench: install
 	@scripts/ensure-services --postgres
