@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from weakref import WeakKeyDictionary
 
 from nameko.extensions import DependencyProvider
@@ -148,12 +149,21 @@ class EventLogRpc:
         return [e.to_dict() for e in found]
 
     def _page_since(self, position: int, limit: int, event_types: tuple[str, ...]) -> dict:
-        # the page as the database joins it; as rows, packed here, when it cannot vouch for it
-        with self.db.reader() as conn:
-            built = self.db.store.page_since(conn, position, limit, event_types)
-            if built is None:
-                return pack_page(self.db.store.rows_since(conn, position, limit, event_types))
-        return page_from_text(*built)
+        # the page as the database joins it; as rows, packed here, when it cannot vouch for
+        # it. A page is some 10^5 objects that live for one call: the collector's passes over
+        # the service's whole heap meanwhile would free nothing (~a third of the work)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with self.db.reader() as conn:
+                built = self.db.store.page_since(conn, position, limit, event_types)
+                if built is None:
+                    return pack_page(self.db.store.rows_since(conn, position, limit,
+                                                              event_types))
+            return page_from_text(*built)
+        finally:
+            if collecting:
+                gc.enable()
 
     @rpc
     def stream(self, stream_id: str) -> list[dict]:
