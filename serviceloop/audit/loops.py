@@ -3,6 +3,7 @@ breaks."""
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime
 
 from serviceloop.audit.replay import OUTCOMES
@@ -39,6 +40,17 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
     agree: completed, verified (or closed unverified by a supervisor) and settled. Orders
     closes an order when a closed period settles it, paid or decided for good with nothing
     payable (customer-paid, rejected)."""
+    collecting = gc.isenabled()
+    gc.disable()  # a dict per order, all living on: no collector passes over the logs meanwhile
+    try:
+        return _open_loops(logs, now, since, partner)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _open_loops(logs: dict[str, list[dict]], now: datetime, since: datetime | None,
+                partner: str | None) -> list[dict]:
     orders = _orders_from_their_log(logs.get("orders", []))
     _follow_dispatch(orders, logs.get("dispatch", []))
     _follow_callback(orders, logs.get("callback", []))

@@ -224,3 +224,15 @@ def test_a_reader_of_a_few_kinds_is_sent_only_those_and_each_log_s_newest_event(
     assert audit.open_loops(audit.read_logs(_Rpc(logs), list(logs),
                                             event_types=audit.LOOP_EVENT_TYPES), now) == \
         audit.open_loops(everything, now)
+
+
+@pytest.mark.parametrize("text", ['{"a":1,"b":["é",2.5,null]}', ' {"a":1}', '{"a":1} ', '"x"',
+                                  "3", "{not json", '{"a":1}x', ""])
+def test_a_payload_is_decoded_as_json_loads_decodes_it_or_refused_as_it_refuses(text):
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError:
+        with pytest.raises(json.JSONDecodeError):
+            read._decoded(text)
+    else:
+        assert read._decoded(text) == expected
