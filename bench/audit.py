@@ -15,10 +15,17 @@ Then the four services run as `nameko run` processes on those databases (their c
 positions set to the producers' heads first, so they do not replay the generated events at
 start), and the auditor, in this process, does what the CLI does: `audit verify` reads every
 log through `events_since` (packed pages) and checks each page as it arrives
-(`serviceloop.audit.verify_over_rpc`, the `stream_*` figures); `audit loops` reads the logs as
-dicts (`read_logs`) and lists the open loops (`open_loops`); the dicts are also checked in
-memory (`verify`, the `verify_*` figures, as measured before). The answers are checked: no
+(`serviceloop.audit.verify_over_rpc`, the `stream_*` figures); the logs are also read as dicts
+(`read_logs`) and checked in memory (`verify`, the `verify_*` figures, as measured before).
+`audit loops` runs on logs holding the target's number of orders (a quarter of the events
+asked for: 250,000 for 1,000,000): the same copies topped up with copies of the open order
+alone (7 events, a short life), read as the CLI reads them (only the kinds of event loops
+looks at, chosen by the services) and the open loops listed. The answers are checked: no
 breaks, and exactly the generated open orders are open.
+
+Generated SQLite logs are kept under var/bench-audit/, keyed by the template, the sizes, this
+generator's version and the services' migrations, and copied from there on the next run
+(generating 1,000,000 events takes minutes); PostgreSQL logs are generated every run.
 
     python -m bench.audit --events 1000000 [--backend sqlite|postgres]
 """
@@ -34,16 +41,19 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()  # nameko's RPC proxy, and psycopg2 waiting cooperatively
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
-from contextlib import ExitStack  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import ExitStack, contextmanager  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from time import perf_counter  # noqa: E402
@@ -87,6 +97,11 @@ class Template:
         (self.order_settled,) = [e for e in ordered if e["event_type"] == "order_settled"]
         self.event_ids = {e["event_id"] for e in events}
         self.events_per_copy = len(self.per_copy) + 1  # + order_settled
+        # the open order alone, with its customer: an order of a short life, for loops
+        (created,) = [e for e in ordered if e["event_type"] == "order_created"
+                      and e["correlation_id"] == self.open_order]
+        open_ids = {self.open_order, created["payload"]["customer_id"]}
+        self.open_only = [e for e in self.per_copy if e["correlation_id"] in open_ids]
 
 
 def partner_id(k: int) -> str:
@@ -125,8 +140,11 @@ def _append(stores, conns, event: dict, rename, payload: dict | None = None) -> 
     return envelope.event_id
 
 
-def generate(urls: dict[str, str], copies: int, progress=None) -> dict:  # noqa: ANN001
-    """Append `copies` copies of the template to the four logs; returns what was made."""
+def generate(urls: dict[str, str], copies: int, progress=None,  # noqa: ANN001
+             open_only: int = 0) -> dict:
+    """Append `copies` copies of the template to the four logs, then `open_only` copies of
+    its open order alone (with its customer: 7 events, for `audit loops` over many orders);
+    returns what was made."""
     from serviceloop.db import make_engine
     from serviceloop.eventstore import EventStore
     from serviceloop.services import service_metadata
@@ -164,6 +182,17 @@ def generate(urls: dict[str, str], copies: int, progress=None) -> dict:  # noqa:
                 if progress:
                     progress(copy + 1)
         commit()
+        for extra in range(open_only):
+            appended = dict(setup_ids)
+            rename = _renamer(template, copies + extra, appended, partner_id(extra % PARTNERS))
+            for event in template.open_only:
+                appended[event["event_id"]] = _append(stores, conns, event, rename)
+            open_orders.append(rename(template.open_order))
+            if (extra + 1) % (4 * COMMIT_EVERY) == 0:
+                commit()
+                if progress:
+                    progress(copies + extra + 1)
+        commit()
         # each partner's month closed, then each of its paid orders closed by orders
         for partner, own in sorted(claims.items()):
             closing = dict(setup_ids)
@@ -187,7 +216,7 @@ def generate(urls: dict[str, str], copies: int, progress=None) -> dict:  # noqa:
         with engine.connect() as conn:
             heads[service] = stores[service].head(conn)[0]
         engine.dispose()
-    return {"copies": copies, "orders": 2 * copies, "open_orders": open_orders,
+    return {"copies": copies, "orders": 2 * copies + open_only, "open_orders": open_orders,
             "events": sum(heads.values()), "heads": heads}
 
 
@@ -238,70 +267,87 @@ def stop_services(processes: list[subprocess.Popen]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def measure(amqp_uri: str, made: dict, processes: list[subprocess.Popen]) -> dict:
-    """`audit verify` end to end (each page checked as it arrives, `verify_over_rpc`), then the
-    logs read as dicts (`read_logs`) and checked in memory (`verify`), then `audit loops`' way:
-    only the kinds of event it looks at read (`read_logs(event_types=)`) and the open loops
-    found. CPU seconds of the auditor and of the four services alongside."""
+@contextmanager
+def services_on(urls: dict[str, str], made: dict) -> Iterator[tuple]:
+    """The four services running on these logs (their consumers settled at the producers'
+    heads), each answering: `(rpc, processes)`."""
     from nameko.standalone.rpc import ClusterRpcProxy
 
+    settle_consumers(urls, made["heads"])
+    with fresh_vhost() as amqp_uri:
+        processes = start_services(urls, amqp_uri)
+        try:
+            with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=600) as rpc:
+                deadline = time.monotonic() + 90
+                while True:  # every service answering
+                    try:
+                        for service in SERVICES:
+                            getattr(rpc, service).events_since(0, 1)
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.5)
+                yield rpc, processes
+        finally:
+            stop_services(processes)
+
+
+def measure_verify(rpc, processes: list[subprocess.Popen], made: dict) -> dict:  # noqa: ANN001
+    """`audit verify` end to end (each page checked as it arrives, `verify_over_rpc`), with
+    the CPU seconds of the auditor and of the four services; then, as measured before, the
+    logs read as dicts (`read_logs`) and checked in memory (`verify`)."""
     from serviceloop import audit
 
-    config = {"AMQP_URI": amqp_uri}
-    with ClusterRpcProxy(config, timeout=600) as rpc:
-        deadline = time.monotonic() + 90
-        while True:  # every service answering
-            try:
-                for service in SERVICES:
-                    getattr(rpc, service).events_since(0, 1)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        services_cpu, auditor_cpu = _cpu_seconds(processes), time.process_time()
-        started = perf_counter()
-        verified = audit.verify_over_rpc(rpc, SERVICES)
-        stream_seconds = perf_counter() - started
-        stream_cpu = {"auditor": time.process_time() - auditor_cpu,
-                      "services": _cpu_seconds(processes) - services_cpu}
-        assert verified.breaks == [], verified.breaks[:5]
-        assert sum(verified.events.values()) == made["events"], verified.events
-        started = perf_counter()
-        logs = audit.read_logs(rpc, SERVICES)
-        read_seconds = perf_counter() - started
-        started = perf_counter()  # `audit loops`' way: only the kinds of event it looks at
-        loop_logs = audit.read_logs(rpc, SERVICES, event_types=audit.LOOP_EVENT_TYPES)
-        loops_read_seconds = perf_counter() - started
+    services_cpu, auditor_cpu = _cpu_seconds(processes), time.process_time()
+    started = perf_counter()
+    verified = audit.verify_over_rpc(rpc, SERVICES)
+    stream_seconds = perf_counter() - started
+    stream_cpu = {"auditor": time.process_time() - auditor_cpu,
+                  "services": _cpu_seconds(processes) - services_cpu}
+    assert verified.breaks == [], verified.breaks[:5]
+    assert sum(verified.events.values()) == made["events"], verified.events
+    started = perf_counter()
+    logs = audit.read_logs(rpc, SERVICES)
+    read_seconds = perf_counter() - started
     events = sum(len(log) for log in logs.values())
     assert events == made["events"], (events, made["events"])
     started = perf_counter()
     breaks = audit.verify(logs)
     verify_seconds = perf_counter() - started
     assert breaks == [], breaks[:5]
-    started = perf_counter()
-    loops = audit.open_loops(loop_logs, datetime.now(UTC))
-    loops_seconds = perf_counter() - started
-    found, wanted = {loop["order_id"] for loop in loops}, set(made["open_orders"])
-    assert found == wanted, (len(found), len(wanted), loops[:3], sorted(wanted - found)[:3])
-    assert {loop["missing"] for loop in loops} == {"never_completed"}
-    return {"events": events, "orders": made["orders"], "open_loops": len(loops),
+    return {"events": events, "orders": made["orders"],
             # `serviceloop audit verify`: reading and checking, overlapped
             "stream_seconds": round(stream_seconds, 2),
             "stream_events_per_s": round(events / stream_seconds),
             "stream_auditor_cpu_seconds": round(stream_cpu["auditor"], 2),
             "stream_services_cpu_seconds": round(stream_cpu["services"], 2),
-            # the logs read as dicts, then checked in memory (forked), then the loops
+            # the logs read as dicts, then checked in memory (forked)
             "read_seconds": round(read_seconds, 2),
             "read_events_per_s": round(events / read_seconds),
             "verify_seconds": round(verify_seconds, 2),
             "verify_events_per_s": round(events / verify_seconds),
-            "verify_with_read_events_per_s": round(events / (read_seconds + verify_seconds)),
-            "loops_seconds": round(loops_seconds, 2),
-            "loops_read_seconds": round(loops_read_seconds, 2),
-            "loops_with_read_seconds": round(loops_read_seconds + loops_seconds, 2),
-            "auditor_peak_rss_mib": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "verify_with_read_events_per_s": round(events / (read_seconds + verify_seconds))}
+
+
+def measure_loops(rpc, made: dict) -> dict:  # noqa: ANN001
+    """`audit loops` as the CLI does it: only the kinds of event it looks at read (the
+    services send only those) and the open loops found; exactly the generated open orders."""
+    from serviceloop import audit
+
+    started = perf_counter()
+    logs = audit.read_logs(rpc, SERVICES, event_types=audit.LOOP_EVENT_TYPES)
+    read_seconds = perf_counter() - started
+    started = perf_counter()
+    loops = audit.open_loops(logs, datetime.now(UTC))
+    loops_seconds = perf_counter() - started
+    found, wanted = {loop["order_id"] for loop in loops}, set(made["open_orders"])
+    assert found == wanted, (len(found), len(wanted), loops[:3], sorted(wanted - found)[:3])
+    assert {loop["missing"] for loop in loops} == {"never_completed"}
+    return {"loops_orders": made["orders"], "loops_events": made["events"],
+            "open_loops": len(loops), "loops_seconds": round(loops_seconds, 2),
+            "loops_read_seconds": round(read_seconds, 2),
+            "loops_with_read_seconds": round(read_seconds + loops_seconds, 2)}
 
 
 def _cpu_seconds(processes: list[subprocess.Popen]) -> float:
@@ -314,22 +360,83 @@ def _cpu_seconds(processes: list[subprocess.Popen]) -> float:
     return total
 
 
-def bench_audit(events: int, backend: str = "sqlite", progress=print) -> dict:  # noqa: ANN001
+CACHE = ROOT / "var" / "bench-audit"
+GENERATION = 1  # bump when generate() makes different logs from the same template
+
+
+def _cache_folder(backend: str, copies: int, open_only: int) -> Path | None:
+    """Where generated SQLite logs of this template, size and schema are kept between runs
+    (var/, not in git); None for PostgreSQL (generated afresh every run)."""
+    if backend != "sqlite":
+        return None
+    key = hashlib.sha256(TEMPLATE.read_bytes())
+    key.update(f"{GENERATION}:{copies}:{open_only}".encode())
+    for migration in sorted(ROOT.glob("services/*/migrations/versions/*.py")):
+        key.update(migration.read_bytes())
+    size = f"{copies}+{open_only}" if open_only else f"{copies}"
+    return CACHE / f"{size}-{key.hexdigest()[:12]}"
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def logs_generated(urls: dict[str, str], backend: str, copies: int,
+                   progress=print, open_only: int = 0) -> dict:  # noqa: ANN001
+    """The four databases filled with `copies` copies of the template: copied from the cache
+    when this template, size and schema were generated before (SQLite), else generated (and
+    cached). What was made, with the seconds generating took (`from_cache`: in an earlier
+    run)."""
+    cached = _cache_folder(backend, copies, open_only)
+    if cached is not None and (cached / "made.json").exists():
+        for service in SERVICES:
+            shutil.copyfile(cached / f"{service}.db", _sqlite_path(urls[service]))
+        progress(f"  audit: {copies:,} copies from {cached}")
+        return {**json.loads((cached / "made.json").read_text()), "from_cache": str(cached)}
+    started = perf_counter()
+    total = copies + open_only
+    made = generate(urls, copies, lambda n: progress(f"  audit: {n:,}/{total:,} copies"),
+                    open_only)
+    made["generate_seconds"] = perf_counter() - started
+    if cached is not None:  # generate() disposed of its engines: each log is one file now
+        filling = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(filling, ignore_errors=True)
+        filling.mkdir(parents=True)
+        for service in SERVICES:
+            shutil.copyfile(_sqlite_path(urls[service]), filling / f"{service}.db")
+        (filling / "made.json").write_text(json.dumps(made))
+        filling.rename(cached)
+    return made
+
+
+def bench_audit(events: int, backend: str = "sqlite", progress=print,  # noqa: ANN001
+                loop_orders: int | None = None) -> dict:
+    """`audit verify` over logs of `events` events; `audit loops` over `loop_orders` orders
+    (default: the target's shape, a quarter of `events`), the same logs topped up with
+    orders of a short life (the open order alone) to reach that many."""
     copies = max(1, events // Template().events_per_copy)
+    loop_orders = events // 4 if loop_orders is None else loop_orders
     with ExitStack() as stack:
         urls = {s: stack.enter_context(fresh_database(backend, service=s)) for s in SERVICES}
-        started = perf_counter()
-        made = generate(urls, copies, lambda n: progress(f"  audit: {n:,}/{copies:,} copies"))
-        generate_seconds = perf_counter() - started
-        settle_consumers(urls, made["heads"])
-        amqp_uri = stack.enter_context(fresh_vhost())
-        processes = start_services(urls, amqp_uri)
-        try:
-            result = measure(amqp_uri, made, processes)
-        finally:
-            stop_services(processes)
-    return {"backend": backend, "generate_seconds": round(generate_seconds, 1),
-            "generate_events_per_s": round(made["events"] / generate_seconds), **result}
+        made = logs_generated(urls, backend, copies, progress)
+        with services_on(urls, made) as (rpc, processes):
+            result = measure_verify(rpc, processes, made)
+            result["auditor_peak_rss_mib"] = round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if loop_orders <= made["orders"]:
+                result.update(measure_loops(rpc, made))
+    if "loops_orders" not in result:
+        with ExitStack() as stack:
+            urls = {s: stack.enter_context(fresh_database(backend, service=s))
+                    for s in SERVICES}
+            for_loops = logs_generated(urls, backend, copies, progress,
+                                       open_only=loop_orders - 2 * copies)
+            with services_on(urls, for_loops) as (rpc, _):
+                result.update(measure_loops(rpc, for_loops))
+            result["loops_generate_seconds"] = round(for_loops["generate_seconds"], 1)
+    return {"backend": backend, "generate_seconds": round(made["generate_seconds"], 1),
+            "generate_events_per_s": round(made["events"] / made["generate_seconds"]),
+            "logs_from_cache": made.get("from_cache"), **result}
 
 
 def hash_baseline(count: int = 200_000) -> float:
@@ -352,13 +459,11 @@ def bench_audit_results(events: int, backend: str, log=print) -> list[dict]:  # 
     baseline = hash_baseline()
     verify = {**result, "bench": "audit_verify", "value": result["verify_events_per_s"],
               "baseline": baseline, "ratio": result["verify_events_per_s"] / baseline}
-    # the target's shape: 1,000,000 events holding 250,000 orders; reading scales with the
-    # events, finding the loops with the orders
-    at_target = (result.get("loops_read_seconds", result["read_seconds"]) * 1_000_000
-                 / result["events"]
-                 + result["loops_seconds"] * 250_000 / result["orders"])
+    # measured at the target's number of orders (in more events than its shape's: each
+    # order has a real life); below it (a quick run), scaled by the orders
+    at_target = result["loops_with_read_seconds"] * max(1.0, 250_000 / result["loops_orders"])
     loops = {**result, "bench": "audit_loops", "value": result["loops_with_read_seconds"],
-             "seconds_per_250k": at_target}
+             "orders": result["loops_orders"], "seconds_per_250k": at_target}
     return [verify, loops]
 
 
