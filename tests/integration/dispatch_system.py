@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import pika
 import requests
 
 from contracts.signing import signed_headers
@@ -122,4 +123,14 @@ def dispatch_config(service_config, dispatch_url: str, port: int, **extra) -> di
 
 
 def declare(broker_uri: str) -> None:
-    declare_broker_topology(broker_uri)
+    """Every subscribed queue declared and bound, and emptied: the run's virtual host is
+    shared, and what an earlier test's services left in these durable queues (stopped with
+    events still on their way) must not reach this test's."""
+    names = declare_broker_topology(broker_uri)
+    connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_purge(name)
+    finally:
+        connection.close()

@@ -374,8 +374,10 @@ def test_every_dispute_path_reopens_the_order_in_dispatch_and_orders(loop, reaso
                         == revisit_by.partner_id), message="the re-dispatch")
 
     # orders shows it reopened, assigned again, and the complaint only when asked for
-    shown = orders_status_becomes(loop, order_id, "assigned")
-    assert shown["partner_id"] == revisit_by.partner_id
+    # (orders may still be behind, showing the first assignment: wait for the second)
+    wait_until(lambda: [o for o in [loop.orders.get_order(order_id)]
+                        if o["status"] == "assigned" and o["partner_id"] == revisit_by.partner_id],
+               message="orders to show the re-assignment")
     history = loop.orders.order_history(order_id)
     progressed = [e["payload"]["status"] for e in history
                   if e["event_type"] == "order_progressed"]
