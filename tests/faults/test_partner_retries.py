@@ -21,11 +21,12 @@ class ImpatientPartner(PartnerClient):
     def _send(self, method: str, url: str, query: dict | None, data: bytes | None,
               headers: dict[str, str]) -> requests.Response:
         if method == "POST":
-            try:
+            try:  # (on a busy machine the answer may be in before the first read: no timeout)
                 self.session.request(method, url, params=query, data=data, headers=headers,
                                      auth=self.auth, timeout=(5, 0.001)).close()
             except requests.Timeout:
-                ImpatientPartner.resent += 1
+                pass
+            ImpatientPartner.resent += 1
             self._await_new_timestamp()
         return super()._send(method, url, query, data, headers)
 
