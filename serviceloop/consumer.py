@@ -68,39 +68,46 @@ def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
 
 _RECORD = ("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
            "VALUES (?, ?, ?, ?, ?)")
-_WAITING = ("SELECT EXISTS (SELECT 1 FROM parked_messages "
-            "WHERE replayed_at IS NULL AND error LIKE 'RetryLater:%')")
+# parked by RetryLater, not handed back yet, and of this order or waiting for it
+_WAITS_ON = ("replayed_at IS NULL AND (waiting_for = ?"
+             " OR (correlation_id = ? AND waiting_for IS NOT NULL))")
+_WAITING = f"SELECT EXISTS (SELECT 1 FROM parked_messages WHERE {_WAITS_ON})"
 
 
 def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope,  # noqa: ANN001
                               now: str) -> bool:
-    """Record the event in the inbox and commit; whether messages wait, parked for an event
-    they depend on (RetryLater), as seen after the commit. On PostgreSQL all in one round
-    trip; the common answer (none wait) then costs nothing more."""
+    """Record the event in the inbox and commit; whether messages of its order (or waiting
+    for it) wait, parked for an event they depend on (RetryLater), as seen after the commit.
+    On PostgreSQL all in one round trip; the common answer (none wait) costs nothing more."""
     values = (consumer, envelope.event_id, source, envelope.event_type, now)
+    order = (envelope.correlation_id, envelope.correlation_id)
     if owns_transaction(db.conn):
-        (row,) = fetch_rows(db.conn, f"{_RECORD}; COMMIT; {_WAITING}", values)
+        (row,) = fetch_rows(db.conn, f"{_RECORD}; COMMIT; {_WAITING}", values + order)
         db.commit()
         return bool(row[0])
     sql(db.conn, _RECORD, values)
     db.commit()
     with db.reader() as conn:
-        return bool(sql(conn, _WAITING).scalar())
+        return bool(sql(conn, _WAITING, order).scalar())
 
 
 def park(db, consumer: str, source: str, body: dict, error: str, attempts: int,  # noqa: ANN001
-         now: str) -> None:
+         now: str, waiting_for: str | None = None) -> None:
+    """`waiting_for` (a RetryLater's): the order whose next handled event hands it back."""
+    correlation_id = body.get("correlation_id") if waiting_for is not None else None
     with db.transaction() as conn:
         conn.execute(
             text(
                 "INSERT INTO parked_messages (consumer, event_id, source, event_type, envelope, "
-                "error, attempts, parked_at) VALUES (:c, :e, :s, :t, :b, :err, :a, :p)"
+                "error, attempts, parked_at, correlation_id, waiting_for) "
+                "VALUES (:c, :e, :s, :t, :b, :err, :a, :p, :o, :w)"
             ),
             {
                 "c": consumer, "e": str(body.get("event_id", "?"))[:36], "s": source,
                 "t": str(body.get("event_type", "?"))[:80],
                 "b": json.dumps(body, ensure_ascii=False, default=str),
                 "err": error[:4000], "a": attempts, "p": now,
+                "o": correlation_id, "w": waiting_for,
             },
         )
 
@@ -148,8 +155,11 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
             eventlet.sleep(min(MAX_BACKOFF, backoff * 2 ** (attempt - 1)))
     if not park_on_failure:
         return "waiting"
+    waiting_for = None
+    if isinstance(failure, RetryLater):
+        waiting_for = failure.waiting_for or envelope.correlation_id
     park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}", attempts,
-         isoformat(service.clock.now()))
+         isoformat(service.clock.now()), waiting_for)
     log.error("%s parked %s after %d attempts", consumer, envelope.event_id, attempts)
     return "parked"
 
@@ -159,15 +169,11 @@ def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
     the same order or waiting for it, delivered again now that one of its events was handled:
     the catch-up has already moved past them, and nothing else would ever bring them back."""
     with service.db.reader() as conn:
-        rows = conn.execute(text(
-            "SELECT id, consumer, source, envelope, error FROM parked_messages "
-            "WHERE replayed_at IS NULL AND error LIKE 'RetryLater:%' ORDER BY id")).all()
+        rows = sql(conn, f"SELECT id, consumer, source, envelope FROM parked_messages "
+                         f"WHERE {_WAITS_ON} ORDER BY id", (correlation_id, correlation_id)).all()
     handed_back = 0
     for row in rows:
         body = json.loads(row.envelope)
-        if (body.get("correlation_id") != correlation_id
-                and _WAITS_FOR.format(correlation_id) not in row.error):
-            continue
         method = getattr(type(service), row.consumer.split(".", 1)[1])
         if deliver(service, method.handler, row.consumer, row.source, body, attempts=1,
                    park_on_failure=False) == "waiting":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -183,8 +184,46 @@ def define_log_tables(metadata: MetaData) -> Table:
         Column("attempts", Integer, nullable=False),
         Column("parked_at", String(32), nullable=False),
         Column("replayed_at", String(32), nullable=True),
+        # a message parked by RetryLater: its own order, and the order whose next handled
+        # event hands it back (its own, or the one RetryLater named); NULL for other failures
+        Column("correlation_id", String(120), nullable=True),
+        Column("waiting_for", String(120), nullable=True),
+        Index("ix_parked_messages_waiting_for", "waiting_for"),
+        Index("ix_parked_messages_correlation_id", "correlation_id"),
     )
     return events
+
+
+def add_parked_waiting_columns(op) -> None:  # noqa: ANN001 - alembic's operations
+    """Migration step every service takes: parked_messages' correlation_id and waiting_for
+    (see `define_log_tables`), filled in for messages RetryLater parked before they existed."""
+    import sqlalchemy as sa
+
+    with op.batch_alter_table("parked_messages") as batch:
+        batch.add_column(sa.Column("correlation_id", sa.String(length=120), nullable=True))
+        batch.add_column(sa.Column("waiting_for", sa.String(length=120), nullable=True))
+        batch.create_index("ix_parked_messages_waiting_for", ["waiting_for"])
+        batch.create_index("ix_parked_messages_correlation_id", ["correlation_id"])
+    bind = op.get_bind()
+    waiting = bind.execute(sa.text("SELECT id, envelope, error FROM parked_messages WHERE "
+                                   "replayed_at IS NULL AND error LIKE 'RetryLater:%'")).all()
+    for row in waiting:
+        try:
+            own = json.loads(row.envelope).get("correlation_id")
+        except ValueError:
+            continue
+        named = re.search(r"\[waiting for (.+?)\]$", row.error)
+        bind.execute(sa.text("UPDATE parked_messages SET correlation_id = :c, waiting_for = :w "
+                             "WHERE id = :i"),
+                     {"c": own, "w": named.group(1) if named else own, "i": row.id})
+
+
+def drop_parked_waiting_columns(op) -> None:  # noqa: ANN001
+    with op.batch_alter_table("parked_messages") as batch:
+        batch.drop_index("ix_parked_messages_correlation_id")
+        batch.drop_index("ix_parked_messages_waiting_for")
+        batch.drop_column("waiting_for")
+        batch.drop_column("correlation_id")
 
 
 _APPEND_ONLY_SQL = {

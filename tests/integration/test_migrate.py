@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pika
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from contracts import subscriptions
 from contracts.subscriptions import Subscription
@@ -24,6 +26,35 @@ def test_the_orders_history_goes_down_to_nothing_and_up_again(orders_url):
     assert {"events", "orders", "customers", "inbox", "parked_messages",
             "consumer_positions", "relay_positions"} <= tables
 
+
+
+@pytest.mark.parametrize("service", ["orders", "dispatch", "callback", "settlement"])
+def test_messages_parked_before_waiting_for_existed_are_found_by_it_after(
+        database_for, backend, service):
+    url = database_for(service, backend)
+    previous = {"orders": "0003", "dispatch": "0001", "callback": "0002", "settlement": "0002"}
+    command.downgrade(alembic_config(service, url), previous[service])
+    engine = make_engine(url)
+    parked = [("RetryLater: period not verified yet [waiting for order-b]", "order-a"),
+              ("RetryLater: order not known yet", "order-c"),
+              ("IntegrityError: something else", "order-d")]
+    with engine.begin() as conn:
+        for number, (error, order) in enumerate(parked):
+            conn.execute(text(
+                "INSERT INTO parked_messages (consumer, event_id, source, event_type, envelope, "
+                "error, attempts, parked_at) VALUES ('c.m', :e, 'orders', 't', :b, :err, 5, "
+                "'2026-12-01T00:00:00Z')"),
+                {"e": f"event-{number}", "err": error,
+                 "b": json.dumps({"correlation_id": order})})
+    engine.dispose()
+    upgrade(service, url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT event_id, correlation_id, waiting_for FROM "
+                                 "parked_messages ORDER BY event_id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("event-0", "order-a", "order-b"),
+                                        ("event-1", "order-c", "order-c"),
+                                        ("event-2", None, None)]
 
 def test_every_subscribed_queue_exists_and_is_bound_before_any_producer_runs(
         own_broker_uri, monkeypatch: pytest.MonkeyPatch):
