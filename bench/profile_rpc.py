@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--callers", type=int, default=16)
     parser.add_argument("--calls", type=int, default=1500)
     parser.add_argument("--method", default="create_order", choices=["create_order", "echo"])
+    parser.add_argument("--top", type=int, default=25, help="lines in each part of the report")
     args = parser.parse_args(argv)
     with fresh_database(args.backend) as url, fresh_vhost() as amqp_uri:
         config = service_config(amqp_uri, url)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{method}: {result['per_s']:.0f}/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms over {result['calls']} calls; process CPU "
           f"{result['process_cpu_ms_per_call']:.2f} ms/call, busy {result['process_cpu_busy']:.0%}")
-    print(sampler.report(inclusive_filter=PROJECT,
+    print(sampler.report(top=args.top, inclusive_filter=PROJECT,
                          cpu_ms_per_call=result["process_cpu_ms_per_call"]))
 
 
