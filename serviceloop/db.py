@@ -212,9 +212,29 @@ def read_position(conn, table: str, key: str) -> int:  # noqa: ANN001
     return value or 0
 
 
-def save_position(conn, table: str, key: str, position: int, now: str) -> None:  # noqa: ANN001
+def _upsert_position(table: str) -> str:
     column = _POSITION_KEYS[table]
-    if not sql(conn, f"UPDATE {table} SET position = ?, updated_at = ? WHERE {column} = ?",
-               (position, now, key)).rowcount:
-        sql(conn, f"INSERT INTO {table} ({column}, position, updated_at) VALUES (?, ?, ?)",
-            (key, position, now))
+    return (f"INSERT INTO {table} ({column}, position, updated_at) VALUES (?, ?, ?) "
+            f"ON CONFLICT ({column}) DO UPDATE SET position = excluded.position, "
+            "updated_at = excluded.updated_at")
+
+
+def save_position(conn, table: str, key: str, position: int, now: str) -> None:  # noqa: ANN001
+    """Record how far a relay or a consumer got (one statement, inside the caller's
+    transaction)."""
+    sql(conn, _upsert_position(table), (key, position, now))
+
+
+def save_relay_position(engine: Engine, relay: str, position: int, now: str) -> None:
+    """A relay's position, committed on its own. On PostgreSQL one round trip and no wait
+    for the WAL flush (synchronous_commit off for this transaction only): a position lost
+    in a crash is an older one, from which the relay publishes a window again, which the
+    consumers' inboxes already make harmless (at least once, never lost)."""
+    if is_sqlite(engine):
+        with engine.begin() as conn:
+            save_position(conn, "relay_positions", relay, position, now)
+        return
+    with engine.connect() as conn, statements_on_their_own(conn):
+        fetch_rows(conn, "BEGIN; SET LOCAL synchronous_commit TO OFF; "
+                         f"{_upsert_position('relay_positions')}; COMMIT",
+                   (relay, position, now))

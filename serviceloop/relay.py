@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 
 from serviceloop.clock import Clock, SystemClock, isoformat
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import is_sqlite, read_position, save_position
+from serviceloop.db import is_sqlite, read_position, save_relay_position
 from serviceloop.eventstore import EventStore
 from serviceloop.unit_of_work import read_only
 
@@ -228,9 +228,8 @@ class Relay:
     def _window_confirmed(self) -> None:
         crash_point(f"{self.name}.after_publish")  # published and confirmed, not recorded
         try:
-            with self.engine.begin() as conn:
-                save_position(conn, "relay_positions", self.name, self._window_end,
-                              isoformat(self.clock.now()))
+            save_relay_position(self.engine, self.name, self._window_end,
+                                isoformat(self.clock.now()))
         except Exception:
             log.exception("relay %s could not record its position", self.name)
             self._channel.close()  # the window will be published again: at least once

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from contracts.errors import ConcurrencyConflict
-from serviceloop.db import make_engine, sql
+from serviceloop.db import make_engine, read_position, save_position, save_relay_position, sql
 from serviceloop.eventstore import EventStore, NewEvent, compute_hash, verify_chain
 from serviceloop.unit_of_work import UnitOfWork, read_only
 from services.orders.projections import events as events_table
@@ -182,3 +182,33 @@ def test_a_read_is_its_own_round_trip_without_begin_or_rollback(pg_engine, round
     assert round_trips == ["SELECT count(*) FROM events"]
     with pg_engine.connect() as conn:
         assert conn.connection.driver_connection.autocommit is False
+
+
+def test_a_relays_position_is_one_round_trip_without_waiting_for_the_flush(pg_engine,
+                                                                           round_trips):
+    with pg_engine.connect() as conn:  # a pooled connection, so that only the save counts
+        conn.exec_driver_sql("SELECT 1")
+    round_trips.clear()
+    save_relay_position(pg_engine, "orders-relay", 7, "2026-12-01T00:00:00Z")
+    save_relay_position(pg_engine, "orders-relay", 9, "2026-12-01T00:00:01Z")
+    assert len(round_trips) == 2
+    assert all("synchronous_commit TO OFF" in sent and sent.endswith("COMMIT")
+               for sent in round_trips)
+    with read_only(pg_engine) as conn:
+        assert read_position(conn, "relay_positions", "orders-relay") == 9
+
+
+def test_a_position_saved_again_replaces_the_last_on_either_database(database_for, backend):
+    engine = make_engine(database_for("orders", backend))
+    try:
+        for position in (3, 5):
+            save_relay_position(engine, "orders-relay", position, "2026-12-01T00:00:00Z")
+            with engine.begin() as conn:
+                save_position(conn, "consumer_positions", "dispatch", position * 10,
+                              "2026-12-01T00:00:00Z")
+        with read_only(engine) as conn:
+            assert read_position(conn, "relay_positions", "orders-relay") == 5
+            assert read_position(conn, "consumer_positions", "dispatch") == 50
+            assert conn.execute(text("SELECT count(*) FROM relay_positions")).scalar() == 1
+    finally:
+        engine.dispose()
