@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
           f"busy {result['process_cpu_busy']:.0%}")
     if args.backend == "postgres":
         print(f"database waits (>= round trips): {waits / result['requests']:.2f} per request")
-    print(sampler.report(inclusive_filter=PROJECT,
+    print(sampler.report(top=60, inclusive_filter=PROJECT,
                          cpu_ms_per_call=result["process_cpu_ms_per_request"]))
 
 
