@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 from weakref import WeakKeyDictionary
 
 from nameko.extensions import DependencyProvider
@@ -12,7 +11,7 @@ from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ValidationFailed
-from serviceloop.audit.wire import pack_page, page_from_text
+from serviceloop.audit.wire import collector_paused, pack_page, page_from_text
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
@@ -152,18 +151,13 @@ class EventLogRpc:
         # the page as the database joins it; as rows, packed here, when it cannot vouch for
         # it. A page is some 10^5 objects that live for one call: the collector's passes over
         # the service's whole heap meanwhile would free nothing (~a third of the work)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():
             with self.db.reader() as conn:
                 built = self.db.store.page_since(conn, position, limit, event_types)
                 if built is None:
                     return pack_page(self.db.store.rows_since(conn, position, limit,
                                                               event_types))
             return page_from_text(*built)
-        finally:
-            if collecting:
-                gc.enable()
 
     @rpc
     def stream(self, stream_id: str) -> list[dict]:

@@ -3,10 +3,10 @@ breaks."""
 
 from __future__ import annotations
 
-import gc
 from datetime import datetime
 
 from serviceloop.audit.replay import OUTCOMES
+from serviceloop.audit.wire import collector_paused
 from serviceloop.clock import parse_time
 
 # each missing link: the SLA it breaks, and after how many seconds it is broken
@@ -44,13 +44,8 @@ def open_loops(logs: dict[str, list[dict]], now: datetime, *, since: datetime | 
     agree: completed, verified (or closed unverified by a supervisor) and settled. Orders
     closes an order when a closed period settles it, paid or decided for good with nothing
     payable (customer-paid, rejected)."""
-    collecting = gc.isenabled()
-    gc.disable()  # a dict per order, all living on: no collector passes over the logs meanwhile
-    try:
+    with collector_paused():  # a dict per order, all living on
         return _open_loops(logs, now, since, partner)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _open_loops(logs: dict[str, list[dict]], now: datetime, since: datetime | None,

@@ -3,11 +3,10 @@ the progress bar shown while they are read."""
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
 
-from serviceloop.audit.wire import FIELDS, unpack_page
+from serviceloop.audit.wire import FIELDS, collector_paused, unpack_page
 
 PAGE = 10_000  # events per call: the most events_since hands out (MAX_EVENTS_PER_CALL)
 _POSITION = FIELDS.index("global_position")
@@ -38,9 +37,7 @@ def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
             head = getattr(rpc, service).log_head()["position"]
             limit[service] = min(limit.get(service, head), head)
     read = dict.fromkeys(logs, 0)
-    collecting = gc.isenabled()
-    gc.disable()  # a million dicts that all live on: no collector passes over them meanwhile
-    try:
+    with collector_paused():  # a million dicts that all live on
         for service, packed in read_pages(rpc, logs, limit, kinds):
             log = logs[service]
             page = unpack_page(packed)
@@ -56,9 +53,6 @@ def read_logs(rpc, services: Iterable[str],  # noqa: ANN001
         if kinds is not None:
             for service, log in logs.items():
                 _add_newest(rpc, service, log, limit[service])
-    finally:
-        if collecting:
-            gc.enable()
     return logs
 
 

@@ -10,7 +10,6 @@ needs escaping, exactly as `compute_hash` assembles it) and each payload against
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from serviceloop.audit.wire import (
     FIELDS,
     INTEGERS,
     VALUE_SEPARATOR,
+    collector_paused,
     packed_columns,
     unpack_page,
 )
@@ -71,17 +71,12 @@ def verify_over_rpc(rpc, services: Iterable[str],  # noqa: ANN001
     in the same order, as `verify(read_logs(rpc, services))`."""
     checks = {service: _LogCheck(service) for service in services}
     seen: set[str] = set()
-    collecting = gc.isenabled()
-    gc.disable()  # what lives on is strings and a few lists: nothing for the collector to free
-    try:
+    with collector_paused():  # what lives on is strings and a few lists
         for service, page in read_pages(rpc, checks):
             check = checks[service]
             check.page(page, seen)
             if progress:
                 progress(service, len(check.positions))
-    finally:
-        if collecting:
-            gc.enable()
     breaks = []
     for check in checks.values():
         check.found += [(seq, _CAUSATION, causation_break(check.service, at, cause))

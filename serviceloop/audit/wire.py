@@ -18,10 +18,26 @@ plain list.
 from __future__ import annotations
 
 import base64
+import gc
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from serviceloop.eventstore import Envelope
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage-collector passes for the block (restored as it was after): for work that
+    makes many objects which all live on, or all die together, where each pass would walk
+    the whole heap and free nothing."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 FIELDS = Envelope._fields
 INTEGERS = ("global_position", "stream_version", "schema_version")
