@@ -70,6 +70,12 @@ def begin_with_first_statement(conn: Connection) -> None:
     conn.info[_OWN_TRANSACTION] = True
 
 
+def transaction_failed(conn: Connection) -> bool:
+    """Whether `conn`'s (PostgreSQL) transaction is open and failed: only ROLLBACK (to a
+    savepoint) is taken until it ends."""
+    return conn.connection.driver_connection.info.transaction_status == _IN_ERROR
+
+
 def owns_transaction(conn: Connection) -> bool:
     """Whether `conn` is a unit of work's, so that a statement may end with COMMIT."""
     return conn.info.get(_OWN_TRANSACTION, False)

@@ -41,7 +41,7 @@ from contracts.registry import load
 from contracts.signing import SignatureError
 from contracts.signing import verify as verify_signature
 from serviceloop.clock import isoformat
-from serviceloop.db import fetch_rows, sql
+from serviceloop.db import fetch_rows, sql, transaction_failed
 from serviceloop.observability import count, log_context
 from services.dispatch import idempotency
 from services.dispatch.admission import ACTION_SAVEPOINT, AdmissionSession, admission_session
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
-_PG_IN_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
 MAX_IDEMPOTENCY_KEY = 128
 _SCHEMAS = {route.operation: (route.query() if route.query else None,
                               route.body() if route.body else None)
@@ -239,8 +238,7 @@ class Gateway:
         conn = db.conn
         try:
             if conn.dialect.name == "postgresql":
-                status = conn.connection.driver_connection.info.transaction_status
-                if status == _PG_IN_ERROR:
+                if transaction_failed(conn):
                     if not self._action_begun:
                         db.rollback()
                         return
