@@ -16,7 +16,7 @@ from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
 from serviceloop.db import is_sqlite, make_engine
-from serviceloop.eventstore import EventStore
+from serviceloop.eventstore import Envelope, EventStore
 from serviceloop.observability import log_context
 from serviceloop.unit_of_work import UnitOfWork, read_only
 
@@ -127,25 +127,27 @@ class EventLogRpc:
         """Events after `position`, in log order. `raw`: each payload as the canonical JSON
         text it was hashed and stored as (`payload_json`), for auditors re-computing hashes.
         `packed`: for auditors reading whole logs, the page column by column and compressed
-        (serviceloop/audit/wire.py), a fraction of a dict per event to send and to decode;
-        with `event_types`, only events of those types (`audit loops` looks at a few)."""
+        (serviceloop/audit/wire.py), a fraction of a dict per event to send and to decode.
+        `event_types`: only events of those types, in every form (`audit loops` looks at a
+        few)."""
         if not isinstance(position, int) or position < 0:
             raise ValidationFailed("position must be an integer >= 0", {"position": ["invalid"]})
         if not isinstance(limit, int) or not 1 <= limit <= MAX_EVENTS_PER_CALL:
             raise ValidationFailed(
                 f"limit must be 1..{MAX_EVENTS_PER_CALL}", {"limit": ["out of range"]}
             )
+        if event_types is not None and (not isinstance(event_types, list) or not all(
+                isinstance(kind, str) for kind in event_types)):
+            raise ValidationFailed("event_types must be a list of event types",
+                                   {"event_types": ["invalid"]})
+        kinds = tuple(event_types or ())
         if packed:
-            if event_types is not None and (not isinstance(event_types, list) or not all(
-                    isinstance(kind, str) for kind in event_types)):
-                raise ValidationFailed("event_types must be a list of event types",
-                                       {"event_types": ["invalid"]})
-            return self._page_since(position, limit, tuple(event_types or ()))
+            return self._page_since(position, limit, kinds)
         with self.db.reader() as conn:
-            found = self.db.store.events_since(conn, position, limit)
-        if raw:
-            return [e._asdict() for e in found]
-        return [e.to_dict() for e in found]
+            found = map(Envelope._make, self.db.store.rows_since(conn, position, limit, kinds))
+            if raw:
+                return [e._asdict() for e in found]
+            return [e.to_dict() for e in found]
 
     def _page_since(self, position: int, limit: int, event_types: tuple[str, ...]) -> dict:
         # the page as the database joins it; as rows, packed here, when it cannot vouch for

@@ -187,3 +187,16 @@ def test_the_log_is_readable_through_events_since_and_stream(orders):
     assert orders.log_head()["hash"] == rest[-1]["hash"]
     with pytest.raises(ValidationFailed):
         orders.events_since(-1, 10)
+
+
+def test_events_since_reads_only_the_types_asked_for_in_every_form(orders):
+    orders.register_customer(customer())
+    products = orders.events_since(0, 100, event_types=["product_registered"])
+    assert [e["global_position"] for e in products] == [2, 3]
+    raw = orders.events_since(0, 100, raw=True, event_types=["customer_registered"])
+    assert [(e["global_position"], e["event_type"]) for e in raw] == \
+        [(1, "customer_registered")]
+    assert orders.events_since(0, 100, event_types=["order_created"]) == []
+    for wrong in ("product_registered", [1]):
+        with pytest.raises(ValidationFailed):
+            orders.events_since(0, 100, event_types=wrong)
