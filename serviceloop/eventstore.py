@@ -345,6 +345,7 @@ class EventStore:
         actor: str,
         project: Callable[[Connection, list[Envelope]], None] | None = None,
         commit: bool = False,
+        chain: bool = True,
     ) -> list[Envelope]:
         """Append `new_events` to `stream_id`, which must be at `expected_version` (0 = new).
 
@@ -357,6 +358,12 @@ class EventStore:
         the lock, and inserts whose position, hash chain and version check are computed by
         the database (the same document `compute_hash` hashes). `commit`: the append is the
         unit of work's last write, and its COMMIT goes in the same round trip.
+
+        `chain=False`: the caller reads none of `global_position`, `prev_hash` and `hash` of
+        what is returned: on PostgreSQL it gets the drafts as `project` saw them (0, "", "" in
+        those three), and the append reads nothing back (a multi-statement query answers only
+        its last statement, so a committed or multi-event append read them with a SELECT
+        after its COMMIT or last insert).
         """
         for new in new_events:
             validate_event(new.event_type, new.schema_version, new.payload)
@@ -368,7 +375,7 @@ class EventStore:
             for offset, new in enumerate(new_events, start=1)
         ]
         if conn.dialect.name == "postgresql":
-            return self._append_in_one_round_trip(conn, drafts, project, commit)
+            return self._append_in_one_round_trip(conn, drafts, project, commit, chain)
         if project is not None:
             project(conn, drafts)
         position, prev_hash, current = self._lock_and_read_heads(conn, stream_id)
@@ -396,7 +403,8 @@ class EventStore:
         return envelopes
 
     def _append_in_one_round_trip(self, conn: Connection, drafts: list[Envelope],
-                                  project: Callable | None, commit: bool) -> list[Envelope]:
+                                  project: Callable | None, commit: bool,
+                                  chain: bool = True) -> list[Envelope]:
         statements: list[str] = []
         params: list = []
         if project is not None:
@@ -413,14 +421,14 @@ class EventStore:
                            draft.schema_version, draft.occurred_at, draft.correlation_id,
                            draft.causation_id, draft.actor, draft.payload_json))
         commit = commit and owns_transaction(conn)
-        if commit or len(drafts) > 1:
-            if commit:
-                statements.append("COMMIT")
+        if commit:
+            statements.append("COMMIT")
+        if chain and (commit or len(drafts) > 1):
             statements.append("SELECT global_position, prev_hash, hash FROM events WHERE "
                               f"event_id IN ({', '.join(['?'] * len(drafts))}) "
                               "ORDER BY global_position")
             params.extend(draft.event_id for draft in drafts)
-        else:
+        elif chain:
             statements[-1] += " RETURNING global_position, prev_hash, hash"
         try:
             rows = fetch_rows(conn, "; ".join(statements), tuple(params))
@@ -433,6 +441,8 @@ class EventStore:
                 f"stream {stream_id} is not at version {expected}: appended to concurrently",
                 {"expected_version": [f"stream is not at {expected}"]},
             ) from None
+        if not chain:
+            return drafts
         return [Envelope(position, *draft[1:11], prev_hash, digest)
                 for draft, (position, prev_hash, digest) in zip(drafts, rows, strict=True)]
 

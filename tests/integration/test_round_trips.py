@@ -212,3 +212,36 @@ def test_a_position_saved_again_replaces_the_last_on_either_database(database_fo
             assert conn.execute(text("SELECT count(*) FROM relay_positions")).scalar() == 1
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("events", [1, 3])
+def test_an_append_whose_caller_needs_no_chain_reads_nothing_back(pg_engine, round_trips,
+                                                                    events):
+    unit = UnitOfWork(pg_engine)
+    unit.conn  # noqa: B018 - checks a connection out
+    round_trips.clear()
+    drafts = STORE.append(unit.conn, "customer-a", 0,
+                          [registered(n) for n in range(1, events + 1)], occurred_at=WHEN,
+                          correlation_id="corr", causation_id="test", actor="system",
+                          commit=True, chain=False)
+    unit.commit()
+    assert len(round_trips) == 1 and round_trips[0].endswith("; COMMIT")
+    assert "RETURNING" not in round_trips[0]
+    stored = _read(pg_engine)
+    assert verify_chain(iter(stored)) == []
+    # what it returns is what was stored, but for the three fields it says it leaves out
+    assert [d[1:11] for d in drafts] == [e[1:11] for e in stored]
+    assert {(d.global_position, d.prev_hash, d.hash) for d in drafts} == {(0, "", "")}
+
+
+def test_a_conflict_is_still_caught_when_the_chain_is_not_read(pg_engine):
+    unit = UnitOfWork(pg_engine)
+    append(unit, "customer-a", 0, [registered(1)], commit=True)
+    unit.commit()
+    late = UnitOfWork(pg_engine)
+    with pytest.raises(ConcurrencyConflict):
+        STORE.append(late.conn, "customer-a", 0, [registered(2)], occurred_at=WHEN,
+                     correlation_id="corr", causation_id="test", actor="system",
+                     commit=True, chain=False)
+    late.rollback()
+    assert count(pg_engine) == 1
