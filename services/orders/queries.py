@@ -9,7 +9,7 @@ from sqlalchemy import Connection, and_, func, select
 
 from contracts.errors import NotFound
 from contracts.orders import OPEN_STATUSES
-from serviceloop.db import fetch_rows
+from serviceloop.db import Prepared, fetch_rows
 from services.orders.domain import Order, warranty_on
 from services.orders.projections import customers, order_requests, orders, products
 
@@ -57,6 +57,11 @@ _LIKE_ORDER = ("SELECT order_id FROM orders WHERE product_id = ? AND order_type 
                "LIMIT 1")
 
 
+# parsed and planned once per connection on PostgreSQL: planning this join cost more than
+# running it
+_INTAKE = Prepared(_PRODUCT_AND_OWNER.replace(" FROM products", f", ({_LIKE_ORDER}) FROM products"))
+
+
 def intake_facts(conn: Connection, product_id: str, order_type: str,
                  related_order_id: str | None) -> tuple[dict, dict, str | None]:
     """What intake needs, in one round trip: the product, its owner, and an open order of
@@ -65,7 +70,7 @@ def intake_facts(conn: Connection, product_id: str, order_type: str,
     On PostgreSQL the product is locked first, to the end of the transaction, so two
     concurrent intakes for one product cannot both find none.
     """
-    query = _PRODUCT_AND_OWNER.replace(" FROM products", f", ({_LIKE_ORDER}) FROM products")
+    query = _INTAKE.text(conn)
     params: tuple = (product_id, order_type, related_order_id or "", product_id)
     if conn.dialect.name == "postgresql":
         query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
