@@ -25,8 +25,8 @@ def compile_schema(schema: Schema, schema_validators_apart: bool = False) -> Che
     """A checker for `schema`'s load, or None when only marshmallow itself can decide.
     `schema_validators_apart`: a schema whose only hooks are its own `validates_schema`
     is compiled too, the caller running them on the loaded data (see `compile_loader`)."""
-    if not _compilable(schema, schema_validators_apart):
-        return None
+    if schema.many or not _compilable(schema, schema_validators_apart):
+        return None  # many: a list of payloads, which the generated function does not take
     source = _Source()
     entry = source.schema_function(schema)
     namespace = dict(source.constants)
@@ -141,6 +141,7 @@ def _inner_filler(field: fields.Field) -> Callable[[object], object] | None:
         item = _inner_filler(field.inner)
         if item is not None:
             return lambda values: [None if v is None else item(v) for v in values]
+        return list  # a new list, as marshmallow's: the loaded dict shares nothing with the input
     return None
 
 

@@ -35,7 +35,6 @@ from contracts.errors import (
     RateLimited,
     ServiceError,
 )
-from contracts.fastcheck import compile_loader
 from contracts.gateway import IDEMPOTENCY_HEADER, MAX_BODY_BYTES, ROUTES_BY_OPERATION
 from contracts.registry import load
 from contracts.signing import SignatureError
@@ -58,9 +57,6 @@ MAX_IDEMPOTENCY_KEY = 128
 _SCHEMAS = {route.operation: (route.query() if route.query else None,
                               route.body() if route.body else None)
             for route in ROUTES_BY_OPERATION.values()}
-# a body as marshmallow loads it, without marshmallow where that is sure (contracts/fastcheck)
-_FAST_BODY_LOADERS = {operation: compile_loader(body) for operation, (_, body)
-                      in _SCHEMAS.items() if body is not None}
 
 
 class TokenBucket:
@@ -210,7 +206,7 @@ class Gateway:
                 raise BadRequest("a POST takes no query parameters",
                                  {name: ["unexpected"] for name in request.args},
                                  code="unexpected_parameter")
-            data = load_body(operation, body_schema, json_body(body, request.content_type))
+            data = load(body_schema, json_body(body, request.content_type))
             return self._idempotent(asked, key, fingerprint, correlation_id,
                                     lambda asked: handler(asked, data))
         except Exception:  # a worker killed (GreenletExit) is rolled back at its teardown
@@ -383,14 +379,6 @@ def json_body(body: bytes, content_type: str | None) -> dict:
         raise BadRequest("the body must be a JSON object", {"body": ["expected an object"]},
                          code="malformed_json")
     return data
-
-
-def load_body(operation: str, schema, data: dict) -> dict:  # noqa: ANN001
-    """`data` loaded through the route's body schema: the compiled loader's dict, or where it
-    is not sure, marshmallow's (which answers every refusal with its field errors)."""
-    fast = _FAST_BODY_LOADERS.get(operation)
-    loaded = fast(data) if fast is not None else None
-    return loaded if loaded is not None else load(schema, data)
 
 
 def query_params(request: Request, schema) -> dict:  # noqa: ANN001
