@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
-from serviceloop.db import deferring, fetch_rows, owns_transaction, sql
+from serviceloop.db import Prepared, deferring, fetch_rows, owns_transaction, sql
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = 7_420_001  # pg advisory lock id for "append to this database's log"
@@ -260,7 +260,7 @@ _COLUMNS = (
 # previous hash, the stream version only if the stream is at the expected one (else NULL,
 # refused by NOT NULL: a concurrency conflict), and the SHA-256 of the same canonical document
 # `compute_hash` builds (to_json escapes strings exactly as Python's json module does).
-_PG_INSERT_EVENT = f"""INSERT INTO events ({_COLUMNS})
+_PG_INSERT_EVENT_SQL = f"""INSERT INTO events ({_COLUMNS})
 SELECT head.position + 1, e.event_id, e.stream_id, e.stream_version, e.event_type,
        e.schema_version, e.occurred_at, e.correlation_id, e.causation_id, e.actor, e.payload,
        head.hash,
@@ -287,6 +287,12 @@ FROM (SELECT ?::text AS event_id, ?::text AS stream_id,
              COALESCE((SELECT hash FROM events WHERE global_position = last.position),
                       '{GENESIS_HASH}') AS hash
       FROM (SELECT COALESCE(MAX(global_position), 0) AS position FROM events) AS last) AS head"""
+
+# parsed and planned once per connection: planning the insert cost PostgreSQL more CPU than
+# running it (0.35 against 0.17 ms an append, measured on orders' create_order)
+_PG_INSERT_EVENT = Prepared(_PG_INSERT_EVENT_SQL)
+_PG_INSERT_EVENT_RETURNING = Prepared(
+    f"{_PG_INSERT_EVENT_SQL} RETURNING global_position, prev_hash, hash")
 
 
 _INTEGER_AT = (0, 3, 5)  # global_position, stream_version, schema_version
@@ -407,6 +413,7 @@ class EventStore:
                                   chain: bool = True) -> list[Envelope]:
         statements: list[str] = []
         params: list = []
+        commit = commit and owns_transaction(conn)
         if project is not None:
             with deferring(conn) as collected:
                 project(conn, drafts)
@@ -414,22 +421,22 @@ class EventStore:
                 statements.append(statement)
                 params.extend(values)
         statements.append(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+        returning = chain and not commit and len(drafts) == 1
+        insert = (_PG_INSERT_EVENT_RETURNING if returning else _PG_INSERT_EVENT).text(conn)
         for draft in drafts:
-            statements.append(_PG_INSERT_EVENT)
+            statements.append(insert)
+            insert = insert.rsplit("; ", 1)[-1]  # prepared with the first: EXECUTE for the rest
             params.extend((draft.event_id, draft.stream_id, draft.stream_id,
                            draft.stream_version - 1, draft.stream_version, draft.event_type,
                            draft.schema_version, draft.occurred_at, draft.correlation_id,
                            draft.causation_id, draft.actor, draft.payload_json))
-        commit = commit and owns_transaction(conn)
         if commit:
             statements.append("COMMIT")
-        if chain and (commit or len(drafts) > 1):
+        if chain and not returning:
             statements.append("SELECT global_position, prev_hash, hash FROM events WHERE "
                               f"event_id IN ({', '.join(['?'] * len(drafts))}) "
                               "ORDER BY global_position")
             params.extend(draft.event_id for draft in drafts)
-        elif chain:
-            statements[-1] += " RETURNING global_position, prev_hash, hash"
         try:
             rows = fetch_rows(conn, "; ".join(statements), tuple(params))
         except IntegrityError as error:
