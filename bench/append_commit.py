@@ -24,7 +24,7 @@ from bench.common import fresh_database
 from bench.eventstore import customer_payload
 from serviceloop.db import fetch_rows, make_engine
 from serviceloop.eventstore import (
-    _PG_INSERT_EVENT,
+    _PG_INSERT_EVENT_SQL,
     APPEND_LOCK_KEY,
     Envelope,
     EventStore,
@@ -59,7 +59,7 @@ def _append_set_config(engine, index: int) -> float:  # noqa: ANN001
     stream = f"customer-{customer_id}"
     statement = "; ".join([
         f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})",
-        f"WITH appended AS ({_PG_INSERT_EVENT} RETURNING global_position, prev_hash, hash) "
+        f"WITH appended AS ({_PG_INSERT_EVENT_SQL} RETURNING global_position, prev_hash, hash) "
         "SELECT set_config('serviceloop.appended', "
         "global_position || ' ' || prev_hash || ' ' || hash, false) FROM appended",
         "COMMIT", "SELECT current_setting('serviceloop.appended')"])
