@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, ValidationError, fields, validate
 
-from contracts import orders, registry
+from contracts import callback, dispatch, orders, registry, settlement
 from contracts.errors import ValidationFailed
 from contracts.gateway import ROUTES
 from contracts.registry import compiled_loader, load
@@ -75,6 +75,8 @@ def _value(field: fields.Field) -> st.SearchStrategy:
     if type(field) is fields.Integer:
         bounds = rules.get(validate.Range)
         return st.integers(bounds.min if bounds else None, bounds.max if bounds else None)
+    if type(field) is fields.Boolean:
+        return st.booleans()
     if type(field) is fields.Nested:
         return valid(field.schema)
     if type(field) is fields.List:
@@ -121,6 +123,39 @@ def test_a_generated_valid_payload_loads_on_the_fast_path_as_marshmallow_loads_i
         return
     assert compiled_loader(schema)(payload) == loaded
     assert load(schema, payload) == loaded
+
+
+def _contract_schemas() -> dict[str, Schema]:
+    """Every schema of contracts/ but the events': payloads, answers and their parts."""
+    found = {}
+    for module in (orders, dispatch, callback, settlement):
+        for name, kind in vars(module).items():
+            if isinstance(kind, type) and issubclass(kind, Schema) and \
+                    kind.__module__ == module.__name__ and not hasattr(kind, "event_type"):
+                found[f"{module.__name__}.{name}"] = kind()
+    return found
+
+
+CONTRACT_SCHEMAS = {name: schema for name, schema in _contract_schemas().items()
+                    if compiled_loader(schema) is not None}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_SCHEMAS))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_every_contract_schema_with_a_compiled_loader_loads_as_marshmallow_loads(name, data):
+    schema = CONTRACT_SCHEMAS[name]
+    payload = data.draw(valid(schema))
+    if paths(payload) and data.draw(st.booleans()):
+        payload = replaced(payload, data.draw(st.sampled_from(paths(payload))),
+                           data.draw(values))
+    fast = compiled_loader(schema)(payload)
+    try:
+        loaded = schema.load(payload)
+    except ValidationError:
+        assert fast is None, payload
+        return
+    assert fast is None or fast == loaded, (payload, fast, loaded)
 
 
 def test_a_schema_level_refusal_is_left_to_marshmallow():
