@@ -226,6 +226,39 @@ def drop_parked_waiting_columns(op) -> None:  # noqa: ANN001
         batch.drop_column("correlation_id")
 
 
+def notify_channel(service: str) -> str:
+    """The PostgreSQL channel on which `service`'s log tells its relay of each append."""
+    return f"{service}_events"
+
+
+def append_notify_sql(service: str) -> list[str]:
+    """PostgreSQL: a statement-level trigger notifying `notify_channel(service)` after each
+    insert into the log. The notification goes out at COMMIT, once per transaction (the
+    same channel and payload are folded into one), so a relay LISTENing wakes for events it
+    can read; it costs an append less than a `pg_notify` in the append's own round trip
+    (bench/append_notify.py)."""
+    return [
+        "CREATE OR REPLACE FUNCTION events_notify_relay() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $$ BEGIN PERFORM pg_notify('{notify_channel(service)}', ''); RETURN NULL; END $$",
+        "CREATE TRIGGER events_notify_relay AFTER INSERT ON events "
+        "FOR EACH STATEMENT EXECUTE FUNCTION events_notify_relay()",
+    ]
+
+
+def add_append_notify(op, service: str) -> None:  # noqa: ANN001 - alembic's operations
+    """Migration step every service takes: its log notifies its relay of appends
+    (PostgreSQL; SQLite's relay polls)."""
+    if op.get_bind().dialect.name == "postgresql":
+        for statement in append_notify_sql(service):
+            op.execute(statement)
+
+
+def drop_append_notify(op) -> None:  # noqa: ANN001
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS events_notify_relay ON events")
+        op.execute("DROP FUNCTION IF EXISTS events_notify_relay()")
+
+
 _APPEND_ONLY_SQL = {
     "sqlite": [
         "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "

@@ -6,6 +6,11 @@ position only once the broker has confirmed the whole window. A crash anywhere
 loses nothing: the unconfirmed window is published again (at least once, in order),
 and consumers are idempotent. Messages are ordinary nameko events: exchange
 `<service>.events`, routing key = event type, JSON body = the whole envelope.
+
+On PostgreSQL the log notifies each commit of an append (eventstore.append_notify_sql) and
+the relay LISTENs on a connection of its own, watched by pika's ioloop: an idle relay reads
+only when told, with a slow poll as the fallback; while that connection is down it polls as
+on SQLite (`idle_poll`) and opens it again.
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pika
+from pika.adapters.select_connection import PollEvents
 from pika.spec import Basic
 from sqlalchemy import Engine
 
 from serviceloop.clock import Clock, SystemClock, isoformat
 from serviceloop.crashpoints import crash_point
 from serviceloop.db import is_sqlite, read_position, save_relay_position
-from serviceloop.eventstore import EventStore
+from serviceloop.eventstore import EventStore, notify_channel
 from serviceloop.unit_of_work import read_only
 
 log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 7_420_002
+LISTEN_RETRY = 1.0  # seconds between attempts to LISTEN again after the connection was lost
 
 
 def event_exchange(service: str) -> str:
@@ -83,8 +90,12 @@ class Relay:
         *,
         window: int = 2000,
         idle_poll: float = 0.02,
+        listen_poll: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
+        """`idle_poll`: seconds between reads of an idle log when nothing tells the relay of
+        appends (SQLite; PostgreSQL while its LISTEN connection is down). `listen_poll`: the
+        same while LISTENing, a fallback only."""
         self.service = service
         self.name = f"{service}-relay"
         self.exchange = event_exchange(service)
@@ -93,6 +104,11 @@ class Relay:
         self.amqp_uri = amqp_uri
         self.window = window
         self.idle_poll = idle_poll
+        self.listen_poll = listen_poll
+        self._listens = not is_sqlite(engine)
+        self._listener = None  # psycopg2 connection LISTENing on the log's channel
+        self._listener_fd = -1
+        self._listen_again_at = 0.0
         self.clock = clock or SystemClock()
         self._stopping = False
         self.holds_lease = False
@@ -104,6 +120,7 @@ class Relay:
         self._unconfirmed: set[int] = set()
         self._window_end = 0
         self._next_tag = 0
+        self._idle_read = None  # the pending read of an idle relay (a timeout of the ioloop)
         self._position: int | None = None  # read once per connection: only the lease holder
         # writes it, so an idle poll is one query (the events after it)
 
@@ -152,7 +169,10 @@ class Relay:
             on_open_error_callback=self._on_connection_failed,
             on_close_callback=self._on_connection_closed,
         )
-        self._connection.ioloop.start()
+        try:
+            self._connection.ioloop.start()
+        finally:
+            self._stop_listening()  # its handler belongs to this connection's ioloop
 
     def _on_connection_failed(self, _connection, error) -> None:  # noqa: ANN001
         log.warning("relay %s could not connect: %s", self.name, error)
@@ -184,9 +204,13 @@ class Relay:
     # -- the work ----------------------------------------------------------------------------
 
     def _publish_window(self) -> None:
+        self._idle_read = None
         if self._stopping:
             self._close()
             return
+        if self._listens and self._listener is None \
+                and time.monotonic() >= self._listen_again_at:
+            self._start_listening()  # before the read: an append after it is heard
         try:
             with read_only(self.engine) as conn:
                 if self._position is None:
@@ -197,7 +221,7 @@ class Relay:
             self._connection.ioloop.call_later(1.0, self._publish_window)
             return
         if not batch:
-            self._connection.ioloop.call_later(self.idle_poll, self._publish_window)
+            self._wait_for_appends()
             return
         for envelope in batch:
             body = envelope.to_dict()
@@ -236,6 +260,73 @@ class Relay:
             return
         self._position = self._window_end
         self._connection.ioloop.add_callback_threadsafe(self._publish_window)
+
+
+    # -- idle: told of appends (PostgreSQL LISTEN), or polling --------------------------------
+
+    def _wait_for_appends(self) -> None:
+        if self._listener is not None:
+            wait = self.listen_poll
+        elif self._listens:  # polling until LISTEN is back
+            wait = min(self.idle_poll, LISTEN_RETRY)
+        else:
+            wait = self.idle_poll
+        self._idle_read = self._connection.ioloop.call_later(wait, self._publish_window)
+
+    def _start_listening(self) -> None:
+        try:
+            pooled = self.engine.raw_connection()
+            listener = pooled.driver_connection
+            pooled.detach()  # the relay's own: not given back to the pool
+            listener.autocommit = True
+            with listener.cursor() as cursor:
+                cursor.execute(f"LISTEN {notify_channel(self.service)}")
+        except Exception as error:  # database away: poll, and try again
+            log.warning("relay %s cannot LISTEN (polls meanwhile): %s", self.name, error)
+            self._listen_again_at = time.monotonic() + LISTEN_RETRY
+            return
+        self._listener, self._listener_fd = listener, listener.fileno()
+        self._connection.ioloop.add_handler(self._listener_fd, self._on_listener_readable,
+                                            PollEvents.READ | PollEvents.ERROR)
+
+    def _on_listener_readable(self, _fd: int, _events: int) -> None:
+        try:
+            self._listener.poll()
+        except Exception as error:  # terminated, or the server went away
+            log.warning("relay %s lost its LISTEN connection (polls meanwhile): %s",
+                        self.name, error)
+            self._stop_listening()
+            self._listen_again_at = time.monotonic() + LISTEN_RETRY
+            self._read_soon(min(self.idle_poll, LISTEN_RETRY))
+            return
+        if self._listener.notifies:
+            self._listener.notifies.clear()
+            # idle: read now. Else a window is in flight, and the read after its confirm
+            # sees every append notified (the notification follows the commit).
+            self._read_soon(0)
+
+    def _read_soon(self, wait: float) -> None:
+        """Move an idle relay's pending read to `wait` seconds from now."""
+        if self._idle_read is None:
+            return
+        self._connection.ioloop.remove_timeout(self._idle_read)
+        if wait:
+            self._idle_read = self._connection.ioloop.call_later(wait, self._publish_window)
+        else:
+            self._publish_window()
+
+    def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        try:
+            self._connection.ioloop.remove_handler(self._listener_fd)
+        except Exception:  # noqa: BLE001 - the driver closed its socket: the poller forgot it
+            log.debug("relay %s: LISTEN socket already closed", self.name)
+        try:
+            listener.close()
+        except Exception:  # noqa: BLE001 - a dead connection is closed all the same
+            log.debug("relay %s: LISTEN connection already closed", self.name)
 
 
 def run_relay(service: str) -> None:

@@ -1,0 +1,22 @@
+"""the log notifies its relay of appends (PostgreSQL LISTEN/NOTIFY; the relay stops polling)
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from alembic import op
+
+from serviceloop.eventstore import add_append_notify, drop_append_notify
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    add_append_notify(op, "dispatch")
+
+
+def downgrade() -> None:
+    drop_append_notify(op)
