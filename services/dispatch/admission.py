@@ -17,9 +17,9 @@ POST's opens the worker's unit of work, and its action follows in the same trans
 durable commit per POST. The action's writes start at a savepoint (`ACTION_SAVEPOINT`), so a
 refused or failed action is rolled back to it and the signature is still committed as used
 (services/dispatch/gateway.py). SQLite has no INSERT inside WITH: the same four steps run as
-statements (in-process, so no round trips to save). Both go straight to the driver's cursor:
-this is the gateway's hot path, and SQLAlchemy's statement and result machinery costs more
-than the statements themselves.
+statements (in-process, so no round trips to save). Both go through serviceloop.db.fetch_rows,
+straight to the driver's cursor: this is the gateway's hot path, and SQLAlchemy's statement and
+result machinery costs more than the statements themselves.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Admission:
     order: dict | None  # the order the path names, None if there is none (or no order_id)
 
 
-# `?` markers (serviceloop.db.for_driver); parameters in the order of `_pg_parameters`
+# `?` markers (serviceloop.db.for_driver); parameters in the order `AdmissionSession.admit`
+# passes them: credential, answered key, signature recorded, order
 _PG_ADMIT = f"""
 WITH credential AS (
     SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?
@@ -70,57 +71,41 @@ _SECRET = "SELECT secret FROM partner_credentials WHERE partner_id = ?"
 _CURRENT = "SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?"
 _ANSWERED = ("SELECT request_hash, status, response FROM idempotency_keys"
              " WHERE partner_id = ? AND key = ? AND status <> 0")
+# a row only where the signature was new (RETURNING: SQLite 3.35 and later)
 _RECORD = ("INSERT INTO seen_signatures (partner_id, signature, seen_at) VALUES (?, ?, ?)"
-           " ON CONFLICT (partner_id, signature) DO NOTHING")
+           " ON CONFLICT (partner_id, signature) DO NOTHING RETURNING 1")
 _ORDER = f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?"
 
 
 class AdmissionSession:
-    """The statements admitting one request, on one connection (see `admission_session`).
-    PostgreSQL: `rows(statement, parameters)` runs driver SQL written with `?` markers and
-    gives the rows; SQLite: statements on `cursor`, the driver's."""
+    """The statements admitting one request, on one connection (see `admission_session`):
+    `rows(statement, parameters)` runs driver SQL written with `?` markers and gives the rows."""
 
-    def __init__(self, postgres: bool, rows: Callable[[str, tuple], list[tuple]] | None = None,
-                 cursor=None) -> None:  # noqa: ANN001 - a driver cursor
+    def __init__(self, postgres: bool, rows: Callable[[str, tuple], list[tuple]]) -> None:
         self.postgres = postgres
         self.rows = rows
-        self.cursor = cursor
 
     def secret(self, partner_id: str) -> str | None:
-        if self.postgres:
-            found = self.rows(_SECRET, (partner_id,))
-            return found[0][0] if found else None
-        row = self.cursor.execute(_SECRET, (partner_id,)).fetchone()
-        return row[0] if row else None
+        found = self.rows(_SECRET, (partner_id,))
+        return found[0][0] if found else None
 
     def admit(self, partner_id: str, secret: str, signature: str, seen_at: int,
               key: str | None, order_id: str | None) -> Admission:
         if self.postgres:
-            return self._admit_postgres(partner_id, secret, signature, seen_at, key, order_id)
-        return self._admit_sqlite(partner_id, secret, signature, seen_at, key, order_id)
-
-    def _admit_postgres(self, partner_id: str, secret: str, signature: str, seen_at: int,
-                        key: str | None, order_id: str | None) -> Admission:
-        row = self.rows(_PG_ADMIT, (partner_id, secret, partner_id, key, partner_id, signature,
-                                    seen_at, order_id))[0]
-        answered = row[2:5] if row[3] is not None else None
-        order = dict(zip(ORDER_COLUMNS, row[5:], strict=True)) if row[5] is not None else None
-        return Admission(row[0], row[1], answered, order)
-
-    def _admit_sqlite(self, partner_id: str, secret: str, signature: str, seen_at: int,
-                      key: str | None, order_id: str | None) -> Admission:
-        cursor = self.cursor
-        current = cursor.execute(_CURRENT, (partner_id, secret)).fetchone() is not None
-        answered = (cursor.execute(_ANSWERED, (partner_id, key)).fetchone()
-                    if key is not None else None)
-        recorded = False
-        if current and answered is None:
-            recorded = cursor.execute(_RECORD, (partner_id, signature, seen_at)).rowcount == 1
-        order = None
-        if order_id is not None:
-            row = cursor.execute(_ORDER, (order_id,)).fetchone()
-            order = dict(zip(ORDER_COLUMNS, row, strict=True)) if row is not None else None
-        return Admission(current, recorded, tuple(answered) if answered else None, order)
+            row = self.rows(_PG_ADMIT, (partner_id, secret, partner_id, key, partner_id,
+                                        signature, seen_at, order_id))[0]
+            answered = row[2:5] if row[3] is not None else None
+            order = (dict(zip(ORDER_COLUMNS, row[5:], strict=True)) if row[5] is not None
+                     else None)
+            return Admission(row[0], row[1], answered, order)
+        # SQLite: the same four steps, one statement each
+        current = bool(self.rows(_CURRENT, (partner_id, secret)))
+        answered = self.rows(_ANSWERED, (partner_id, key)) if key is not None else []
+        recorded = current and not answered and bool(
+            self.rows(_RECORD, (partner_id, signature, seen_at)))
+        found = self.rows(_ORDER, (order_id,)) if order_id is not None else []
+        order = dict(zip(ORDER_COLUMNS, found[0], strict=True)) if found else None
+        return Admission(current, recorded, tuple(answered[0]) if answered else None, order)
 
 
 @contextmanager
@@ -133,14 +118,10 @@ def admission_session(db: WorkerDatabase, in_unit_of_work: bool = False) \
     transaction (its write lock: the signature is written), committed at the end of the
     block, rolled back if it raises (in the unit of work, the caller rolls back)."""
     postgres = db.engine.dialect.name == "postgresql"
-    if postgres:
-        with nullcontext(db.conn) if in_unit_of_work else db.reader() as conn:
-            yield AdmissionSession(True, lambda statement, params:
-                                   fetch_rows(conn, statement, params))
-        return
-    with nullcontext(db.conn) if in_unit_of_work else db.transaction() as conn:
-        cursor = conn.connection.driver_connection.cursor()
-        try:
-            yield AdmissionSession(False, cursor=cursor)
-        finally:
-            cursor.close()
+    if in_unit_of_work:
+        opened = nullcontext(db.conn)
+    else:
+        opened = db.reader() if postgres else db.transaction()
+    with opened as conn:
+        yield AdmissionSession(postgres, lambda statement, params:
+                               fetch_rows(conn, statement, params))
