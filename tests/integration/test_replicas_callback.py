@@ -9,8 +9,6 @@ once, and each timer action (a reply overdue, the last attempt, a lease run out)
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -20,14 +18,12 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from serviceloop.clock import OffsetFileClock
-from serviceloop.config import PROJECT_ROOT
 from serviceloop.migrate import declare_broker_topology
-from serviceloop.services import SERVICE_CLASSES
 from serviceloop.standin_provider import StandInProvider
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import DispatchSystem
+from tests.integration.replicas import Replicas, whole_log
 from tests.integration.test_callback import complete_visit, one_task
-from tests.integration.test_replicas import NAMEKO, Replicas, quorum_vhost  # noqa: F401
 
 REPLY_WITHIN = timedelta(minutes=720)  # config.yaml's default
 RETRIES = (60, 180)  # minutes, CALLBACK_RETRY_MINUTES below
@@ -42,32 +38,23 @@ def provider():
 
 
 @pytest.fixture
-def replicas(tmp_path, quorum_vhost, database_for, provider):  # noqa: F811
+def replicas(tmp_path, quorum_vhost, database_for, provider):
     declare_broker_topology(quorum_vhost)
-    env = {**os.environ, "AMQP_URI": quorum_vhost, "QUEUE_TYPE": "quorum",
-           "SERVICELOOP_CLOCK": f"file:{tmp_path / 'clock-offset'}",
-           **{f"DATABASE_URL_{s.upper()}": database_for(s, "postgres")
-              for s in ("orders", "dispatch", "callback")},
-           "CALLBACK_TIMER_INTERVAL": "0.3", "CALLBACK_RETRY_MINUTES": ",".join(
-               str(m) for m in RETRIES), "REVIEW_SHARE": "0", "PROVIDER_URL": provider.url,
-           # the provider posts replies to the ingress; the test posts them to each replica
-           "CALLBACK_PUBLIC_URL": "http://callback.ingress.invalid",
-           "GATEWAY_RATE_PER_SECOND": "1000", "LOG_LEVEL": "WARNING",
-           "PYTHONWARNINGS": "ignore::Warning"}
-    system = Replicas(env, tmp_path / "clock-offset")
-    nameko = [NAMEKO, "run", "--config", str(PROJECT_ROOT / "config.yaml")]
+    system = Replicas(
+        quorum_vhost, tmp_path / "clock-offset",
+        **{f"DATABASE_URL_{s.upper()}": database_for(s, "postgres")
+           for s in ("orders", "dispatch", "callback")},
+        CALLBACK_TIMER_INTERVAL="0.3", CALLBACK_RETRY_MINUTES=",".join(str(m) for m in RETRIES),
+        REVIEW_SHARE="0", PROVIDER_URL=provider.url,
+        # the provider posts replies to the ingress; the test posts them to each replica
+        CALLBACK_PUBLIC_URL="http://callback.ingress.invalid")
     for name, service in (("orders", "orders"), ("dispatch", "dispatch"),
                           *((replica, "callback") for replica in CALLBACKS)):
-        system.start(name, [*nameko, SERVICE_CLASSES[service]], "WEB_SERVER_PORT")
+        system.start_service(name, service)
     for service in ("orders", "dispatch"):
-        system.start(f"{service}-relay", [sys.executable, "-m", "serviceloop.cli", "relay",
-                                          service], "RELAY_HTTP_PORT")
-    try:
-        wait_until(lambda: all(system.ready(name) for name in system.processes), timeout=90,
-                   interval=0.3, message="every process to be ready")
+        system.start_relay(f"{service}-relay", service)
+    with system.all_ready():
         yield system
-    finally:
-        system.stop()
 
 
 class Clock:
@@ -84,14 +71,6 @@ class Clock:
     def advance(self, minutes: float) -> None:
         self.offset_minutes += minutes
         self.replicas.move_clock(self.offset_minutes)
-
-
-def callback_log(rpc) -> list[dict]:  # noqa: ANN001
-    envelopes, position = [], 0
-    while batch := rpc.callback.events_since(position, 500):
-        envelopes += batch
-        position = batch[-1]["global_position"]
-    return envelopes
 
 
 def per_task(envelopes: list[dict]) -> dict[str, Counter]:
@@ -184,7 +163,7 @@ def test_two_replicas_send_each_confirmation_once_and_act_on_each_timer_once(rep
                 wait_until(lambda a=attempt: all_in(silent, "awaiting_reply", a), timeout=60,
                            interval=0.3, message=f"confirmation {attempt + 1} sent")
         race_timers(rpc)  # one more pass after the fact changes nothing
-        log = callback_log(rpc)
+        log = whole_log(rpc.callback)
 
     counts = per_task(log)
     once = {"verification_task_created": 1, "confirmation_send_started": 1,
