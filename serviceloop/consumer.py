@@ -32,7 +32,7 @@ from contracts.errors import NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import fetch_rows, owns_transaction, sql
+from serviceloop.db import Prepared, fetch_rows, owns_transaction, sql
 from serviceloop.eventstore import Envelope
 from serviceloop.observability import log_context
 
@@ -61,9 +61,12 @@ class RetryLater(Exception):
 _WAITS_FOR = "[waiting for {}]"
 
 
+# every delivery runs these: prepared once per connection on PostgreSQL (serviceloop.db)
+_HANDLED = Prepared("SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?")
+
+
 def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
-    return bool(fetch_rows(conn, "SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?",
-                           (consumer, event_id)))
+    return bool(fetch_rows(conn, _HANDLED.text(conn), (consumer, event_id)))
 
 
 _RECORD = ("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
@@ -72,6 +75,7 @@ _RECORD = ("INSERT INTO inbox (consumer, event_id, source, event_type, handled_a
 _WAITS_ON = ("replayed_at IS NULL AND (waiting_for = ?"
              " OR (correlation_id = ? AND waiting_for IS NOT NULL))")
 _WAITING = f"SELECT EXISTS (SELECT 1 FROM parked_messages WHERE {_WAITS_ON})"
+_RECORD_PREPARED, _WAITING_PREPARED = Prepared(_RECORD), Prepared(_WAITING)
 
 
 def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope,  # noqa: ANN001
@@ -82,7 +86,9 @@ def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope
     values = (consumer, envelope.event_id, source, envelope.event_type, now)
     order = (envelope.correlation_id, envelope.correlation_id)
     if owns_transaction(db.conn):
-        (row,) = fetch_rows(db.conn, f"{_RECORD}; COMMIT; {_WAITING}", values + order)
+        conn = db.conn
+        (row,) = fetch_rows(conn, f"{_RECORD_PREPARED.text(conn)}; COMMIT; "
+                                  f"{_WAITING_PREPARED.text(conn)}", values + order)
         db.commit()
         return bool(row[0])
     sql(db.conn, _RECORD, values)
