@@ -181,16 +181,25 @@ class EventLogRpc:
     def rebuild_read_models(self) -> dict:
         """Drop this service's read models, fold its whole log into them again, and compare
         a checksum per table with what was there."""
+        from serviceloop.projections import rebuild_telling_progress
         from serviceloop.services import service_projector
 
         projector = service_projector(self.name)
         with self.db.transaction() as conn:
             before = projector.checksums(conn)
-            count = projector.rebuild(conn, self.db.store)
+            count = rebuild_telling_progress(self.name, projector, conn, self.db.store)
             after = projector.checksums(conn)
         return {"service": self.name, "events": count,
                 "tables": {name: {"before": before[name], "after": after[name],
                                   "equal": before[name] == after[name]} for name in before}}
+
+    @rpc
+    def rebuild_progress(self) -> dict:
+        """`{"running", "events", "total"}`: how far this process's rebuild of the read
+        models is (for `audit rebuild`'s bar, asked while rebuild_read_models runs)."""
+        from serviceloop.projections import rebuild_progress
+
+        return rebuild_progress(self.name)
 
     @rpc
     def log_head(self) -> dict:

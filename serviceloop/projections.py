@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, Table, select
 
@@ -25,15 +27,17 @@ class Projector:
             if handler is not None:
                 handler(conn, envelope)
 
-    def rebuild(self, conn: Connection, store: EventStore, progress=None) -> int:  # noqa: ANN001
-        """Empty every read model and fold the whole log into it again."""
+    def rebuild(self, conn: Connection, store: EventStore, progress=None,  # noqa: ANN001
+                every: int = 10_000) -> int:
+        """Empty every read model and fold the whole log into it again; `progress(count)`
+        after each `every` events."""
         for table in reversed(self.tables):
             conn.execute(table.delete())
         count = 0
         for envelope in store.replay(conn):
             self.apply(conn, [envelope])
             count += 1
-            if progress and count % 10_000 == 0:
+            if progress and count % every == 0:
                 progress(count)
         return count
 
@@ -47,3 +51,44 @@ class Projector:
                 digest.update(repr(tuple(row)).encode("utf-8"))
             sums[table.name] = digest.hexdigest()
         return sums
+
+
+REPORT_EVERY = 100  # events between a rebuild's reports (and chances for others to run)
+
+
+@dataclass
+class RebuildProgress:
+    """How far a service's rebuild in this process is: events folded of the log's `total`."""
+
+    running: bool = False
+    events: int = 0
+    total: int = 0
+
+
+_REBUILDS: dict[str, RebuildProgress] = {}  # by service: what rebuild_progress answers
+
+
+def rebuild_progress(service: str) -> dict:
+    """`{"running", "events", "total"}` of `service`'s latest rebuild in this process
+    (running False, 0 of 0: none here; another replica may be the one rebuilding)."""
+    return asdict(_REBUILDS.get(service, RebuildProgress()))
+
+
+def rebuild_telling_progress(service: str, projector: Projector, conn: Connection,
+                             store: EventStore) -> int:
+    """`projector.rebuild`, telling `rebuild_progress(service)` how far it is as it goes.
+
+    The rebuild is one transaction in one green thread: after each report it lets the
+    others run (time.sleep(0) is eventlet's under nameko), so the process answers
+    `rebuild_progress` meanwhile, on SQLite too."""
+    state = _REBUILDS[service] = RebuildProgress(True, 0, store.head(conn)[0])
+
+    def told(count: int) -> None:
+        state.events = count
+        time.sleep(0)
+
+    try:
+        state.events = projector.rebuild(conn, store, told, every=REPORT_EVERY)
+    finally:
+        state.running = False
+    return state.events

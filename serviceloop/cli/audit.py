@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from nameko.exceptions import MethodNotFound
+
 from serviceloop import audit
 from serviceloop.cli.output import emit, table
 from serviceloop.client import cluster
@@ -204,27 +206,40 @@ def _services_clock() -> Clock:
 def _rebuild(args: argparse.Namespace) -> int:
     import eventlet
 
-    with cluster(timeout=600) as rpc:
+    # the rebuild is one long call; its progress is asked on a connection of its own
+    with cluster(timeout=600) as rpc, cluster(timeout=30) as asking:
         service = getattr(rpc, args.service)
         progress = _Progress({args.service: service.log_head()["position"]})
         progress(args.service, 0)
         started = time.monotonic()
-
-        def elapsed() -> None:  # the service replays in one transaction: no count until done
-            while True:
-                eventlet.sleep(1)
+        rebuilding = eventlet.spawn(service.rebuild_read_models)
+        while not rebuilding.dead:
+            state = _rebuild_state(getattr(asking, args.service))
+            if state["running"]:
+                progress.totals[args.service] = state["total"]
+                progress(args.service, state["events"])
+            elif progress.tty:  # not started yet, or asked of a replica not rebuilding
                 sys.stderr.write(f"\x1b[2K  replaying … {time.monotonic() - started:.0f} s\r")
-
-        ticker = eventlet.spawn(elapsed) if progress.tty else None
-        try:
-            result = service.rebuild_read_models()
-        finally:
-            if ticker is not None:
-                ticker.kill()
-                sys.stderr.write("\x1b[2K")
+            with eventlet.Timeout(POLL_SECONDS, False):
+                rebuilding.wait()
+        if progress.tty:
+            sys.stderr.write("\x1b[2K")
+        result = rebuilding.wait()
+        progress.totals[args.service] = result["events"]
         progress(args.service, result["events"])
         progress.close()
     emit(result, args.json, lambda r: f"replayed {r['events']} events\n" + "\n".join(
         f"  {name:16} {'equal' if t['equal'] else 'DIFFERENT'}"
         for name, t in r["tables"].items()))
     return 0 if all(t["equal"] for t in result["tables"].values()) else 1
+
+
+POLL_SECONDS = 0.5  # between asking a rebuilding service how far it is
+
+
+def _rebuild_state(service) -> dict:  # noqa: ANN001
+    """The service's `rebuild_progress`; a replica that has no such RPC is not rebuilding."""
+    try:
+        return service.rebuild_progress()
+    except MethodNotFound:
+        return {"running": False, "events": 0, "total": 0}
