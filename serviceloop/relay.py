@@ -91,11 +91,14 @@ class Relay:
         window: int = 2000,
         idle_poll: float = 0.02,
         listen_poll: float = 1.0,
+        coalesce: float = 0.01,
         clock: Clock | None = None,
     ) -> None:
         """`idle_poll`: seconds between reads of an idle log when nothing tells the relay of
         appends (SQLite; PostgreSQL while its LISTEN connection is down). `listen_poll`: the
-        same while LISTENing, a fallback only."""
+        same while LISTENing, a fallback only. `coalesce`: seconds an idle relay told of an
+        append waits before it reads, so that the appends just behind it share the window
+        (10 ms: 2-12 % less relay CPU per event under a steady trickle, bench/relay_busy.py)."""
         self.service = service
         self.name = f"{service}-relay"
         self.exchange = event_exchange(service)
@@ -105,6 +108,7 @@ class Relay:
         self.window = window
         self.idle_poll = idle_poll
         self.listen_poll = listen_poll
+        self.coalesce = coalesce
         self._listens = not is_sqlite(engine)
         self._listener = None  # psycopg2 connection LISTENing on the log's channel
         self._listener_fd = -1
@@ -121,6 +125,9 @@ class Relay:
         self._window_end = 0
         self._next_tag = 0
         self._idle_read = None  # the pending read of an idle relay (a timeout of the ioloop)
+        self._idle_read_at = 0.0
+        self._heard = False  # notified of an append since the last read
+        self._window_full = False
         self._position: int | None = None  # read once per connection: only the lease holder
         # writes it, so an idle poll is one query (the events after it)
 
@@ -211,6 +218,7 @@ class Relay:
         if self._listens and self._listener is None \
                 and time.monotonic() >= self._listen_again_at:
             self._start_listening()  # before the read: an append after it is heard
+        self._heard = False
         try:
             with read_only(self.engine) as conn:
                 if self._position is None:
@@ -223,6 +231,7 @@ class Relay:
         if not batch:
             self._wait_for_appends()
             return
+        self._window_full = len(batch) == self.window
         for envelope in batch:
             body = envelope.to_dict()
             self._channel.basic_publish(
@@ -259,8 +268,11 @@ class Relay:
             self._channel.close()  # the window will be published again: at least once
             return
         self._position = self._window_end
+        if self._listener is not None and not self._heard and not self._window_full:
+            # nothing appended since the read (it would have been notified): wait for it
+            self._wait_for_appends()
+            return
         self._connection.ioloop.add_callback_threadsafe(self._publish_window)
-
 
     # -- idle: told of appends (PostgreSQL LISTEN), or polling --------------------------------
 
@@ -271,6 +283,10 @@ class Relay:
             wait = min(self.idle_poll, LISTEN_RETRY)
         else:
             wait = self.idle_poll
+        self._read_in(wait)
+
+    def _read_in(self, wait: float) -> None:
+        self._idle_read_at = time.monotonic() + wait
         self._idle_read = self._connection.ioloop.call_later(wait, self._publish_window)
 
     def _start_listening(self) -> None:
@@ -301,17 +317,18 @@ class Relay:
             return
         if self._listener.notifies:
             self._listener.notifies.clear()
-            # idle: read now. Else a window is in flight, and the read after its confirm
-            # sees every append notified (the notification follows the commit).
-            self._read_soon(0)
+            # idle: read now. Else a window is in flight, and a read follows its confirm
+            # (the notification follows the commit, so that read sees the append).
+            self._heard = True
+            self._read_soon(self.coalesce)
 
     def _read_soon(self, wait: float) -> None:
-        """Move an idle relay's pending read to `wait` seconds from now."""
-        if self._idle_read is None:
+        """Bring an idle relay's pending read forward to `wait` seconds from now."""
+        if self._idle_read is None or self._idle_read_at <= time.monotonic() + wait:
             return
         self._connection.ioloop.remove_timeout(self._idle_read)
         if wait:
-            self._idle_read = self._connection.ioloop.call_later(wait, self._publish_window)
+            self._read_in(wait)
         else:
             self._publish_window()
 
@@ -339,7 +356,8 @@ def run_relay(service: str) -> None:
 
     engine = make_engine(database_url(service), pool_size=2)
     relay = Relay(service, engine, EventStore(service_metadata(service).tables["events"]),
-                  amqp_uri(), window=int(os.environ.get("RELAY_WINDOW", "2000")))
+                  amqp_uri(), window=int(os.environ.get("RELAY_WINDOW", "2000")),
+                  coalesce=float(os.environ.get("RELAY_COALESCE_MS", "10")) / 1000)
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
     if os.environ.get("RELAY_HTTP_PORT"):  # /health/live, /health/ready, /metrics

@@ -93,6 +93,15 @@ def test_an_idle_relay_publishes_an_append_as_soon_as_it_is_committed(orders_pg,
                    message=f"event {n} without a poll")
 
 
+def test_appends_made_while_a_window_is_in_flight_are_published_without_a_poll(
+        orders_pg, tap, quiet_relay):
+    wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
+    for n in range(1, 201):  # one transaction each, as fast as they go: many land mid-window
+        append_customer(orders_pg, n)
+    wait_until(lambda: len(tap()) >= 200, timeout=30, message="200 events without a poll")
+    assert tap() == list(range(1, 201))
+
+
 def test_a_relay_whose_listen_connection_was_terminated_still_publishes(orders_pg, tap,
                                                                           quiet_relay):
     append_customer(orders_pg, 1)
