@@ -24,15 +24,17 @@ result machinery costs more than the statements themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serviceloop.db import fetch_rows
+from serviceloop.db import Prepared, fetch_rows
 from services.dispatch.queries import ORDER_COLUMNS
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from serviceloop.nameko_deps import WorkerDatabase
 
 ACTION_SAVEPOINT = "gateway_action"
@@ -77,13 +79,21 @@ _RECORD = ("INSERT INTO seen_signatures (partner_id, signature, seen_at) VALUES 
 _ORDER = f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?"
 
 
-class AdmissionSession:
-    """The statements admitting one request, on one connection (see `admission_session`):
-    `rows(statement, parameters)` runs driver SQL written with `?` markers and gives the rows."""
+# every signed request runs these: prepared once per connection on PostgreSQL (planning the
+# admission cost more than running it)
+_PG_ADMIT, _SECRET, _CURRENT, _ANSWERED, _RECORD, _ORDER = map(
+    Prepared, (_PG_ADMIT, _SECRET, _CURRENT, _ANSWERED, _RECORD, _ORDER))
 
-    def __init__(self, postgres: bool, rows: Callable[[str, tuple], list[tuple]]) -> None:
+
+class AdmissionSession:
+    """The statements admitting one request, on one connection (see `admission_session`)."""
+
+    def __init__(self, postgres: bool, conn: Connection) -> None:
         self.postgres = postgres
-        self.rows = rows
+        self.conn = conn
+
+    def rows(self, statement: Prepared, params: tuple) -> list[tuple]:
+        return fetch_rows(self.conn, statement.text(self.conn), params)
 
     def secret(self, partner_id: str) -> str | None:
         found = self.rows(_SECRET, (partner_id,))
@@ -123,5 +133,4 @@ def admission_session(db: WorkerDatabase, in_unit_of_work: bool = False) \
     else:
         opened = db.reader() if postgres else db.transaction()
     with opened as conn:
-        yield AdmissionSession(postgres, lambda statement, params:
-                               fetch_rows(conn, statement, params))
+        yield AdmissionSession(postgres, conn)
