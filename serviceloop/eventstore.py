@@ -342,14 +342,8 @@ def _page_sql(dialect: str, kinds: int) -> str:
     """`EventStore.page_since`'s query, for `kinds` event types given."""
     names = [name.strip() for name in _COLUMNS.split(",")]
     where = f"global_position > ?{_of_types(kinds)}"
-    if dialect == "sqlite":  # each row, texts as stored bytes, and whether it is as expected
-        expected = " AND ".join(
-            [f"typeof({name}) = '{'integer' if n in _INTEGER_AT else 'text'}'"
-             for n, name in enumerate(names)] + ["prev_hash <> ''"])
-        shown = ", ".join(name if n in _INTEGER_AT else f"CAST({name} AS BLOB)"
-                          for n, name in enumerate(names))
-        return (f"SELECT {shown}, {expected} FROM events WHERE {where} "
-                f"ORDER BY global_position LIMIT ?")
+    if dialect == "sqlite":  # the rows as they are: page_since checks each value's type
+        return f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY global_position LIMIT ?"
     # count, last position, rows it cannot vouch for, the text
     shown = dict(zip(names, names, strict=True))
     shown["prev_hash"] = "CASE WHEN prev_hash = previous THEN '' ELSE prev_hash END"
@@ -544,31 +538,33 @@ class EventStore:
         the hash of the row before it in the page), the columns with \\x1e, in Envelope's
         field order. `(count, last position, text)`; None when the page is empty or its text
         would not split back into exactly the stored values: a value not of its column's
-        type, an empty prev_hash, a separator inside a value, text that is not UTF-8 (the
-        caller reads `rows_since` instead).
+        type, an empty prev_hash, a separator inside a value (the caller reads `rows_since`
+        instead; stored text that is not UTF-8 neither SQLite's driver nor this reads).
 
-        PostgreSQL joins the page itself (string_agg); SQLite hands each text as its stored
-        bytes, joined here (its aggregates and window functions cost more than the rows)."""
+        PostgreSQL joins the page itself (string_agg); SQLite hands the rows, joined here (its
+        aggregates, window functions and typeof() checks cost more than the rows)."""
         found = fetch_rows(conn, _page_sql(conn.dialect.name, len(event_types)),
                            (int(position), *event_types, int(limit)))
         if conn.dialect.name == "sqlite":
             if not found:
                 return None
             columns = list(zip(*found, strict=True))
-            if not all(columns.pop()):  # a value not of its column's type, an empty prev_hash
-                return None
             count, last = len(found), columns[0][-1]
             prev_hashes, hashes = columns[_PREV_HASH], columns[_HASH]
+            if not all(prev_hashes):  # an empty prev_hash would read as an elided one
+                return None
             columns[_PREV_HASH] = prev_hashes[:1] + tuple(
-                b"" if prev == before else prev
+                "" if prev == before else prev
                 for prev, before in zip(prev_hashes[1:], hashes, strict=False))
-            text = b"\x1e".join(b"\x1f".join(map(b"%d".__mod__, column)) if n in _INTEGER_AT
-                                 else b"\x1f".join(column) for n, column in enumerate(columns))
-            if not text.isascii():
-                try:
-                    text.decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
+            # a value not of its column's type refuses to be joined: int.__repr__ takes only
+            # an int, str.join only str (SQLite keeps any type in any column); stored text
+            # that is not UTF-8 the driver refuses to read, here as in rows_since
+            try:
+                text = "\x1e".join("\x1f".join(map(int.__repr__, column)) if n in _INTEGER_AT
+                                    else "\x1f".join(column)
+                                    for n, column in enumerate(columns)).encode("utf-8")
+            except TypeError:
+                return None
         else:
             count, last, doubtful, text = found[0]
             if not count or doubtful:

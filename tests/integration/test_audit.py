@@ -235,10 +235,12 @@ def test_a_row_the_database_cannot_vouch_for_is_read_as_rows_and_comes_back_exac
             conn.execute(text("UPDATE events SET actor = x'41' WHERE global_position = 6"))
             conn.execute(text("UPDATE events SET stream_version = 'one' "
                               "WHERE global_position = 5"))
+            conn.execute(text("UPDATE events SET schema_version = 1.5 "
+                              "WHERE global_position = 3"))
     refused = set(_pages_agree(store, orders_engine))
     assert {(0, 10_000), (0, 1), (2, 3)} <= refused
     with orders_engine.connect() as conn:
         page = pack_page(store.rows_since(conn, 0, 10))
         assert page["elided"] is False  # an empty prev_hash is not taken for an elided one
         if conn.dialect.name == "sqlite":
-            assert {"actor", "stream_version"} <= set(page["columns"])
+            assert {"actor", "stream_version", "schema_version"} <= set(page["columns"])
