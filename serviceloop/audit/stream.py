@@ -43,6 +43,7 @@ _ORDER = ("actor", "causation_id", "correlation_id", "event_id", "event_type",
 _ESCAPED = bytes(range(0x1f)) + b'"\\'
 _ESCAPED_ASCII = _ESCAPED + b"\x7f"
 _hexdigest = methodcaller("hexdigest")
+_is_command = methodcaller("startswith", COMMAND_PREFIXES)
 _ALL = list(FIELDS)
 _UNESCAPED = ("payload_json", *INTEGERS)  # canonical JSON already; decimal digits
 _CAUSATION = 99  # a causation break comes after the event's other breaks
@@ -113,7 +114,11 @@ class _LogCheck:
         self.hashes += hashes
         seen.update(event_ids)
         unknown = set(causes).difference(seen)
-        unknown = {c for c in unknown if not (type(c) is str and c.startswith(COMMAND_PREFIXES))}
+        try:  # a command's id, not an event's (C all the way: most causes of some pages)
+            unknown.difference_update(list(filter(_is_command, unknown)))
+        except AttributeError:  # a cause that is not text (a value sent plain)
+            unknown = {c for c in unknown
+                       if not (type(c) is str and c.startswith(COMMAND_PREFIXES))}
         if unknown:  # perhaps in a page not read yet: looked up again once all are
             self.unknown_causes += [(first + n, positions[n], cause)
                                     for n, cause in enumerate(causes) if cause in unknown]
