@@ -290,6 +290,7 @@ class Relay:
         self._idle_read = self._connection.ioloop.call_later(wait, self._publish_window)
 
     def _start_listening(self) -> None:
+        listener = None
         try:
             pooled = self.engine.raw_connection()
             listener = pooled.driver_connection
@@ -300,6 +301,8 @@ class Relay:
         except Exception as error:  # database away: poll, and try again
             log.warning("relay %s cannot LISTEN (polls meanwhile): %s", self.name, error)
             self._listen_again_at = time.monotonic() + LISTEN_RETRY
+            if listener is not None:
+                listener.close()
             return
         self._listener, self._listener_fd = listener, listener.fileno()
         self._connection.ioloop.add_handler(self._listener_fd, self._on_listener_readable,
