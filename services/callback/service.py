@@ -334,7 +334,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             self.db.conn, f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
-            project=projector.apply)
+            project=projector.apply, chain=False)
 
 
 def _task_view(row: dict) -> dict:

@@ -348,7 +348,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             self.db.conn, stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id),
-            project=projector.apply, commit=commit)
+            project=projector.apply, commit=commit, chain=False)
         return envelopes
 
 
