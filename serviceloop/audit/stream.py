@@ -116,7 +116,7 @@ class _LogCheck:
         unknown = set(causes).difference(seen)
         try:  # a command's id, not an event's (C all the way: most causes of some pages)
             unknown.difference_update(list(filter(_is_command, unknown)))
-        except AttributeError:  # a cause that is not text (a value sent plain)
+        except (AttributeError, TypeError):  # a cause that is not text (a value sent plain)
             unknown = {c for c in unknown
                        if not (type(c) is str and c.startswith(COMMAND_PREFIXES))}
         if unknown:  # perhaps in a page not read yet: looked up again once all are
