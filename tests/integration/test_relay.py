@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
 
-import pika
 import pytest
 
 from serviceloop.db import make_engine
@@ -31,28 +29,6 @@ def append_customers(url: str, count: int, start: int = 0) -> None:
                 "address": ADDRESS})], occurred_at=datetime(2026, 11, 2, tzinfo=UTC),
                 correlation_id=f"c{n}", causation_id="t", actor="system")
     engine.dispose()
-
-
-@pytest.fixture
-def tap(broker_uri):
-    """A queue bound to every orders event, read in delivery order."""
-    connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
-    channel = connection.channel()
-    channel.exchange_declare("orders.events", exchange_type="topic", durable=True)
-    queue = channel.queue_declare("", exclusive=True).method.queue
-    channel.queue_bind(queue, "orders.events", routing_key="#")
-    received: list[dict] = []
-
-    def drain() -> list[dict]:
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return received
-            assert properties.content_type == "application/json"
-            received.append(json.loads(body))
-
-    yield drain
-    connection.close()
 
 
 @pytest.fixture

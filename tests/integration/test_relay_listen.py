@@ -3,11 +3,9 @@ being told after its LISTEN connection is terminated."""
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import UTC, datetime
 
-import pika
 import pytest
 from sqlalchemy import make_url, text
 
@@ -40,24 +38,9 @@ def orders_pg(database_for):
 
 
 @pytest.fixture
-def tap(broker_uri):
+def published(tap):
     """The positions of the orders events published, in delivery order."""
-    connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
-    channel = connection.channel()
-    channel.exchange_declare("orders.events", exchange_type="topic", durable=True)
-    queue = channel.queue_declare("", exclusive=True).method.queue
-    channel.queue_bind(queue, "orders.events", routing_key="#")
-    received: list[int] = []
-
-    def drain() -> list[int]:
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return received
-            received.append(json.loads(body)["global_position"])
-
-    yield drain
-    connection.close()
+    return lambda: [event["global_position"] for event in tap()]
 
 
 @pytest.fixture
@@ -82,40 +65,40 @@ def listening_backends(engine) -> list[int]:  # noqa: ANN001
              "q": f"LISTEN {notify_channel('orders')}"}).scalars())
 
 
-def test_an_idle_relay_publishes_an_append_as_soon_as_it_is_committed(orders_pg, tap,
+def test_an_idle_relay_publishes_an_append_as_soon_as_it_is_committed(orders_pg, published,
                                                                         quiet_relay):
     append_customer(orders_pg, 1)  # read at start
-    wait_until(lambda: tap() == [1], timeout=30, message="the first event")
+    wait_until(lambda: published() == [1], timeout=30, message="the first event")
     wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
     for n in (2, 3):  # idle each time: only a notification wakes it
         append_customer(orders_pg, n)
-        wait_until(lambda n=n: tap() == list(range(1, n + 1)), timeout=PROMPTLY,
+        wait_until(lambda n=n: published() == list(range(1, n + 1)), timeout=PROMPTLY,
                    message=f"event {n} without a poll")
 
 
 def test_appends_made_while_a_window_is_in_flight_are_published_without_a_poll(
-        orders_pg, tap, quiet_relay):
+        orders_pg, published, quiet_relay):
     wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
     for n in range(1, 201):  # one transaction each, as fast as they go: many land mid-window
         append_customer(orders_pg, n)
-    wait_until(lambda: len(tap()) >= 200, timeout=30, message="200 events without a poll")
-    assert tap() == list(range(1, 201))
+    wait_until(lambda: len(published()) >= 200, timeout=30, message="200 events without a poll")
+    assert published() == list(range(1, 201))
 
 
-def test_a_relay_whose_listen_connection_was_terminated_still_publishes(orders_pg, tap,
+def test_a_relay_whose_listen_connection_was_terminated_still_publishes(orders_pg, published,
                                                                           quiet_relay):
     append_customer(orders_pg, 1)
-    wait_until(lambda: tap() == [1], timeout=30, message="the first event")
+    wait_until(lambda: published() == [1], timeout=30, message="the first event")
     (first,) = wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
     with orders_pg.connect() as conn:
         assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": first}).scalar()
     append_customer(orders_pg, 2)  # while no one listens: read when the loss is noticed
-    wait_until(lambda: tap() == [1, 2], timeout=PROMPTLY, message="the event after the cut")
+    wait_until(lambda: published() == [1, 2], timeout=PROMPTLY, message="the event after the cut")
     (second,) = wait_until(lambda: listening_backends(orders_pg), timeout=PROMPTLY,
                            message="the relay to LISTEN again")
     assert second != first
     append_customer(orders_pg, 3)
-    wait_until(lambda: tap() == [1, 2, 3], timeout=PROMPTLY,
+    wait_until(lambda: published() == [1, 2, 3], timeout=PROMPTLY,
                message="an event notified on the new connection")
 
 
