@@ -17,36 +17,18 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
-import uuid
 from contextlib import ExitStack
-from datetime import UTC, datetime
 
+from bench.append_commit import timed_append
 from bench.common import fresh_database
-from bench.eventstore import customer_payload
 from serviceloop.db import make_engine, sql
-from serviceloop.eventstore import EventStore, NewEvent, notify_channel
-from serviceloop.unit_of_work import UnitOfWork
-from services.orders.projections import events
+from serviceloop.eventstore import notify_channel
 
-STORE = EventStore(events)
 CHANNEL = notify_channel("orders")
 
 
 def _notify_in_append(conn, _drafts) -> None:  # noqa: ANN001
     sql(conn, "SELECT pg_notify(?, '')", (CHANNEL,))
-
-
-def _append(engine, index: int, project) -> float:  # noqa: ANN001
-    customer_id = str(uuid.uuid4())
-    new = [NewEvent("customer_registered", customer_payload(customer_id, index))]
-    unit = UnitOfWork(engine)
-    started = time.perf_counter()
-    STORE.append(unit.conn, f"customer-{customer_id}", 0, new, occurred_at=datetime.now(UTC),
-                 correlation_id=customer_id, causation_id="bench", actor="agent:bench",
-                 project=project, commit=True)
-    unit.commit()
-    return time.perf_counter() - started
 
 
 def _listener(engine):  # noqa: ANN001, ANN202
@@ -77,9 +59,10 @@ def _compare(appends: int, flush: str) -> None:
         for name in ("none", "in append"):  # the migration gave every log the trigger
             with engines[name].begin() as conn:
                 conn.exec_driver_sql("DROP TRIGGER events_notify_relay ON events")
-        variants = {"none": lambda i: _append(engines["none"], i, None),
-                    "trigger": lambda i: _append(engines["trigger"], i, None),
-                    "in append": lambda i: _append(engines["in append"], i, _notify_in_append)}
+        variants = {"none": lambda i: timed_append(engines["none"], i),
+                    "trigger": lambda i: timed_append(engines["trigger"], i),
+                    "in append": lambda i: timed_append(engines["in append"], i,
+                                                                project=_notify_in_append)}
         times: dict[str, list[float]] = {name: [] for name in variants}
         for index in range(200 + appends):
             for name, measure in variants.items():
