@@ -26,10 +26,32 @@ ADDRESS = {"province": "广东省", "city": "广州市", "district": "天河区"
 REGION = {"province": "广东省", "city": "广州市", "district": "天河区"}
 
 
+# nameko's web server binds with SO_REUSEPORT (eventlet.listen's default): two servers given
+# one port both bind it, and the kernel splits the connections between them. A port the
+# kernel hands out (bind to 0) is free only until someone binds it, and the pytest process
+# running beside this one (scripts/run-tests) may be handed the same port meanwhile. So each
+# process takes ports in turn from a range of its own, below the kernel's ephemeral range
+# (32768 and up): TEST_PORT_BASE, set per process by scripts/run-tests (20000 and up), else
+# one of 2000..16999 picked by the process id.
+PORT_RANGE = 3000
+_PORT_BASE = int(os.environ.get("TEST_PORT_BASE") or 2000 + (os.getpid() % 5) * PORT_RANGE)
+_taken = 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port of this process's range that nothing is bound to now, never the same twice in
+    a row of `PORT_RANGE`."""
+    global _taken
+    for _ in range(PORT_RANGE):
+        port = _PORT_BASE + _taken % PORT_RANGE
+        _taken += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue  # in use (a server of ours or another program): the next one
+            return port
+    raise RuntimeError(f"no free port in {_PORT_BASE}..{_PORT_BASE + PORT_RANGE - 1}")
 
 
 @dataclass
