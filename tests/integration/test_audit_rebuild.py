@@ -57,7 +57,8 @@ def test_a_rebuild_on_a_running_service_reports_increasing_counts_up_to_the_tota
         running = [state for state in states if state["running"]]
         counts = [state["events"] for state in running]
         assert {state["total"] for state in running} == {total}
-        assert counts == sorted(counts) and all(0 <= n < total for n in counts)
+        # the last report (every event folded) can come before the checksums end the run
+        assert counts == sorted(counts) and all(0 <= n <= total for n in counts)
         assert len(set(counts) - {0}) >= 2, states  # seen moving, not only started
         assert asking.rebuild_progress() == {"running": False, "events": total,
                                              "total": total}
