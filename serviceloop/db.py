@@ -224,20 +224,22 @@ class Prepared:
                                          enumerate(pieces[1:], start=1))
         self._arguments = f"({', '.join(['?'] * (len(pieces) - 1))})" if len(pieces) > 1 else ""
 
-    def text(self, conn: Connection) -> str:
+    def text(self, conn: Connection, times: int = 1) -> str:
+        """`times`: the statement that many times over in one round trip, prepared once."""
         if conn.dialect.name != "postgresql":
-            return self.statement
+            return "; ".join([self.statement] * times)
         info = conn.info
         names = info.get(_PREPARED)
         if names is None:
             names = info[_PREPARED] = {}
         preparing = info.get(_PREPARING)
         name = names.get(self.key)
-        if name is not None and not (preparing and self.key in preparing):
-            return f"EXECUTE {name}{self._arguments}"
-        name = names[self.key] = f"{self.key}_{next(self._numbers)}"
-        info.setdefault(_PREPARING, set()).add(self.key)
-        return f"PREPARE {name} AS {self._body}; EXECUTE {name}{self._arguments}"
+        prepared = name is not None and not (preparing and self.key in preparing)
+        if not prepared:
+            name = names[self.key] = f"{self.key}_{next(self._numbers)}"
+            info.setdefault(_PREPARING, set()).add(self.key)
+        executions = "; ".join([f"EXECUTE {name}{self._arguments}"] * times)
+        return executions if prepared else f"PREPARE {name} AS {self._body}; {executions}"
 
 
 def _forget_unconfirmed(info: dict) -> None:

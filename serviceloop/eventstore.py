@@ -449,10 +449,9 @@ class EventStore:
                 params.extend(values)
         statements.append(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
         returning = chain and not commit and len(drafts) == 1
-        insert = (_PG_INSERT_EVENT_RETURNING if returning else _PG_INSERT_EVENT).text(conn)
+        insert = _PG_INSERT_EVENT_RETURNING if returning else _PG_INSERT_EVENT
+        statements.append(insert.text(conn, times=len(drafts)))  # one insert a draft
         for draft in drafts:
-            statements.append(insert)
-            insert = insert.rsplit("; ", 1)[-1]  # prepared with the first: EXECUTE for the rest
             params.extend((draft.event_id, draft.stream_id, draft.stream_id,
                            draft.stream_version - 1, draft.stream_version, draft.event_type,
                            draft.schema_version, draft.occurred_at, draft.correlation_id,

@@ -104,3 +104,12 @@ def test_a_replaced_connection_prepares_again(engine):
 def test_sqlite_gets_the_statement_itself(engine):
     with read_only(engine) as conn:
         assert LOOKUP.text(conn) == LOOKUP.statement
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_several_times_in_one_round_trip_prepared_once(engine):
+    with read_only(engine) as conn:
+        twice = LOOKUP.text(conn, times=2)
+        assert twice.count("PREPARE ") == 1 and twice.count("EXECUTE ") == 2
+        assert fetch_rows(conn, twice, PARAMS * 2) == [("c1", "13800000001")]
+        assert LOOKUP.text(conn, times=2).count("PREPARE ") == 0
