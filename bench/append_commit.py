@@ -97,12 +97,18 @@ def _compare(appends: int, flush: str) -> None:
                     times[name].append(measure(index))
         finally:
             engine.dispose()
-    base = statistics.median(times["chain"])
+    report(times, "chain")
+
+
+def report(times: dict[str, list[float]], base: str, notes: dict[str, str] | None = None) -> None:
+    """Median and p90 of each variant's appends, and its median against `base`'s."""
+    against = statistics.median(times[base])
     for name, seconds in times.items():
         middle = statistics.median(seconds)
+        note = f", {notes[name]}" if notes and name in notes else ""
         print(f"{name:>10}: median {middle * 1e6:7.1f} us, p90 "
               f"{statistics.quantiles(seconds, n=10)[-1] * 1e6:7.1f} us, "
-              f"{middle / base:.1%} of chain ({appends} appends, commit=True)")
+              f"{middle / against:.1%} of {base} ({len(seconds)} appends, commit=True{note})")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ production) and off (the statements' own cost, without the WAL flush's noise).
 
 from __future__ import annotations
 
-import statistics
 import sys
 from contextlib import ExitStack
 
-from bench.append_commit import timed_append
+from bench.append_commit import report, timed_append
 from bench.common import fresh_database
 from serviceloop.db import make_engine, sql
 from serviceloop.eventstore import notify_channel
@@ -75,13 +74,7 @@ def _compare(appends: int, flush: str) -> None:
                 raw.notifies.clear()
         for _, raw in listeners:
             raw.close()
-    base = statistics.median(times["none"])
-    for name, seconds in times.items():
-        middle = statistics.median(seconds)
-        print(f"{name:>10}: median {middle * 1e6:7.1f} us, p90 "
-              f"{statistics.quantiles(seconds, n=10)[-1] * 1e6:7.1f} us, "
-              f"{middle / base:.1%} of none ({appends} appends, commit=True"
-              f"{f', {notified[name]} notifications' if name in notified else ''})")
+    report(times, "none", {name: f"{count} notifications" for name, count in notified.items()})
 
 
 if __name__ == "__main__":
