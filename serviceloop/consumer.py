@@ -69,13 +69,12 @@ def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
     return bool(fetch_rows(conn, _HANDLED.text(conn), (consumer, event_id)))
 
 
-_RECORD = ("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
-           "VALUES (?, ?, ?, ?, ?)")
+_RECORD = Prepared("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
+                   "VALUES (?, ?, ?, ?, ?)")
 # parked by RetryLater, not handed back yet, and of this order or waiting for it
 _WAITS_ON = ("replayed_at IS NULL AND (waiting_for = ?"
              " OR (correlation_id = ? AND waiting_for IS NOT NULL))")
-_WAITING = f"SELECT EXISTS (SELECT 1 FROM parked_messages WHERE {_WAITS_ON})"
-_RECORD_PREPARED, _WAITING_PREPARED = Prepared(_RECORD), Prepared(_WAITING)
+_WAITING = Prepared(f"SELECT EXISTS (SELECT 1 FROM parked_messages WHERE {_WAITS_ON})")
 
 
 def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope,  # noqa: ANN001
@@ -87,14 +86,14 @@ def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope
     order = (envelope.correlation_id, envelope.correlation_id)
     if owns_transaction(db.conn):
         conn = db.conn
-        (row,) = fetch_rows(conn, f"{_RECORD_PREPARED.text(conn)}; COMMIT; "
-                                  f"{_WAITING_PREPARED.text(conn)}", values + order)
+        (row,) = fetch_rows(conn, f"{_RECORD.text(conn)}; COMMIT; {_WAITING.text(conn)}",
+                            values + order)
         db.commit()
         return bool(row[0])
-    sql(db.conn, _RECORD, values)
+    sql(db.conn, _RECORD.statement, values)
     db.commit()
     with db.reader() as conn:
-        return bool(sql(conn, _WAITING, order).scalar())
+        return bool(sql(conn, _WAITING.statement, order).scalar())
 
 
 def park(db, consumer: str, source: str, body: dict, error: str, attempts: int,  # noqa: ANN001

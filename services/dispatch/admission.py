@@ -47,9 +47,11 @@ class Admission:
     order: dict | None  # the order the path names, None if there is none (or no order_id)
 
 
+# Every signed request runs these: each is prepared once per connection on PostgreSQL
+# (serviceloop.db.Prepared; planning the admission cost more than running it).
 # `?` markers (serviceloop.db.for_driver); parameters in the order `AdmissionSession.admit`
 # passes them: credential, answered key, signature recorded, order
-_PG_ADMIT = f"""
+_PG_ADMIT = Prepared(f"""
 WITH credential AS (
     SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?
 ), answered AS (
@@ -67,22 +69,18 @@ SELECT EXISTS (SELECT 1 FROM credential), EXISTS (SELECT 1 FROM recorded),
 FROM (SELECT 1) AS one
 LEFT JOIN answered AS a ON true
 LEFT JOIN dispatch_orders AS o ON o.order_id = ?
-"""
+""")
 
-_SECRET = "SELECT secret FROM partner_credentials WHERE partner_id = ?"
-_CURRENT = "SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?"
-_ANSWERED = ("SELECT request_hash, status, response FROM idempotency_keys"
-             " WHERE partner_id = ? AND key = ? AND status <> 0")
+_SECRET = Prepared("SELECT secret FROM partner_credentials WHERE partner_id = ?")
+_CURRENT = Prepared("SELECT 1 FROM partner_credentials WHERE partner_id = ? AND secret = ?")
+_ANSWERED = Prepared("SELECT request_hash, status, response FROM idempotency_keys"
+                     " WHERE partner_id = ? AND key = ? AND status <> 0")
 # a row only where the signature was new (RETURNING: SQLite 3.35 and later)
-_RECORD = ("INSERT INTO seen_signatures (partner_id, signature, seen_at) VALUES (?, ?, ?)"
-           " ON CONFLICT (partner_id, signature) DO NOTHING RETURNING 1")
-_ORDER = f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?"
+_RECORD = Prepared("INSERT INTO seen_signatures (partner_id, signature, seen_at)"
+                   " VALUES (?, ?, ?) ON CONFLICT (partner_id, signature) DO NOTHING RETURNING 1")
+_ORDER = Prepared(f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?")
 
 
-# every signed request runs these: prepared once per connection on PostgreSQL (planning the
-# admission cost more than running it)
-_PG_ADMIT, _SECRET, _CURRENT, _ANSWERED, _RECORD, _ORDER = map(
-    Prepared, (_PG_ADMIT, _SECRET, _CURRENT, _ANSWERED, _RECORD, _ORDER))
 
 
 class AdmissionSession:
