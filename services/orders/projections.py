@@ -17,7 +17,7 @@ from sqlalchemy import (
     Text,
 )
 
-from serviceloop.db import sql
+from serviceloop.db import Prepared, prepared_insert, prepared_update, sql
 from serviceloop.eventstore import Envelope, define_log_tables
 from serviceloop.projections import Projector
 
@@ -133,9 +133,10 @@ def order_row(e: Envelope, p: dict) -> dict:
 
 
 _ORDER_COLUMNS = [c.name for c in orders.c]
-_INSERT_ORDER = (f"INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(_ORDER_COLUMNS))})")
-_INSERT_REQUEST = "INSERT INTO order_requests (request_id, order_id) VALUES (?, ?)"
+# the hot writes: prepared once per PostgreSQL connection, and sent with the append
+_INSERT_ORDER = prepared_insert("orders", tuple(_ORDER_COLUMNS))
+_INSERT_ORDER_AND_REQUEST = Prepared(f"{_INSERT_ORDER.statement}; INSERT INTO order_requests "
+                                     "(request_id, order_id) VALUES (?, ?)")
 
 
 def _order_created(conn: Connection, e: Envelope) -> None:
@@ -144,12 +145,8 @@ def _order_created(conn: Connection, e: Envelope) -> None:
     values = tuple(row[c] for c in _ORDER_COLUMNS)
     if not p["request_id"]:
         sql(conn, _INSERT_ORDER, values)
-    elif conn.dialect.name == "postgresql":  # both rows in one round trip
-        sql(conn, f"{_INSERT_ORDER}; {_INSERT_REQUEST}", (*values, p["request_id"],
-                                                          p["order_id"]))
     else:
-        sql(conn, _INSERT_ORDER, values)
-        sql(conn, _INSERT_REQUEST, (p["request_id"], p["order_id"]))
+        sql(conn, _INSERT_ORDER_AND_REQUEST, (*values, p["request_id"], p["order_id"]))
 
 
 def _order_fault_recorded(conn: Connection, e: Envelope) -> None:
@@ -172,8 +169,9 @@ def _verification_recorded(conn: Connection, e: Envelope) -> None:
 
 
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
-    conn.execute(orders.update().where(orders.c.order_id == e.payload["order_id"]).values(
-        updated_at=e.occurred_at, version=e.stream_version, **values))
+    statement = prepared_update("orders", ("updated_at", "version", *values), "order_id")
+    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(),
+                          e.payload["order_id"]))
 
 
 projector = Projector(READ_MODELS, {

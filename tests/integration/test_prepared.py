@@ -8,7 +8,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ServiceUnavailable
-from serviceloop.db import Prepared, fetch_rows, make_engine
+from serviceloop.db import (
+    Prepared,
+    deferring,
+    fetch_rows,
+    make_engine,
+    prepared_insert,
+    prepared_update,
+    sql,
+)
 from serviceloop.unit_of_work import read_only
 
 LOOKUP = Prepared("SELECT customer_id, phone FROM customers WHERE phone = ? OR customer_id = ?")
@@ -113,3 +121,43 @@ def test_several_times_in_one_round_trip_prepared_once(engine):
         assert twice.count("PREPARE ") == 1 and twice.count("EXECUTE ") == 2
         assert fetch_rows(conn, twice, PARAMS * 2) == [("c1", "13800000001")]
         assert LOOKUP.text(conn, times=2).count("PREPARE ") == 0
+
+
+TWO_WRITES = Prepared("UPDATE customers SET name = ? WHERE customer_id = ?; "
+                      "UPDATE customers SET street = ? WHERE customer_id = ?")
+
+
+def _name_and_street(engine) -> tuple:  # noqa: ANN001
+    with read_only(engine) as conn:
+        return tuple(fetch_rows(conn, "SELECT name, street FROM customers "
+                                      "WHERE customer_id = 'c1'")[0])
+
+
+def test_sql_runs_a_prepared_write_of_several_statements(engine):
+    for name, street in (("一", "街1号"), ("二", "街2号")):  # the second time only executed
+        with engine.begin() as conn:
+            assert sql(conn, TWO_WRITES, (name, "c1", street, "c1")) is None
+        assert _name_and_street(engine) == (name, street)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_sql_collects_a_prepared_write_for_the_round_trip_that_sends_it(engine):
+    with engine.begin() as conn:
+        with deferring(conn) as collected:
+            sql(conn, TWO_WRITES, ("三", "c1", "街3号", "c1"))
+        assert _name_and_street(engine) == ("客户", "中山路1号")  # collected, not run
+        (statement, params), = collected
+        assert statement.startswith("PREPARE ") and params == ("三", "c1", "街3号", "c1")
+        fetch_rows(conn, statement, params)  # as the append sends it
+        assert len(_prepared_names(conn)) == 2  # one name a statement
+        with deferring(conn) as collected:
+            sql(conn, TWO_WRITES, ("四", "c1", "街4号", "c1"))
+        assert collected[0][0].startswith("EXECUTE ")
+        fetch_rows(conn, *collected[0])
+    assert _name_and_street(engine) == ("四", "街4号")
+
+
+def test_prepared_insert_and_update_are_made_once_per_shape():
+    assert prepared_update("t", ("a", "b"), "k") is prepared_update("t", ("a", "b"), "k")
+    assert prepared_update("t", ("a",), "k").statement == "UPDATE t SET a = ? WHERE k = ?"
+    assert prepared_insert("t", ("a", "b")).statement == "INSERT INTO t (a, b) VALUES (?, ?)"
