@@ -9,9 +9,30 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, Table, select
 
+from serviceloop.db import prepared_insert, prepared_update, sql
 from serviceloop.eventstore import Envelope, EventStore
 
 Handler = Callable[[Connection, Envelope], None]
+
+
+# -- a read model's writes ----------------------------------------------------------------------
+#
+# Through serviceloop.db.sql with a statement prepared once per PostgreSQL connection per
+# table and set of columns: inside an append they are sent with its round trip (deferred), and
+# PostgreSQL only executes them. Values go to the driver as they are (no SQLAlchemy type
+# processing: text, integers, None; JSON already dumped). A handler must not read back what
+# it wrote in the same append: its writes are not sent yet.
+
+
+def insert(conn: Connection, table: Table, values: dict) -> None:
+    """INSERT one row of `values` (column -> value) into `table`."""
+    sql(conn, prepared_insert(table.name, tuple(values)), tuple(values.values()))
+
+
+def update(conn: Connection, table: Table, key: str, key_value: object, **values: object) -> None:
+    """UPDATE `table` SET `values` WHERE `key` = `key_value`."""
+    sql(conn, prepared_update(table.name, tuple(values), key),
+        (*values.values(), key_value))
 
 
 class Projector:

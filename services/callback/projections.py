@@ -7,7 +7,7 @@ import json
 from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
 
 from serviceloop.eventstore import Envelope, define_log_tables
-from serviceloop.projections import Projector
+from serviceloop.projections import Projector, insert, update
 
 metadata = MetaData()
 events = define_log_tables(metadata)
@@ -48,7 +48,7 @@ READ_MODELS = [tasks]
 
 def _task_created(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    conn.execute(tasks.insert().values(
+    insert(conn, tasks, dict(
         task_id=p["task_id"], order_id=p["order_id"], partner_id=p["partner_id"],
         order_type=p["order_type"], category=p["category"], phone=p["phone"],
         channel=p["channel"], status="open", priority=p["priority"], due_at=p["due_at"],
@@ -106,8 +106,8 @@ def _returned(conn: Connection, e: Envelope) -> None:
 
 
 def _update(conn: Connection, e: Envelope, **values: object) -> None:
-    conn.execute(tasks.update().where(tasks.c.task_id == e.payload["task_id"]).values(
-        updated_at=e.occurred_at, version=e.stream_version, **values))
+    update(conn, tasks, "task_id", e.payload["task_id"], updated_at=e.occurred_at,
+           version=e.stream_version, **values)
 
 
 projector = Projector(READ_MODELS, {

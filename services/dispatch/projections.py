@@ -33,9 +33,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from serviceloop.db import sql
 from serviceloop.eventstore import Envelope, define_log_tables
-from serviceloop.projections import Projector
+from serviceloop.projections import Projector, insert, update
 
 metadata = MetaData()
 events = define_log_tables(metadata)
@@ -173,7 +172,7 @@ def _order_received(conn: Connection, e: Envelope) -> None:
     address = p["address"]
     status = {"ready": "ready", "awaiting_fault": "awaiting_fault",
               "complaint": "complaint"}[p["status"]]
-    conn.execute(dispatch_orders.insert().values(
+    insert(conn, dispatch_orders, dict(
         order_id=p["order_id"], order_type=p["order_type"], status=status,
         category=p["category"], model=p["model"], serial=p["serial"],
         description=p["description"], fault_code=p["fault_code"], phone=p["phone"],
@@ -195,7 +194,7 @@ def _order_assigned(conn: Connection, e: Envelope) -> None:
                   assigned_at=e.occurred_at, accept_by=p["accept_by"], schedule_by=None,
                   window_start=None, window_end=None, arrived_at=None, arrival_lat=None,
                   arrival_lon=None, escalation=None)
-    conn.execute(assignments.insert().values(
+    insert(conn, assignments, dict(
         order_id=p["order_id"], attempt=p["attempt"], partner_id=p["partner_id"],
         day=p["day"], active=True))
 
@@ -259,11 +258,9 @@ def _order_withdrawn(conn: Connection, e: Envelope) -> None:
 
 
 def _deactivate_assignments(conn: Connection, order_id: str) -> None:
-    conn.execute(assignments.update().where(assignments.c.order_id == order_id)
-                 .values(active=False))
+    update(conn, assignments, "order_id", order_id, active=False)
 
 
-_ORDER_UPDATES: dict[tuple[str, ...], str] = {}
 _CHANGES = "dispatch.order_changes"
 
 
@@ -282,19 +279,14 @@ def order_changes(conn: Connection) -> Iterator[dict[str, dict]]:
 
 
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
-    # driver SQL, one statement text per set of columns: every partner action comes here
+    # prepared, sent with the append: every partner action comes here
     order_id = e.payload["order_id"]
     changes = conn.info.get(_CHANGES)
     if changes is not None:
         changes.setdefault(order_id, {}).update(
             updated_at=e.occurred_at, version=e.stream_version, **values)
-    columns = ("updated_at", "version", *values)
-    statement = _ORDER_UPDATES.get(columns)
-    if statement is None:
-        statement = _ORDER_UPDATES[columns] = (
-            f"UPDATE dispatch_orders SET {', '.join(f'{c} = ?' for c in columns)}"
-            " WHERE order_id = ?")
-    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(), order_id))
+    update(conn, dispatch_orders, "order_id", order_id, updated_at=e.occurred_at,
+           version=e.stream_version, **values)
 
 
 def _json(value: object) -> str:

@@ -17,9 +17,9 @@ from sqlalchemy import (
     Text,
 )
 
-from serviceloop.db import Prepared, prepared_insert, prepared_update, sql
+from serviceloop.db import Prepared, prepared_insert, sql
 from serviceloop.eventstore import Envelope, define_log_tables
-from serviceloop.projections import Projector
+from serviceloop.projections import Projector, update
 
 metadata = MetaData()
 events = define_log_tables(metadata)
@@ -169,9 +169,8 @@ def _verification_recorded(conn: Connection, e: Envelope) -> None:
 
 
 def _update_order(conn: Connection, e: Envelope, **values: object) -> None:
-    statement = prepared_update("orders", ("updated_at", "version", *values), "order_id")
-    sql(conn, statement, (e.occurred_at, e.stream_version, *values.values(),
-                          e.payload["order_id"]))
+    update(conn, orders, "order_id", e.payload["order_id"], updated_at=e.occurred_at,
+           version=e.stream_version, **values)
 
 
 projector = Projector(READ_MODELS, {

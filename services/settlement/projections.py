@@ -14,13 +14,12 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    func,
     select,
-    text,
 )
 
+from serviceloop.db import fetch_rows
 from serviceloop.eventstore import APPEND_LOCK_KEY, Envelope, define_log_tables
-from serviceloop.projections import Projector
+from serviceloop.projections import Projector, insert, update
 
 metadata = MetaData()
 events = define_log_tables(metadata)
@@ -136,7 +135,7 @@ def _price_list(conn: Connection, e: Envelope) -> None:
 
 def _order_facts(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    conn.execute(order_facts.insert().values(
+    insert(conn, order_facts, dict(
         order_id=p["order_id"], order_type=p["order_type"], category=p["category"],
         product_id=p["product_id"], serial=p["serial"], province=p["province"],
         lat=None if p["lat"] is None else repr(p["lat"]),
@@ -169,36 +168,38 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
         lines=_json(p["lines"]), evidence=_json(p["evidence"]), version=e.stream_version,
         **claim_totals(p["lines"]))
     if e.stream_version == 1:
+        # at once, not with the append: the next claim's position reads it
         conn.execute(claims.insert().values(claim_id=p["claim_id"], order_id=p["order_id"],
                                             opened_position=_next_position(conn), **values))
         for line in p["lines"]:
             if line["kind"] == "part":
-                conn.execute(claim_parts.insert().values(
+                insert(conn, claim_parts, dict(
                     claim_id=p["claim_id"], line_id=line["line_id"],
                     old_serial=line["old_serial"], new_serial=line["new_serial"]))
     else:
-        conn.execute(claims.update().where(claims.c.claim_id == p["claim_id"]).values(**values))
+        update(conn, claims, "claim_id", p["claim_id"], **values)
 
 
 def _next_position(conn: Connection) -> int:
     """One more than the last claim opened. Two workers opening claims at once must not both
     read the same last one: on PostgreSQL take the log's append lock (held to commit, and
     taken again by the append that follows) first; SQLite writers are serialised already."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
-    return (conn.execute(select(func.max(claims.c.opened_position))).scalar() or 0) + 1
+    last = "SELECT max(opened_position) FROM claims"
+    if conn.dialect.name == "postgresql":  # the lock and the read in one round trip
+        last = f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {last}"
+    return (fetch_rows(conn, last)[0][0] or 0) + 1
 
 
 def _part_return(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    conn.execute(part_returns.insert().values(
+    insert(conn, part_returns, dict(
         serial=p["serial"], kind=p["kind"], parts_centre=p["parts_centre"],
         waived_by=p["waived_by"], recorded_at=e.occurred_at))
 
 
 def _sla_breach(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    conn.execute(sla_breaches.insert().values(
+    insert(conn, sla_breaches, dict(
         breach_id=p["breach_id"], order_id=p["order_id"], partner_id=p["partner_id"],
         kind=p["kind"], due_at=p["due_at"]))
 
