@@ -3,9 +3,14 @@
 An event published before its consumer's queue existed, or lost between broker and
 consumer, is still in the producer's log. A consuming service mixes in `CatchUp`: on a
 timer it reads each producer it subscribes to through that producer's
-`events_since(position, limit)` RPC from where it last got to, hands every subscribed
-event to the same `deliver` policy as broker messages (the inbox makes the second
-sighting a no-op), and records how far it got.
+`events_since(position, limit, event_types=…)` RPC from where it last got to (only the
+types it subscribes to), hands every subscribed event its inbox has not seen to the same
+`deliver` policy as broker messages, and records how far it got.
+
+In steady state the broker has delivered almost every event first, so the inbox is asked
+about a whole page at once (one query per handler) and only the rest is delivered: each
+sighting delivered again cost a transaction (its check and a ROLLBACK) and the envelope's
+and payload's validation, twice the consumers' work in the loop bench.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from nameko.timer import Timer
 
 from serviceloop.clock import isoformat
 from serviceloop.consumer import deliver
-from serviceloop.db import read_position, save_position
+from serviceloop.db import fetch_rows, read_position, save_position
 from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
@@ -62,11 +67,16 @@ def _catch_up_with(service, rpc, source: str, by_type: dict, stopping) -> int:  
     delivered = 0
     with service.db.reader() as conn:
         position = read_position(conn, "consumer_positions", source)
+    kinds = sorted(by_type)
     while not stopping():
-        page = getattr(rpc, source).events_since(position, PAGE)
+        page = getattr(rpc, source).events_since(position, PAGE, event_types=kinds)
+        seen = _already_handled(service, page, by_type)
         for body in page:
             for name, handler in by_type.get(body["event_type"], ()):
-                deliver(service, handler, f"{service.name}.{name}", source, body)
+                consumer = f"{service.name}.{name}"
+                if (consumer, body.get("event_id")) in seen:
+                    continue
+                deliver(service, handler, consumer, source, body)
                 delivered += 1
         if page:
             position = page[-1]["global_position"]
@@ -76,6 +86,28 @@ def _catch_up_with(service, rpc, source: str, by_type: dict, stopping) -> int:  
         if len(page) < PAGE:
             break
     return delivered
+
+
+def _already_handled(service, page: list[dict], by_type: dict) -> set[tuple[str, str]]:  # noqa: ANN001
+    """(consumer, event_id) of the page's events that consumer's inbox already holds."""
+    ids_by_consumer: dict[str, list[str]] = defaultdict(list)
+    for body in page:
+        event_id = body.get("event_id")
+        if isinstance(event_id, str):
+            for name, _handler in by_type.get(body.get("event_type"), ()):
+                ids_by_consumer[f"{service.name}.{name}"].append(event_id)
+    seen: set[tuple[str, str]] = set()
+    if not ids_by_consumer:
+        return seen
+    with service.db.reader() as conn:
+        for consumer, ids in ids_by_consumer.items():
+            for start in range(0, len(ids), PAGE):
+                chunk = ids[start:start + PAGE]
+                rows = fetch_rows(conn, "SELECT event_id FROM inbox WHERE consumer = ? AND "
+                                        f"event_id IN ({', '.join(['?'] * len(chunk))})",
+                                  (consumer, *chunk))
+                seen.update((consumer, row[0]) for row in rows)
+    return seen
 
 
 class CatchUpTimer(Timer):
