@@ -131,7 +131,12 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
                 or_((c.status == "open") & (c.next_attempt_at <= stamp),
                     (c.status == "leased") & (c.lease_until < stamp)),
             ).order_by(c.priority, c.due_at, c.task_id).limit(20)).scalars().all()
-        for task_id in candidates:
+        if candidates and self.db.engine.dialect.name == "postgresql":
+            try:
+                return self._lease_first_free(candidates, agent_id)
+            except Conflict:  # finished meanwhile by its holder: the agent asks again
+                return None
+        for task_id in candidates:  # SQLite: one writer at a time, each tried in turn
             try:
                 return self._lease(task_id, agent_id)
             except Conflict:  # another agent took or finished it first: the next one
@@ -139,7 +144,27 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return None
 
     @transactional
+    def _lease_first_free(self, candidates: list[str], agent_id: str) -> dict | None:
+        """PostgreSQL: the first candidate no other agent is leasing at this moment, locked
+        (SKIP LOCKED): agents asking at once each get their own task at once, instead of
+        all waiting on the first one's row and then conflicting on its log, one by one."""
+        stamp = isoformat(self.clock.now())
+        c = tasks.c
+        task_id = self.db.conn.execute(select(c.task_id).where(
+            c.task_id.in_(candidates), c.channel == "agent",
+            or_((c.status == "open") & (c.next_attempt_at <= stamp),
+                (c.status == "leased") & (c.lease_until < stamp)),
+        ).order_by(c.priority, c.due_at, c.task_id).limit(1)
+            .with_for_update(skip_locked=True)).scalar()
+        if task_id is None:
+            return None
+        return self._lease_in_transaction(task_id, agent_id)
+
+    @transactional
     def _lease(self, task_id: str, agent_id: str) -> dict:
+        return self._lease_in_transaction(task_id, agent_id)
+
+    def _lease_in_transaction(self, task_id: str, agent_id: str) -> dict:
         task = self._task(task_id)
         event = domain.lease(task, agent_id, self.clock.now(), self.config.settings)
         self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}")

@@ -4,15 +4,18 @@ stand-in provider over real HTTP."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
 import pika
 import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
+from sqlalchemy import text
 
 from contracts.errors import Conflict, ValidationFailed
 from serviceloop.clock import isoformat, parse_time
+from serviceloop.db import make_engine
 from serviceloop.relay import event_exchange, message_properties
 from serviceloop.standin_provider import StandInProvider
 from services.callback.service import CallbackService
@@ -53,6 +56,7 @@ def loop(container_factory, service_config, database_for, backend, broker_uri, c
         system = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
                                 relays)
         system.callback = callback_rpc
+        system.callback_url = urls["callback"]
         system.provider = provider
         system.broker_uri = broker_uri
         yield system
@@ -158,6 +162,29 @@ def test_a_lease_that_runs_out_returns_the_task_to_the_queue(loop):
         loop.callback.record_outcome({"task_id": task["task_id"], "agent_id": "a1",
                                       "outcome": "verified"})
     assert late.value.code == "task_not_leased_to_you"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_an_agent_is_given_the_next_task_while_another_is_being_leased(loop):
+    partner = loop.register_partner()
+    first, second = loop.repair("13700000021"), loop.repair("13700000022")
+    complete_visit(loop, partner, first)
+    complete_visit(loop, partner, second)
+    tasks = {one_task(loop, first)["task_id"], one_task(loop, second)["task_id"]}
+    taken = loop.callback.next_task("a1")["task_id"]  # the first in the agents' queue
+    (other,) = tasks - {taken}
+    loop.clock.advance(minutes=16)  # a1's lease ran out: both tasks are free again
+    engine = make_engine(loop.callback_url)
+    try:
+        with engine.begin() as conn:  # an agent's lease of the first, not yet committed
+            conn.execute(text("SELECT 1 FROM tasks WHERE task_id = :t FOR UPDATE"),
+                         {"t": taken})
+            asked = time.monotonic()
+            assert loop.callback.next_task("a2")["task_id"] == other
+            assert time.monotonic() - asked < 5  # not waiting for the first one's row
+    finally:
+        engine.dispose()
+    assert loop.callback.next_task("a3")["task_id"] == taken  # free once nobody holds it
 
 
 def no_answer_until_unverified(loop, task_id: str, agent_id: str) -> dict:  # noqa: ANN001
