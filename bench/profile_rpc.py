@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{method}: {result['per_s']:.0f}/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms over {result['calls']} calls; process CPU "
           f"{result['process_cpu_ms_per_call']:.2f} ms/call, busy {result['process_cpu_busy']:.0%}")
-    print("CPU of the other processes meanwhile: " + ", ".join(
-        f"{name} {seconds * 1000 / result['calls']:.2f} ms/call" for name, seconds in spent.items()))
+    per_call = {name: seconds * 1000 / result["calls"] for name, seconds in spent.items()}
+    print("CPU of the other processes meanwhile: "
+          + ", ".join(f"{name} {ms:.2f} ms/call" for name, ms in per_call.items()))
     print(sampler.report(top=args.top, inclusive_filter=PROJECT,
                          cpu_ms_per_call=result["process_cpu_ms_per_call"]))
 
