@@ -59,6 +59,7 @@ from pathlib import Path  # noqa: E402
 from time import perf_counter  # noqa: E402
 
 from bench.common import fresh_database, fresh_vhost  # noqa: E402
+from serviceloop.cli.operations import die_with_parent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).resolve().parent / "data" / "audit_template.json"
@@ -254,7 +255,8 @@ def start_services(urls: dict[str, str], amqp_uri: str) -> list[subprocess.Popen
     return [subprocess.Popen(
         [str(bin_dir / "nameko"), "run", "--config", str(ROOT / "config.yaml"), CLASSES[s]],
         cwd=ROOT, env={**env, "WEB_SERVER_PORT": str(_free_port())},
-        stdout=subprocess.DEVNULL, start_new_session=True) for s in SERVICES]
+        stdout=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=die_with_parent) for s in SERVICES]  # not outliving a killed bench
 
 
 def stop_services(processes: list[subprocess.Popen]) -> None:

@@ -39,6 +39,7 @@ from bench.eventstore import AppendBench
 from bench.report import LOOP_TARGET_PER_S
 from bench.rpc import NoopService, call_concurrently
 from contracts.subscriptions import SUBSCRIPTIONS
+from serviceloop.cli.operations import die_with_parent
 from serviceloop.consumer import queue_name
 from serviceloop.services import IMPLEMENTED
 
@@ -81,7 +82,8 @@ def running_system(log: Callable[[str], None]):  # noqa: ANN201
         cli = [sys.executable, "-m", "serviceloop.cli"]
         subprocess.run([*cli, "migrate"], check=True, capture_output=True, timeout=300)
         up = subprocess.Popen([*cli, "up"], cwd=ROOT, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=die_with_parent)  # not outliving a killed bench
         try:
             from serviceloop.demo import SystemNotRunning, check_running
             from serviceloop.simulation import until

@@ -109,7 +109,7 @@ def _up(args: argparse.Namespace) -> int:
                 processes[name] = subprocess.Popen(command, cwd=PROJECT_ROOT,
                                                    env={**child_env, **env_of.get(name, {})},
                                                    start_new_session=True,
-                                                   preexec_fn=_die_with_parent)
+                                                   preexec_fn=die_with_parent)
                 logging.info("started %s (pid %d)", name, processes[name].pid)
         time.sleep(0.5)
     for process in processes.values():
@@ -123,7 +123,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so no
     service outlives it (Linux; elsewhere nothing)."""
     try:
