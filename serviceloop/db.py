@@ -164,30 +164,19 @@ def sql(conn, statement: str | Prepared, params: tuple | list = ()):  # noqa: AN
     PostgreSQL) in one round trip. Inside `deferring(conn)` the statement is collected and
     None is returned.
 
-    A `Prepared` statement (a read model's hot write; several `;`-separated ones run one by
-    one on SQLite) is prepared once per PostgreSQL connection, whether collected or run at
-    once (then on the driver's cursor, so its PREPARE is known to have run). It returns None:
-    for writes, not reads.
+    A `Prepared` statement (a read model's hot write) is prepared once per PostgreSQL
+    connection, whether collected or run at once (then on the driver's cursor, so its
+    PREPARE is known to have run). It returns None: for writes, not reads.
     """
     collected = conn.info.get(_DEFERRED)
     many = bool(params) and isinstance(params[0], (tuple, list))
     if isinstance(statement, Prepared):
-        if conn.dialect.name == "postgresql" and not many:
-            if collected is not None:
-                collected.append((statement.text(conn), tuple(params)))
-            else:
-                fetch_rows(conn, statement.text(conn), tuple(params))
-            return None
-        parts = statement.statements  # one at a time (SQLite takes no more)
-        if many:
-            if len(parts) > 1:
-                raise ValueError("a Prepared of several statements takes one set of parameters")
-            conn.exec_driver_sql(for_driver(conn, parts[0]), params)
-            return None
-        for part in parts:
-            count = part.count("?")
-            conn.exec_driver_sql(for_driver(conn, part), tuple(params[:count]))
-            params = params[count:]
+        if conn.dialect.name != "postgresql" or many:
+            conn.exec_driver_sql(for_driver(conn, statement.statement), params)
+        elif collected is not None:
+            collected.append((statement.text(conn), tuple(params)))
+        else:
+            fetch_rows(conn, statement.text(conn), tuple(params))
         return None
     if collected is not None and not many:
         collected.append((statement, tuple(params)))
@@ -242,18 +231,12 @@ class Prepared:
     _numbers = itertools.count(1)
 
     def __init__(self, statement: str) -> None:
-        """`statement`: one statement, or several joined with `;` (each prepared under a
-        name of its own; no `;` inside a literal), with `?` markers."""
         self.statement = statement
         self.key = f"sl_{next(self._numbers)}"
-        self.statements = [piece.strip() for piece in statement.split(";") if piece.strip()]
-        self._parts = []  # (body with $n markers, "(?, …)" or "") of each statement
-        for part in self.statements:
-            pieces = part.split("?")
-            body = pieces[0] + "".join(f"${n}{piece}" for n, piece in
-                                       enumerate(pieces[1:], start=1))
-            arguments = f"({', '.join(['?'] * (len(pieces) - 1))})" if len(pieces) > 1 else ""
-            self._parts.append((body, arguments))
+        pieces = statement.split("?")
+        self._body = pieces[0] + "".join(f"${n}{piece}" for n, piece in
+                                         enumerate(pieces[1:], start=1))
+        self._arguments = f"({', '.join(['?'] * (len(pieces) - 1))})" if len(pieces) > 1 else ""
 
     def text(self, conn: Connection, times: int = 1) -> str:
         """`times`: the statement that many times over in one round trip, prepared once."""
@@ -269,16 +252,8 @@ class Prepared:
         if not prepared:
             name = names[self.key] = f"{self.key}_{next(self._numbers)}"
             info.setdefault(_PREPARING, set()).add(self.key)
-        names_of = [f"{name}_{n}" if n else name for n in range(len(self._parts))]
-        executions = "; ".join(f"EXECUTE {part_name}{arguments}"
-                               for _ in range(times)
-                               for part_name, (_, arguments) in zip(names_of, self._parts,
-                                                                    strict=True))
-        if prepared:
-            return executions
-        preparations = "; ".join(f"PREPARE {part_name} AS {body}" for part_name, (body, _)
-                                 in zip(names_of, self._parts, strict=True))
-        return f"{preparations}; {executions}"
+        executions = "; ".join([f"EXECUTE {name}{self._arguments}"] * times)
+        return executions if prepared else f"PREPARE {name} AS {self._body}; {executions}"
 
 
 @functools.cache

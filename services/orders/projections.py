@@ -17,9 +17,8 @@ from sqlalchemy import (
     Text,
 )
 
-from serviceloop.db import Prepared, prepared_insert, sql
 from serviceloop.eventstore import Envelope, define_log_tables
-from serviceloop.projections import Projector, update
+from serviceloop.projections import Projector, insert, update
 
 metadata = MetaData()
 events = define_log_tables(metadata)
@@ -132,21 +131,11 @@ def order_row(e: Envelope, p: dict) -> dict:
     )
 
 
-_ORDER_COLUMNS = [c.name for c in orders.c]
-# the hot writes: prepared once per PostgreSQL connection, and sent with the append
-_INSERT_ORDER = prepared_insert("orders", tuple(_ORDER_COLUMNS))
-_INSERT_ORDER_AND_REQUEST = Prepared(f"{_INSERT_ORDER.statement}; INSERT INTO order_requests "
-                                     "(request_id, order_id) VALUES (?, ?)")
-
-
 def _order_created(conn: Connection, e: Envelope) -> None:
     p = e.payload
-    row = order_row(e, p)
-    values = tuple(row[c] for c in _ORDER_COLUMNS)
-    if not p["request_id"]:
-        sql(conn, _INSERT_ORDER, values)
-    else:
-        sql(conn, _INSERT_ORDER_AND_REQUEST, (*values, p["request_id"], p["order_id"]))
+    insert(conn, orders, order_row(e, p))  # in an append, both go with its round trip
+    if p["request_id"]:
+        insert(conn, order_requests, {"request_id": p["request_id"], "order_id": p["order_id"]})
 
 
 def _order_fault_recorded(conn: Connection, e: Envelope) -> None:
