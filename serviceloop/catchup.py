@@ -25,8 +25,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.timer import Timer
 
 from serviceloop.clock import isoformat
-from serviceloop.consumer import deliver
-from serviceloop.db import fetch_rows, read_position, save_position
+from serviceloop.consumer import deliver, handled_among
+from serviceloop.db import read_position, save_position
 from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,11 @@ def _catch_up_with(service, rpc, source: str, by_type: dict, stopping) -> int:  
     kinds = sorted(by_type)
     while not stopping():
         page = getattr(rpc, source).events_since(position, PAGE, event_types=kinds)
-        seen = _already_handled(service, page, by_type)
-        for body in page:
-            for name, handler in by_type.get(body["event_type"], ()):
-                consumer = f"{service.name}.{name}"
-                if (consumer, body.get("event_id")) in seen:
-                    continue
+        deliveries = [(f"{service.name}.{name}", handler, body) for body in page
+                      for name, handler in by_type.get(body["event_type"], ())]
+        seen = _in_inboxes(service, deliveries)
+        for consumer, handler, body in deliveries:
+            if (consumer, body.get("event_id")) not in seen:
                 deliver(service, handler, consumer, source, body)
                 delivered += 1
         if page:
@@ -88,26 +87,17 @@ def _catch_up_with(service, rpc, source: str, by_type: dict, stopping) -> int:  
     return delivered
 
 
-def _already_handled(service, page: list[dict], by_type: dict) -> set[tuple[str, str]]:  # noqa: ANN001
-    """(consumer, event_id) of the page's events that consumer's inbox already holds."""
-    ids_by_consumer: dict[str, list[str]] = defaultdict(list)
-    for body in page:
-        event_id = body.get("event_id")
-        if isinstance(event_id, str):
-            for name, _handler in by_type.get(body.get("event_type"), ()):
-                ids_by_consumer[f"{service.name}.{name}"].append(event_id)
-    seen: set[tuple[str, str]] = set()
-    if not ids_by_consumer:
-        return seen
+def _in_inboxes(service, deliveries: list[tuple]) -> set[tuple[str, str]]:  # noqa: ANN001
+    """(consumer, event_id) of the page's deliveries whose consumer has handled it already."""
+    ids: dict[str, list[str]] = defaultdict(list)
+    for consumer, _handler, body in deliveries:
+        if isinstance(body.get("event_id"), str):  # else malformed: deliver parks it
+            ids[consumer].append(body["event_id"])
+    if not ids:
+        return set()
     with service.db.reader() as conn:
-        for consumer, ids in ids_by_consumer.items():
-            for start in range(0, len(ids), PAGE):
-                chunk = ids[start:start + PAGE]
-                rows = fetch_rows(conn, "SELECT event_id FROM inbox WHERE consumer = ? AND "
-                                        f"event_id IN ({', '.join(['?'] * len(chunk))})",
-                                  (consumer, *chunk))
-                seen.update((consumer, row[0]) for row in rows)
-    return seen
+        return {(consumer, event_id) for consumer, page_ids in ids.items()
+                for event_id in handled_among(conn, consumer, page_ids)}
 
 
 class CatchUpTimer(Timer):

@@ -69,6 +69,15 @@ def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
     return bool(fetch_rows(conn, _HANDLED.text(conn), (consumer, event_id)))
 
 
+def handled_among(conn: Connection, consumer: str, event_ids: list[str]) -> set[str]:
+    """Which of `event_ids` (a page's worth) the consumer's inbox holds: one query."""
+    if not event_ids:
+        return set()
+    rows = fetch_rows(conn, "SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN "
+                            f"({', '.join(['?'] * len(event_ids))})", (consumer, *event_ids))
+    return {row[0] for row in rows}
+
+
 _RECORD = Prepared("INSERT INTO inbox (consumer, event_id, source, event_type, handled_at) "
                    "VALUES (?, ?, ?, ?, ?)")
 # parked by RetryLater, not handed back yet, and of this order or waiting for it
