@@ -126,14 +126,12 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             ).mappings().first()
             if held:
                 return _task_view(dict(held))
-            candidates = conn.execute(select(c.task_id).where(
-                c.channel == "agent",
-                or_((c.status == "open") & (c.next_attempt_at <= stamp),
-                    (c.status == "leased") & (c.lease_until < stamp)),
-            ).order_by(c.priority, c.due_at, c.task_id).limit(20)).scalars().all()
-        if candidates and self.db.engine.dialect.name == "postgresql":
+            postgres = self.db.engine.dialect.name == "postgresql"
+            if not postgres:
+                candidates = conn.execute(_free_tasks(stamp).limit(20)).scalars().all()
+        if postgres:
             try:
-                return self._lease_first_free(candidates, agent_id)
+                return self._lease_first_free(agent_id)
             except Conflict:  # finished meanwhile by its holder: the agent asks again
                 return None
         for task_id in candidates:  # SQLite: one writer at a time, each tried in turn
@@ -144,18 +142,12 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return None
 
     @transactional
-    def _lease_first_free(self, candidates: list[str], agent_id: str) -> dict | None:
-        """PostgreSQL: the first candidate no other agent is leasing at this moment, locked
+    def _lease_first_free(self, agent_id: str) -> dict | None:
+        """PostgreSQL: the first free task no other agent is leasing at this moment, locked
         (SKIP LOCKED): agents asking at once each get their own task at once, instead of
         all waiting on the first one's row and then conflicting on its log, one by one."""
-        stamp = isoformat(self.clock.now())
-        c = tasks.c
-        task_id = self.db.conn.execute(select(c.task_id).where(
-            c.task_id.in_(candidates), c.channel == "agent",
-            or_((c.status == "open") & (c.next_attempt_at <= stamp),
-                (c.status == "leased") & (c.lease_until < stamp)),
-        ).order_by(c.priority, c.due_at, c.task_id).limit(1)
-            .with_for_update(skip_locked=True)).scalar()
+        task_id = self.db.conn.execute(_free_tasks(isoformat(self.clock.now())).limit(1)
+                                       .with_for_update(skip_locked=True)).scalar()
         if task_id is None:
             return None
         return self._lease_in_transaction(task_id, agent_id)
@@ -360,6 +352,17 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
             project=projector.apply, chain=False)
+
+
+def _free_tasks(stamp: str):  # noqa: ANN202 - a SQLAlchemy Select
+    """Agents' tasks free to call at `stamp` (open and due, or their lease run out), in the
+    order agents take them."""
+    c = tasks.c
+    return select(c.task_id).where(
+        c.channel == "agent",
+        or_((c.status == "open") & (c.next_attempt_at <= stamp),
+            (c.status == "leased") & (c.lease_until < stamp)),
+    ).order_by(c.priority, c.due_at, c.task_id)
 
 
 def _task_view(row: dict) -> dict:
