@@ -154,6 +154,8 @@ class ProcessWatch:
 
     def postgres_pids(self) -> list[int]:
         """The PostgreSQL backends serving our databases (they come and go with pools)."""
+        if not self.databases:
+            return []
         names = ",".join(f"'{name}'" for name in self.databases)
         out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-At", "-c",
                               f"SELECT pid FROM pg_stat_activity WHERE datname IN ({names})"],

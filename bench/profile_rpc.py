@@ -14,12 +14,10 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
 import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from bench.common import fresh_database, fresh_vhost  # noqa: E402
+from bench.loop import BROKER, POSTGRES, ProcessWatch, cpu_between  # noqa: E402
 from bench.rpc import (  # noqa: E402
     call_concurrently,
     order_payload,
@@ -32,44 +30,6 @@ from bench.sampler import Sampler  # noqa: E402
 PROJECT = ("serviceloop/", "services/", "contracts/", "bench/rpc", "sqlalchemy/engine/base.py",
            "sqlalchemy/engine/default.py", "sqlalchemy/sql/compiler.py", "marshmallow/schema",
            "nameko/", "kombu/", "amqp/", "json/", "stdlib/json", "stdlib/uuid")
-
-
-class OtherProcesses:
-    """CPU seconds of the broker (beam.smp) and of the bench database's PostgreSQL backends
-    from now until `spent()` (Linux /proc; backends that come and go meanwhile are missed)."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database = database_url.rsplit("/", 1)[1] if "postgresql" in database_url else None
-        self.start = self._now()
-
-    def _pids(self) -> dict[str, list[int]]:
-        pids = {"broker": [int(p) for p in subprocess.run(
-            ["pgrep", "-x", "beam.smp"], capture_output=True, text=True).stdout.split()]}
-        if self.database:
-            found = subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc",
-                 f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.database}'"],
-                capture_output=True, text=True).stdout.split()
-            pids["postgres"] = [int(p) for p in found]
-        return pids
-
-    def _now(self) -> dict[str, dict[int, float]]:
-        ticks = os.sysconf("SC_CLK_TCK")
-        seconds: dict[str, dict[int, float]] = {}
-        for name, pids in self._pids().items():
-            seconds[name] = {}
-            for pid in pids:
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                seconds[name][pid] = (int(fields[11]) + int(fields[12])) / ticks
-        return seconds
-
-    def spent(self) -> dict[str, float]:
-        now = self._now()
-        return {name: sum(cpu - self.start.get(name, {}).get(pid, 0.0)
-                          for pid, cpu in pids.items()) for name, pids in now.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,11 +50,15 @@ def main(argv: list[str] | None = None) -> None:
                 payloads = [order_payload(str(uuid.uuid4())) for _ in payloads]
                 service, method = "bench_noop", "echo"
             call_concurrently(config, service, method, payloads[:100], args.callers)
-            others = OtherProcesses(url)
+            # the broker's and the database's CPU meanwhile (ProcessWatch: the loop bench's)
+            watch = ProcessWatch(0, [url.rsplit("/", 1)[1]] if "postgresql" in url else [])
+            first = watch.sample()
             with Sampler() as sampler:
                 result = call_concurrently(config, service, method, payloads[100:],
                                            args.callers)
-            spent = others.spent()
+            last = watch.sample()
+            spent = {"broker": cpu_between(first, last, BROKER),
+                     "postgres": cpu_between(first, last, POSTGRES)}
     print(f"{method}: {result['per_s']:.0f}/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms over {result['calls']} calls; process CPU "
           f"{result['process_cpu_ms_per_call']:.2f} ms/call, busy {result['process_cpu_busy']:.0%}")
