@@ -3,11 +3,12 @@ behind it runs, variants side by side (one database, vhost and writer each, all 
 
 Each writer appends single-event transactions at `rate` per second for `seconds`; each relay
 is a `serviceloop relay orders` process; a durable queue takes what it publishes. Variants:
-`RELAY_COALESCE_MS` 0 and 10 (an idle relay told of an append waits that long before it
+`RELAY_COALESCE_MS` (`--coalesce`, 0 and 10 by default: the least time between a relay's
 reads, so that more appends share a window). `--before DIR`: also a relay from another
 checkout (e.g. `git archive` of an older commit), same measurement.
 
-    .venv/bin/python -m bench.relay_busy [--rate 300] [--seconds 20] [--before DIR]
+    .venv/bin/python -m bench.relay_busy [--rate 300] [--seconds 20] [--coalesce 0,10]
+        [--before DIR] [--before-coalesce 10]
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--before", help="a checkout whose relay runs as a further variant")
+    parser.add_argument("--coalesce", default="0,10", help="RELAY_COALESCE_MS of each variant")
+    parser.add_argument("--before-coalesce", default="10", help="RELAY_COALESCE_MS of --before")
     args = parser.parse_args()
-    variants = {"coalesce 0 ms": ("0", None), "coalesce 10 ms": ("10", None)}
+    variants = {f"coalesce {ms} ms": (ms, None) for ms in args.coalesce.split(",")}
     if args.before:
-        variants["before"] = ("0", args.before)
+        variants["before"] = (args.before_coalesce, args.before)
     with ExitStack() as stack:
         runs = {}
         for name, (coalesce, root) in variants.items():

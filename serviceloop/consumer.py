@@ -32,7 +32,7 @@ from contracts.errors import NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import Prepared, fetch_rows, owns_transaction, sql
+from serviceloop.db import Prepared, fetch_rows, hold_writes, owns_transaction, sql
 from serviceloop.eventstore import Envelope
 from serviceloop.observability import log_context
 
@@ -147,6 +147,9 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
                 if already_handled(service.db.conn, consumer, envelope.event_id):
                     service.db.rollback()
                     return "duplicate"
+                # the handler's appends go with the inbox record and COMMIT (PostgreSQL);
+                # any error of theirs is met there, and handled as every failure is
+                hold_writes(service.db.conn)
                 handler(service, envelope)
                 crash_point(f"{service.name}.mid_consumer")
                 waiting = record_handled_and_commit(service.db, consumer, source, envelope, now)

@@ -18,6 +18,8 @@ _OWN_TRANSACTION = "serviceloop.own_transaction"
 _DEFERRED = "serviceloop.deferred"
 _PREPARED = "serviceloop.prepared"  # Prepared's key -> its name on this connection
 _PREPARING = "serviceloop.preparing"  # keys whose PREPARE was handed out, not yet run
+_AHEAD = "serviceloop.ahead"  # [(statement, params)] to go in front of the next round trip
+_HOLDING = "serviceloop.holding"  # this unit of work's writes may wait for its next round trip
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -43,8 +45,20 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
 
     @event.listens_for(engine, "before_cursor_execute", retval=True)
     def _begin_with_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
-        if conn.info.get(_BEGIN_PENDING):
-            conn.info[_BEGIN_PENDING] = False
+        info = conn.info
+        ahead = info.pop(_AHEAD, None)
+        if ahead:  # held-back writes (hold_back) go first, in a round trip of their own here
+            begin = "BEGIN; " if info.get(_BEGIN_PENDING) else ""
+            info[_BEGIN_PENDING] = False
+            try:
+                cursor.execute(begin + "; ".join(s for s, _ in ahead),
+                               tuple(p for _, values in ahead for p in values))
+            except Exception:
+                _forget_unconfirmed(info)
+                raise
+            info.pop(_PREPARING, None)
+        if info.get(_BEGIN_PENDING):
+            info[_BEGIN_PENDING] = False
             if executemany:
                 cursor.execute("BEGIN")
             else:
@@ -72,6 +86,8 @@ def begin_with_first_statement(conn: Connection) -> None:
     conn.connection.driver_connection.autocommit = True
     conn.info[_BEGIN_PENDING] = True
     conn.info[_OWN_TRANSACTION] = True
+    conn.info[_HOLDING] = False
+    conn.info.pop(_AHEAD, None)
 
 
 def transaction_failed(conn: Connection) -> bool:
@@ -89,8 +105,14 @@ def end_transaction(conn: Connection, command: str) -> None:
     """Send COMMIT or ROLLBACK if a transaction is open (none is after a COMMIT sent with
     a statement), and give the connection back its driver's ordinary mode."""
     driver = conn.connection.driver_connection
-    conn.info[_BEGIN_PENDING] = False
-    conn.info[_OWN_TRANSACTION] = False
+    info = conn.info
+    info[_HOLDING] = False
+    if command == "COMMIT" and info.get(_AHEAD):
+        fetch_rows(conn, "COMMIT")  # held-back writes go with it
+    elif info.pop(_AHEAD, None):
+        _forget_unconfirmed(info)  # never sent: their PREPAREs did not run
+    info[_BEGIN_PENDING] = False
+    info[_OWN_TRANSACTION] = False
     status = driver.info.transaction_status
     if command == "COMMIT" and status == _IN_ERROR:
         conn.exec_driver_sql("ROLLBACK")
@@ -194,6 +216,10 @@ def fetch_rows(conn: Connection, statement: str, params: tuple = ()) -> list[tup
     """
     statement = for_driver(conn, statement)
     info = conn.info
+    ahead = info.pop(_AHEAD, None)
+    if ahead:
+        statement = "; ".join([*(s for s, _ in ahead), statement])
+        params = (*(p for _, values in ahead for p in values), *params)
     if info.get(_BEGIN_PENDING):
         info[_BEGIN_PENDING] = False
         statement = "BEGIN; " + statement
@@ -212,6 +238,43 @@ def fetch_rows(conn: Connection, statement: str, params: tuple = ()) -> list[tup
                                   connection_invalidated=invalidated) from None
     finally:
         cursor.close()
+
+
+@contextmanager
+def with_next_statement(conn: Connection, statement: str, params: tuple) -> Iterator[None]:
+    """Inside the block, `statement` (PostgreSQL; `?` markers) goes in front of the next
+    statement `fetch_rows` runs on `conn`, in the same round trip; whatever that one answers
+    is the answer. It is dropped if no fetch_rows ran by the block's end."""
+    conn.info[_AHEAD] = [(for_driver(conn, statement), tuple(params))]
+    try:
+        yield
+    finally:
+        conn.info.pop(_AHEAD, None)
+
+
+# -- PostgreSQL: writes held back to the unit of work's next round trip --------------------
+#
+# A consumer's handler appends, and the inbox record and COMMIT follow: sent on its own, the
+# append would cost a round trip and hold the log's append lock across the time its green
+# thread waits to be scheduled again. `hold_writes` lets a unit of work's writes (statements
+# whose answers nobody reads) wait and go in front of its next statement instead; an error of
+# theirs is then raised by that statement (the COMMIT at the latest), so only a caller that
+# handles every error alike (a consumer's delivery: roll back and retry) may turn it on.
+
+
+def hold_writes(conn: Connection) -> None:
+    """Let `conn`'s unit of work (PostgreSQL) hold writes back until its transaction ends."""
+    if owns_transaction(conn):
+        conn.info[_HOLDING] = True
+
+
+def holds_writes(conn: Connection) -> bool:
+    return conn.info.get(_HOLDING, False)
+
+
+def hold_back(conn: Connection, statement: str, params: tuple) -> None:
+    """`statement` (writes, `?` markers) goes in front of the next one run on `conn`."""
+    conn.info.setdefault(_AHEAD, []).append((for_driver(conn, statement), tuple(params)))
 
 
 class Prepared:
@@ -322,6 +385,11 @@ def save_relay_position(engine: Engine, relay: str, position: int, now: str) -> 
             save_position(conn, "relay_positions", relay, position, now)
         return
     with engine.connect() as conn, statements_on_their_own(conn):
-        fetch_rows(conn, "BEGIN; SET LOCAL synchronous_commit TO OFF; "
-                         f"{_upsert_position('relay_positions')}; COMMIT",
-                   (relay, position, now))
+        fetch_rows(conn, *relay_position_write(relay, position, now))
+
+
+def relay_position_write(relay: str, position: int, now: str) -> tuple[str, tuple]:
+    """PostgreSQL: the statements (a transaction of their own) and parameters that save a
+    relay's position, as `save_relay_position` sends them; for `with_next_statement`."""
+    return ("BEGIN; SET LOCAL synchronous_commit TO OFF; "
+            f"{_upsert_position('relay_positions')}; COMMIT", (relay, position, now))

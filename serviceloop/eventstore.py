@@ -35,7 +35,15 @@ from sqlalchemy.exc import IntegrityError
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
-from serviceloop.db import Prepared, deferring, fetch_rows, owns_transaction, sql
+from serviceloop.db import (
+    Prepared,
+    deferring,
+    fetch_rows,
+    hold_back,
+    holds_writes,
+    owns_transaction,
+    sql,
+)
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = 7_420_001  # pg advisory lock id for "append to this database's log"
@@ -463,6 +471,11 @@ class EventStore:
                               f"event_id IN ({', '.join(['?'] * len(drafts))}) "
                               "ORDER BY global_position")
             params.extend(draft.event_id for draft in drafts)
+        elif not chain and not commit and holds_writes(conn):
+            # goes with the unit of work's next round trip (its COMMIT at the latest); a
+            # conflict is raised there, as the insert's IntegrityError
+            hold_back(conn, "; ".join(statements), tuple(params))
+            return drafts
         try:
             rows = fetch_rows(conn, "; ".join(statements), tuple(params))
         except IntegrityError as error:

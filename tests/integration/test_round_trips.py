@@ -14,7 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from contracts.errors import ConcurrencyConflict
-from serviceloop.db import make_engine, read_position, save_position, save_relay_position, sql
+from serviceloop.db import (
+    hold_writes,
+    make_engine,
+    read_position,
+    relay_position_write,
+    save_position,
+    save_relay_position,
+    sql,
+    with_next_statement,
+)
 from serviceloop.eventstore import EventStore, NewEvent, compute_hash, verify_chain
 from serviceloop.unit_of_work import UnitOfWork, read_only
 from services.orders.projections import events as events_table
@@ -198,6 +207,25 @@ def test_a_relays_position_is_one_round_trip_without_waiting_for_the_flush(pg_en
         assert read_position(conn, "relay_positions", "orders-relay") == 9
 
 
+def test_a_busy_relays_position_goes_in_front_of_its_next_read(pg_engine, round_trips):
+    with pg_engine.begin() as conn:
+        STORE.append(conn, "customer-c1", 0, [registered(1), registered(2)], occurred_at=WHEN,
+                     correlation_id="c1", causation_id="cmd-1", actor="agent:a")
+    round_trips.clear()
+    with read_only(pg_engine) as conn:
+        with with_next_statement(conn, *relay_position_write("orders-relay", 1,
+                                                             "2026-12-01T00:00:00Z")):
+            page = STORE.events_since(conn, 1, 10)
+        assert [e.global_position for e in page] == [2]  # the read's rows are the answer
+        assert len(round_trips) == 1 and "synchronous_commit TO OFF" in round_trips[0]
+        with with_next_statement(conn, *relay_position_write("orders-relay", 2,
+                                                             "2026-12-01T00:00:01Z")):
+            pass  # nothing read: nothing sent, and nothing left for the next read
+        assert STORE.events_since(conn, 2, 10) == []
+        assert "relay_positions" not in round_trips[-1]
+        assert read_position(conn, "relay_positions", "orders-relay") == 1
+
+
 def test_a_position_saved_again_replaces_the_last_on_either_database(database_for, backend):
     engine = make_engine(database_for("orders", backend))
     try:
@@ -244,4 +272,93 @@ def test_a_conflict_is_still_caught_when_the_chain_is_not_read(pg_engine):
                      correlation_id="corr", causation_id="test", actor="system",
                      commit=True, chain=False)
     late.rollback()
+    assert count(pg_engine) == 1
+
+
+def _held_append(unit: UnitOfWork, stream_id: str, expected: int, new: list[NewEvent]) -> list:
+    return STORE.append(unit.conn, stream_id, expected, new, occurred_at=WHEN,
+                        correlation_id="corr", causation_id="test", actor="system",
+                        chain=False)
+
+
+def test_a_held_back_append_goes_with_the_next_statement_and_commit(pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    sql(unit.conn, "SELECT 1")  # BEGIN goes out with it
+    hold_writes(unit.conn)
+    round_trips.clear()
+    _held_append(unit, "customer-a", 0, [registered(1)])
+    _held_append(unit, "customer-b", 0, [registered(2)])
+    assert round_trips == []  # nothing sent yet
+    unit.commit()
+    assert len(round_trips) == 1 and round_trips[0].endswith("; COMMIT")
+    assert round_trips[0].count("pg_advisory_xact_lock") == 2
+    assert verify_chain(iter(_read(pg_engine))) == [] and count(pg_engine) == 2
+
+
+def test_held_back_writes_go_before_a_statement_sqlalchemy_runs(pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    sql(unit.conn, "SELECT 1")
+    hold_writes(unit.conn)
+    _held_append(unit, "customer-a", 0, [registered(1)])
+    seen = unit.conn.execute(text("SELECT count(*) FROM events")).scalar()  # reads its writes
+    assert seen == 1
+    round_trips.clear()
+    unit.commit()
+    assert round_trips == ["COMMIT"] and count(pg_engine) == 1
+
+
+def test_a_held_back_conflict_fails_the_commit_and_keeps_nothing(pg_engine):
+    first = UnitOfWork(pg_engine)
+    append(first, "customer-a", 0, [registered(1)], commit=True)
+    first.commit()
+    late = UnitOfWork(pg_engine)
+    sql(late.conn, "SELECT 1")
+    hold_writes(late.conn)
+    _held_append(late, "customer-a", 0, [registered(2)])  # not at version 0 any more
+    _held_append(late, "customer-b", 0, [registered(3)])
+    with pytest.raises(IntegrityError):
+        late.commit()
+    assert count(pg_engine) == 1
+    again = UnitOfWork(pg_engine)  # the connection is usable and its statements prepared anew
+    append(again, "customer-b", 0, [registered(3)], commit=True)
+    again.commit()
+    assert count(pg_engine) == 2 and verify_chain(iter(_read(pg_engine))) == []
+
+
+def test_held_back_writes_are_dropped_by_a_rollback(pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    sql(unit.conn, "SELECT 1")
+    hold_writes(unit.conn)
+    _held_append(unit, "customer-a", 0, [registered(1)])
+    round_trips.clear()
+    unit.rollback()
+    assert round_trips == ["ROLLBACK"]
+    unit = UnitOfWork(pg_engine)  # the same pooled connection: holds nothing, prepares again
+    append(unit, "customer-a", 0, [registered(1)], commit=True)
+    unit.commit()
+    assert "PREPARE" in round_trips[-1] and count(pg_engine) == 1
+
+
+def test_held_back_writes_that_fail_before_a_sqlalchemy_statement_are_prepared_again(
+        pg_engine):
+    def project(conn, drafts):  # noqa: ANN001 - fails before the insert is prepared
+        sql(conn, "INSERT INTO order_requests (request_id, order_id) VALUES (?, ?)",
+            ("r1", "o1"))
+
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO order_requests (request_id, order_id) "
+                          "VALUES ('r1', 'o1')"))
+    late = UnitOfWork(pg_engine)  # a pooled connection on which nothing is prepared yet
+    sql(late.conn, "SELECT 1")
+    hold_writes(late.conn)
+    STORE.append(late.conn, "customer-a", 0, [registered(1)], occurred_at=WHEN,
+                 correlation_id="corr", causation_id="test", actor="system", chain=False,
+                 project=project)
+    with pytest.raises(IntegrityError):
+        late.conn.execute(text("SELECT count(*) FROM events"))
+    late.rollback()
+    unit = UnitOfWork(pg_engine)  # the same connection: another read, then the insert
+    STORE.events_since(unit.conn, 0, 1)
+    append(unit, "customer-a", 0, [registered(1)], commit=True)
+    unit.commit()
     assert count(pg_engine) == 1
