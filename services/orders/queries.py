@@ -127,12 +127,20 @@ def as_aggregate(view: dict) -> Order:
                  window_end=view["window_end"], dispatch_version=view["dispatch_version"])
 
 
+# what as_aggregate reads, in Order's field order
+_AGGREGATE = ("order_id", "version", "status", "order_type", "category", "product_id",
+              "fault_code", "partner_id", "window_start", "window_end", "dispatch_version")
+_TO_FOLLOW = f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id = ?"
+# every event orders follows reads it: prepared once per connection on PostgreSQL
+_TO_FOLLOW_LOCKED = Prepared(f"{_TO_FOLLOW} FOR UPDATE")
+
+
 def order_to_follow(conn: Connection, order_id: str) -> Order | None:
     """The order, locked to the end of the transaction on PostgreSQL: dispatch's events for
     one order arrive on several queues at once and are applied one after the other."""
-    row = conn.execute(select(orders).where(orders.c.order_id == order_id)
-                       .with_for_update()).mappings().first()
-    return as_aggregate(order_view(row)) if row else None
+    statement = _TO_FOLLOW if conn.dialect.name == "sqlite" else _TO_FOLLOW_LOCKED.text(conn)
+    rows = fetch_rows(conn, statement, (order_id,))
+    return Order(*rows[0]) if rows else None
 
 
 def order_for_request(conn: Connection, request_id: str) -> str | None:
