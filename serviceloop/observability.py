@@ -158,10 +158,12 @@ def log_metrics(metrics: Metrics, conn: Connection, service: str) -> None:
     metrics.add("serviceloop_events_appended_total", "counter",
                 "Events appended to the service's log", head, service=service)
     metrics.add("serviceloop_events_published_total", "counter",
-                "Events the outbox relay has published and the broker confirmed", published,
+                "Events the outbox relay has published and recorded (a busy relay records a "
+                "window with its next read)", published,
                 service=service)
     metrics.add("serviceloop_relay_lag_events", "gauge",
-                "Events appended but not yet published", head - published, service=service)
+                "Events appended but not yet recorded as published", head - published,
+                service=service)
     metrics.add("serviceloop_parked_messages", "gauge",
                 "Messages a consumer gave up on (serviceloop parked)", parked, service=service)
     for source, position in conn.execute(

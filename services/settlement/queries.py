@@ -79,9 +79,13 @@ def claim_opened(conn: Connection, claim_id: str) -> bool:
 
 
 def claim(conn: Connection, claim_id: str) -> dict | None:
-    """The claim as it was last decided, to decide again (`_stored_*`: what is in the log)."""
-    row = conn.execute(select(claims).where(claims.c.claim_id == claim_id)).mappings() \
-        .first()
+    """The claim as it was last decided, to decide again (`_stored_*`: what is in the log).
+
+    Locked to the end of the transaction on PostgreSQL: decisions on one claim (a callback's
+    outcome, a returned part, a new rate card) are taken one after the other, each on the
+    version the last one left, instead of conflicting and being retried."""
+    row = conn.execute(select(claims).where(claims.c.claim_id == claim_id)
+                       .with_for_update()).mappings().first()
     if row is None:
         return None
     claim = claim_view(dict(row))

@@ -282,7 +282,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     def _decide_again(self, conn: Connection, claim_ids: list[str], cause: str,
                       causation_id: str) -> None:
-        for claim_id in claim_ids:
+        for claim_id in sorted(claim_ids):  # locked in one order by every transaction
             self._decide(conn, queries.claim(conn, claim_id), cause, causation_id)
 
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
