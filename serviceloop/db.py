@@ -46,13 +46,12 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
     @event.listens_for(engine, "before_cursor_execute", retval=True)
     def _begin_with_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
         info = conn.info
-        ahead = info.pop(_AHEAD, None)
-        if ahead:  # held-back writes (hold_back) go first, in a round trip of their own here
+        ahead = _take_ahead(info)
+        if ahead is not None:  # held-back writes go first, in a round trip of their own here
             begin = "BEGIN; " if info.get(_BEGIN_PENDING) else ""
             info[_BEGIN_PENDING] = False
             try:
-                cursor.execute(begin + "; ".join(s for s, _ in ahead),
-                               tuple(p for _, values in ahead for p in values))
+                cursor.execute(begin + ahead[0], ahead[1])
             except Exception:
                 _forget_unconfirmed(info)
                 raise
@@ -216,10 +215,10 @@ def fetch_rows(conn: Connection, statement: str, params: tuple = ()) -> list[tup
     """
     statement = for_driver(conn, statement)
     info = conn.info
-    ahead = info.pop(_AHEAD, None)
-    if ahead:
-        statement = "; ".join([*(s for s, _ in ahead), statement])
-        params = (*(p for _, values in ahead for p in values), *params)
+    ahead = _take_ahead(info)
+    if ahead is not None:
+        statement = f"{ahead[0]}; {statement}"
+        params = (*ahead[1], *params)
     if info.get(_BEGIN_PENDING):
         info[_BEGIN_PENDING] = False
         statement = "BEGIN; " + statement
@@ -245,7 +244,7 @@ def with_next_statement(conn: Connection, statement: str, params: tuple) -> Iter
     """Inside the block, `statement` (PostgreSQL; `?` markers) goes in front of the next
     statement `fetch_rows` runs on `conn`, in the same round trip; whatever that one answers
     is the answer. It is dropped if no fetch_rows ran by the block's end."""
-    conn.info[_AHEAD] = [(for_driver(conn, statement), tuple(params))]
+    hold_back(conn, statement, params)
     try:
         yield
     finally:
@@ -275,6 +274,15 @@ def holds_writes(conn: Connection) -> bool:
 def hold_back(conn: Connection, statement: str, params: tuple) -> None:
     """`statement` (writes, `?` markers) goes in front of the next one run on `conn`."""
     conn.info.setdefault(_AHEAD, []).append((for_driver(conn, statement), tuple(params)))
+
+
+def _take_ahead(info: dict) -> tuple[str, tuple] | None:
+    """What was held back on a connection (its `info`), as one statement text and its
+    parameters, and no longer held; None if nothing was."""
+    ahead = info.pop(_AHEAD, None)
+    if not ahead:
+        return None
+    return "; ".join(s for s, _ in ahead), tuple(p for _, values in ahead for p in values)
 
 
 class Prepared:

@@ -137,7 +137,7 @@ class Relay:
         self._heard = False  # notified of an append since the last read
         self._window_full = False
         self._read_at = 0.0  # when the last read began (monotonic)
-        self._unsaved: tuple[str, int, str] | None = None  # a confirmed position to record
+        self._unsaved: tuple[int, str] | None = None  # a confirmed position (and when) to record
         self._position: int | None = None  # read once per connection: only the lease holder
         # writes it, so an idle poll is one query (the events after it)
 
@@ -239,7 +239,8 @@ class Relay:
                 if self._unsaved is None:
                     batch = self.store.events_since(conn, self._position, self.window)
                 else:  # the last window's position is recorded in this read's round trip
-                    with with_next_statement(conn, *relay_position_write(*self._unsaved)):
+                    with with_next_statement(conn, *relay_position_write(self.name,
+                                                                         *self._unsaved)):
                         batch = self.store.events_since(conn, self._position, self.window)
                     self._unsaved = None
         except Exception:
@@ -278,7 +279,7 @@ class Relay:
 
     def _window_confirmed(self) -> None:
         crash_point(f"{self.name}.after_publish")  # published and confirmed, not recorded
-        self._unsaved = (self.name, self._window_end, isoformat(self.clock.now()))
+        self._unsaved = (self._window_end, isoformat(self.clock.now()))
         more = self._heard or self._window_full or self._listener is None
         if not (more and self._listens) and not self._save_position():
             return
@@ -301,7 +302,7 @@ class Relay:
         to read records it with that read instead (PostgreSQL): saved or not, a position
         lost in a crash only means a window published again (at least once)."""
         try:
-            save_relay_position(self.engine, *self._unsaved)
+            save_relay_position(self.engine, self.name, *self._unsaved)
         except Exception:
             log.exception("relay %s could not record its position", self.name)
             self._channel.close()  # the window will be published again: at least once
