@@ -73,7 +73,8 @@ def producer_stand_in(source: str) -> type:
         name = source
 
         @rpc
-        def events_since(self, position: int, limit: int = 1000) -> list[dict]:
+        def events_since(self, position: int, limit: int = 1000,
+                         event_types: list[str] | None = None) -> list[dict]:
             return []
 
     EmptyLog.__name__ = f"EmptyLog_{source}"

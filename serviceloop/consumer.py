@@ -10,6 +10,10 @@ handler an explicit policy instead:
 * a failing handler is retried with exponential back-off, a bounded number of
   times, then the message is parked in `parked_messages` where an operator sees
   it and can replay it;
+* a handler that lost a race (another writer appended to the same stream first) is
+  run again on what is now committed, after a random share of the back-off so two
+  racing workers do not meet again; such conflicts have their own, larger bound
+  and do not use up the attempts kept for failures;
 * only if even parking fails (the database is gone) is the message returned to
   the broker, to be delivered again later.
 """
@@ -20,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import random
 
 import eventlet
 from nameko.events import EventHandler
@@ -28,7 +33,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from contracts.envelope import ENVELOPE
-from contracts.errors import NotFound
+from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.crashpoints import crash_point
@@ -39,6 +44,7 @@ from serviceloop.observability import log_context
 log = logging.getLogger(__name__)
 
 DEFAULT_ATTEMPTS = 5
+DEFAULT_CONFLICTS = 20  # lost races retried, besides the attempts
 DEFAULT_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
@@ -128,8 +134,11 @@ def park(db, consumer: str, source: str, body: dict, error: str, attempts: int, 
 
 def deliver(service, handler, consumer: str, source: str, body: object, *,  # noqa: ANN001
             attempts: int = DEFAULT_ATTEMPTS, backoff: float = DEFAULT_BACKOFF,
-            park_on_failure: bool = True) -> str:
-    """Run `handler(service, envelope)` under the policy above; returns what happened."""
+            conflicts: int = DEFAULT_CONFLICTS, park_on_failure: bool = True) -> str:
+    """Run `handler(service, envelope)` under the policy above; returns what happened.
+
+    `attempts`: tries before a failing handler is parked; `conflicts`: lost races
+    (`is_version_conflict`) run again besides those."""
     now = isoformat(service.clock.now())
     try:
         data = ENVELOPE.load(body)
@@ -141,7 +150,8 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
              f"malformed: {error}", 0, now)
         return "parked"
     log_context(envelope.correlation_id, envelope.event_id, f"consumer:{consumer}")
-    for attempt in range(1, attempts + 1):
+    failed = raced = 0
+    while True:
         try:
             try:
                 if already_handled(service.db.conn, consumer, envelope.event_id):
@@ -166,19 +176,41 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
             failure = error
         except Exception as error:  # noqa: BLE001 - every failure gets the same policy
             failure = error
-        log.warning("%s attempt %d/%d on %s failed: %s", consumer, attempt, attempts,
+        if raced < conflicts and is_version_conflict(failure):
+            raced += 1
+            log.info("%s lost a race on %s (%d/%d), running it again: %s", consumer,
+                     envelope.event_id, raced, conflicts, failure)
+            eventlet.sleep(random.uniform(0, min(MAX_BACKOFF, backoff * 2 ** min(raced, 6))))
+            continue
+        failed += 1
+        log.warning("%s attempt %d/%d on %s failed: %s", consumer, failed, attempts,
                     envelope.event_id, failure)
-        if attempt < attempts:
-            eventlet.sleep(min(MAX_BACKOFF, backoff * 2 ** (attempt - 1)))
+        if failed >= attempts:
+            break
+        eventlet.sleep(min(MAX_BACKOFF, backoff * 2 ** (failed - 1)))
     if not park_on_failure:
         return "waiting"
     waiting_for = None
     if isinstance(failure, RetryLater):
         waiting_for = failure.waiting_for or envelope.correlation_id
-    park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}", attempts,
-         isoformat(service.clock.now()), waiting_for)
-    log.error("%s parked %s after %d attempts", consumer, envelope.event_id, attempts)
+    park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}",
+         failed + raced, isoformat(service.clock.now()), waiting_for)
+    log.error("%s parked %s after %d attempts", consumer, envelope.event_id, failed + raced)
     return "parked"
+
+
+def is_version_conflict(error: BaseException) -> bool:
+    """Another writer appended to the stream first: `ConcurrencyConflict`, or the log's own
+    constraint met at COMMIT by an append that was held back until then (PostgreSQL; see
+    EventStore.append). Run again on what is now committed, the handler decides afresh."""
+    if isinstance(error, ConcurrencyConflict):
+        return True
+    if not isinstance(error, IntegrityError):
+        return False
+    diagnostics = getattr(error.orig, "diag", None)
+    if diagnostics is not None:
+        return getattr(diagnostics, "table_name", None) == "events"
+    return "constraint failed: events." in str(error.orig)  # SQLite's message
 
 
 def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
