@@ -10,10 +10,10 @@ handler an explicit policy instead:
 * a failing handler is retried with exponential back-off, a bounded number of
   times, then the message is parked in `parked_messages` where an operator sees
   it and can replay it;
-* a handler that lost a race (another writer appended to the same stream first) is
-  run again on what is now committed, after a random share of the back-off so two
-  racing workers do not meet again; such conflicts have their own, larger bound
-  and do not use up the attempts kept for failures;
+* a handler that lost a race (another writer appended to the same stream first, or
+  PostgreSQL ended a deadlock with it) is run again on what is now committed, after a
+  random share of the back-off so the two workers do not meet again; lost races have
+  their own, larger bound and do not use up the attempts kept for failures;
 * only if even parking fails (the database is gone) is the message returned to
   the broker, to be delivered again later.
 """
@@ -30,7 +30,7 @@ import eventlet
 from nameko.events import EventHandler
 from nameko.rpc import rpc
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from contracts.envelope import ENVELOPE
 from contracts.errors import ConcurrencyConflict, NotFound
@@ -138,7 +138,7 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     """Run `handler(service, envelope)` under the policy above; returns what happened.
 
     `attempts`: tries before a failing handler is parked; `conflicts`: lost races
-    (`is_version_conflict`) run again besides those."""
+    (`is_lost_race`) run again besides those."""
     now = isoformat(service.clock.now())
     try:
         data = ENVELOPE.load(body)
@@ -176,7 +176,7 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
             failure = error
         except Exception as error:  # noqa: BLE001 - every failure gets the same policy
             failure = error
-        if raced < conflicts and is_version_conflict(failure):
+        if raced < conflicts and is_lost_race(failure):
             raced += 1
             log.info("%s lost a race on %s (%d/%d), running it again: %s", consumer,
                      envelope.event_id, raced, conflicts, failure)
@@ -199,11 +199,17 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     return "parked"
 
 
-def is_version_conflict(error: BaseException) -> bool:
-    """Another writer appended to the stream first: `ConcurrencyConflict`, or the log's own
-    constraint met at COMMIT by an append that was held back until then (PostgreSQL; see
-    EventStore.append). Run again on what is now committed, the handler decides afresh."""
+def is_lost_race(error: BaseException) -> bool:
+    """Another worker got there first; run again on what is now committed, the handler
+    decides afresh. Another writer appended to the stream first (`ConcurrencyConflict`, or
+    the log's own constraint met at COMMIT by an append that was held back until then:
+    PostgreSQL, see EventStore.append); or PostgreSQL chose this transaction to end a
+    deadlock or a serialization failure (SQLSTATE 40P01, 40001)."""
     if isinstance(error, ConcurrencyConflict):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "pgcode", None) in ("40P01", "40001"):
         return True
     if not isinstance(error, IntegrityError):
         return False

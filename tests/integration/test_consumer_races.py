@@ -1,9 +1,10 @@
-"""Two workers of one consumer appending to the same stream at once, on PostgreSQL.
+"""Two workers of one consumer racing each other, on PostgreSQL.
 
 Each handler reads the stream's version without a lock and appends after it, as the
 services' consumers do. Both read before either commits, so one append loses the race: on
 PostgreSQL it is held back to the COMMIT (serviceloop.db.hold_writes) and meets the log's
-constraint there. The consumer policy runs the loser again on what is now committed,
+constraint there. Or each holds a lock the other asks for, and PostgreSQL ends one of them
+(deadlock detected). The consumer policy runs the loser again on what is now committed,
 without using up the attempts it keeps for handlers that fail.
 """
 
@@ -123,3 +124,42 @@ def test_a_race_lost_every_time_is_parked_after_its_own_bound(database_for):
                               {"s": STREAM}).scalar()
     assert row.attempts == 5 and "IntegrityError" in row.error
     assert logged == 0
+
+
+def test_the_worker_postgres_chose_to_end_a_deadlock_runs_again(database_for):
+    url = database_for("orders", "postgres")
+    workers = [Tally(url), Tally(url)]
+    bodies = delivered(database_for("orders", "sqlite"), ["丁", "戊"])
+    first_taken: list[int] = []
+    rendezvous = eventlet.event.Event()
+
+    def crossed(service: Tally, envelope) -> None:  # noqa: ANN001
+        # worker 0 takes lock 1 then 2, worker 1 takes 2 then 1: on their first run each
+        # holds its first lock when it asks for the second, and PostgreSQL ends one of them
+        turn = workers.index(service)
+        first, second = (1, 2) if turn == 0 else (2, 1)
+        lock = text("SELECT pg_advisory_xact_lock(:key)")
+        service.db.conn.execute(lock, {"key": 7_000 + first})
+        if len(first_taken) < 2:
+            first_taken.append(turn)
+            if len(first_taken) == 2:
+                rendezvous.send()
+            rendezvous.wait()
+        service.db.conn.execute(lock, {"key": 7_000 + second})
+        service.db.store.append(service.db.conn, f"tally-{turn}", 0,
+                                [registered(envelope.payload["name"])], occurred_at=AT,
+                                correlation_id=envelope.correlation_id,
+                                causation_id=envelope.event_id, actor="system", chain=False)
+
+    def work(turn: int) -> str:
+        return deliver(workers[turn], crossed, "tally.count", "orders", bodies[turn],
+                       attempts=1, backoff=0.01)
+
+    with eventlet.Timeout(30):
+        outcomes = [thread.wait() for thread in [eventlet.spawn(work, t) for t in (0, 1)]]
+    assert sorted(first_taken) == [0, 1]
+    assert outcomes == ["handled", "handled"]
+    with workers[0].db.engine.connect() as conn:
+        logged = conn.execute(text("SELECT COUNT(*) FROM events WHERE stream_id LIKE 'tally-%'"))
+        parked = conn.execute(text("SELECT COUNT(*) FROM parked_messages")).scalar()
+        assert (logged.scalar(), parked) == (2, 0)
