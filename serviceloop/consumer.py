@@ -37,7 +37,14 @@ from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import Prepared, fetch_rows, hold_writes, owns_transaction, sql
+from serviceloop.db import (
+    Prepared,
+    ended_by_database,
+    fetch_rows,
+    hold_writes,
+    owns_transaction,
+    sql,
+)
 from serviceloop.eventstore import Envelope
 from serviceloop.observability import log_context
 
@@ -209,7 +216,7 @@ def is_lost_race(error: BaseException) -> bool:
         return True
     if not isinstance(error, DBAPIError):
         return False
-    if getattr(error.orig, "pgcode", None) in ("40P01", "40001"):
+    if ended_by_database(error):
         return True
     if not isinstance(error, IntegrityError):
         return False

@@ -205,6 +205,13 @@ def sql(conn, statement: str | Prepared, params: tuple | list = ()):  # noqa: AN
     return conn.exec_driver_sql(for_driver(conn, statement), params)
 
 
+def ended_by_database(error: DBAPIError) -> bool:
+    """PostgreSQL rolled this transaction back to end a deadlock (SQLSTATE 40P01) or a
+    serialization failure (40001): nothing of it was kept, and run again it will most
+    likely succeed."""
+    return getattr(error.orig, "pgcode", None) in ("40P01", "40001")
+
+
 def fetch_rows(conn: Connection, statement: str, params: tuple = ()) -> list[tuple]:
     """Run driver SQL written with `?` markers (or several statements, on PostgreSQL) and
     return the last one's rows as tuples, straight on the driver's cursor.

@@ -15,7 +15,7 @@ from serviceloop.audit.wire import collector_paused, pack_page, page_from_text
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import is_sqlite, make_engine
+from serviceloop.db import ended_by_database, is_sqlite, make_engine
 from serviceloop.eventstore import Envelope, EventStore
 from serviceloop.observability import log_context
 from serviceloop.unit_of_work import UnitOfWork, read_only
@@ -80,16 +80,22 @@ class WorkerDatabase(UnitOfWork):
         return read_only(self.engine)
 
 
+RUNS = 3  # of a transactional method, when its transaction was lost (see `transactional`)
+
+
 def transactional(method):  # noqa: ANN001, ANN201
     """Commit the worker's transaction when the entrypoint returns, roll back if it raises.
 
-    A connection the database dropped (restart, `pg_terminate_backend`) is discovered on
-    use; nothing was committed, so the method runs once more on a fresh connection.
+    When the transaction was lost, nothing was committed and the method runs again, up to
+    RUNS times in all: the connection was dropped (restart, `pg_terminate_backend`; discovered
+    on use, and the next run takes a fresh one), or PostgreSQL ended a deadlock with it
+    (`serviceloop.db.ended_by_database`). A stream version conflict is the caller's to
+    answer (ConcurrencyConflict), as the interface promises.
     """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        for attempt in (1, 2):
+        for run in range(1, RUNS + 1):
             try:
                 result = method(self, *args, **kwargs)
                 self.db.commit()
@@ -97,7 +103,8 @@ def transactional(method):  # noqa: ANN001, ANN201
                 return result
             except DBAPIError as error:
                 self.db.rollback()
-                if not error.connection_invalidated or attempt == 2:
+                lost = error.connection_invalidated or ended_by_database(error)
+                if not lost or run == RUNS:
                     raise
             except BaseException:
                 self.db.rollback()

@@ -1,11 +1,12 @@
-"""Two workers of one consumer racing each other, on PostgreSQL.
+"""Two workers of one service racing each other, on PostgreSQL.
 
 Each handler reads the stream's version without a lock and appends after it, as the
 services' consumers do. Both read before either commits, so one append loses the race: on
 PostgreSQL it is held back to the COMMIT (serviceloop.db.hold_writes) and meets the log's
 constraint there. Or each holds a lock the other asks for, and PostgreSQL ends one of them
 (deadlock detected). The consumer policy runs the loser again on what is now committed,
-without using up the attempts it keeps for handlers that fail.
+without using up the attempts it keeps for handlers that fail; an RPC's transaction
+(`transactional`) ended by a deadlock runs again too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from serviceloop.clock import ManualClock
 from serviceloop.consumer import deliver
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
-from serviceloop.nameko_deps import WorkerDatabase
+from serviceloop.nameko_deps import WorkerDatabase, transactional
 from services.orders.projections import events
 
 AT = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -163,3 +164,38 @@ def test_the_worker_postgres_chose_to_end_a_deadlock_runs_again(database_for):
         logged = conn.execute(text("SELECT COUNT(*) FROM events WHERE stream_id LIKE 'tally-%'"))
         parked = conn.execute(text("SELECT COUNT(*) FROM parked_messages")).scalar()
         assert (logged.scalar(), parked) == (2, 0)
+
+
+def test_an_rpc_transaction_postgres_chose_to_end_a_deadlock_runs_again(database_for):
+    url = database_for("orders", "postgres")
+    first_taken: list[int] = []
+    runs: list[int] = []
+    rendezvous = eventlet.event.Event()
+
+    class Finance(Tally):
+        @transactional
+        def decide(self, turn: int) -> int:
+            runs.append(turn)
+            first, second = (1, 2) if turn == 0 else (2, 1)
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            self.db.conn.execute(lock, {"key": 8_000 + first})
+            if len(first_taken) < 2:
+                first_taken.append(turn)
+                if len(first_taken) == 2:
+                    rendezvous.send()
+                rendezvous.wait()
+            self.db.conn.execute(lock, {"key": 8_000 + second})
+            self.db.store.append(self.db.conn, f"rpc-{turn}", 0, [registered(str(turn))],
+                                 occurred_at=AT, correlation_id="c", causation_id="cmd",
+                                 actor="system", chain=False)
+            return turn
+
+    workers = [Finance(url), Finance(url)]
+    with eventlet.Timeout(30):
+        answers = [thread.wait() for thread in
+                   [eventlet.spawn(workers[t].decide, t) for t in (0, 1)]]
+    assert answers == [0, 1]
+    assert len(runs) == 3 and set(runs) == {0, 1}  # the one PostgreSQL ended ran twice
+    with workers[0].db.engine.connect() as conn:
+        logged = conn.execute(text("SELECT COUNT(*) FROM events WHERE stream_id LIKE 'rpc-%'"))
+        assert logged.scalar() == 2
