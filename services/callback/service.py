@@ -159,7 +159,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def _lease_in_transaction(self, task_id: str, agent_id: str) -> dict:
         task = self._task(task_id)
         event = domain.lease(task, agent_id, self.clock.now(), self.config.settings)
-        self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}")
+        self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}",
+                     commit=True)
         return _task_view(self._row(task_id))
 
     @rpc
@@ -179,7 +180,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         now = self.clock.now()
         events = domain.record(task, data, now, self.config.settings)
         self._append(task.task_id, task.version, events, task.order_id,
-                     f"agent:{data['agent_id']}")
+                     f"agent:{data['agent_id']}", commit=True)
         return _task_view(self._row(task.task_id))
 
     @rpc
@@ -346,12 +347,16 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return domain.Task.from_row(self._row(task_id))
 
     def _append(self, task_id: str, expected_version: int, events: list[NewEvent],
-                order_id: str, actor: str, causation_id: str | None = None) -> list[Envelope]:
+                order_id: str, actor: str, causation_id: str | None = None,
+                commit: bool = False) -> list[Envelope]:
+        """`commit`: an agent's command ends with this append, and only reads the task after
+        it; on PostgreSQL its COMMIT goes in the append's round trip, so the log's lock is not
+        held while the worker waits its turn to read (the read then sees what was committed)."""
         return self.db.store.append(
             self.db.conn, f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
-            project=projector.apply, chain=False)
+            project=projector.apply, commit=commit, chain=False)
 
 
 def _free_tasks(stamp: str):  # noqa: ANN202 - a SQLAlchemy Select

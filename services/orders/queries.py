@@ -143,6 +143,19 @@ def order_to_follow(conn: Connection, order_id: str) -> Order | None:
     return Order(*rows[0]) if rows else None
 
 
+def orders_to_follow(conn: Connection, order_ids: list[str]) -> dict[str, Order]:
+    """Several orders, read in one statement and locked in order_id order (PostgreSQL), for
+    an event about all of them: their appends are then held back to the COMMIT, instead of
+    each one's going out (and taking the log's lock) with the next order's read."""
+    if not order_ids:
+        return {}
+    statement = (f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id IN "
+                 f"({', '.join(['?'] * len(order_ids))}) ORDER BY order_id")
+    if conn.dialect.name != "sqlite":
+        statement += " FOR UPDATE"
+    return {row[0]: Order(*row) for row in fetch_rows(conn, statement, tuple(order_ids))}
+
+
 def order_for_request(conn: Connection, request_id: str) -> str | None:
     return conn.execute(select(order_requests.c.order_id)
                         .where(order_requests.c.request_id == request_id)).scalar()

@@ -285,8 +285,9 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             if line["payable_cents"] > 0 or line["held_cents"] == 0:
                 order_id = line["order_id"]
                 settled[order_id] = settled.get(order_id, 0) + line["payable_cents"]
+        found = queries.orders_to_follow(self.db.conn, sorted(settled))
         for order_id, cents in sorted(settled.items()):
-            order = queries.order_to_follow(self.db.conn, order_id)
+            order = found.get(order_id)
             if order is not None and order.status == "completed" and cents > 0:
                 # paid, so verified at the callback: that outcome is still on its way here
                 raise RetryLater(f"order {order_id} paid in {p['period']} before orders "

@@ -24,7 +24,13 @@ from serviceloop.db import (
     sql,
     with_next_statement,
 )
-from serviceloop.eventstore import EventStore, NewEvent, compute_hash, verify_chain
+from serviceloop.eventstore import (
+    APPEND_LOCK_KEY,
+    EventStore,
+    NewEvent,
+    compute_hash,
+    verify_chain,
+)
 from serviceloop.unit_of_work import UnitOfWork, read_only
 from services.orders.projections import events as events_table
 
@@ -106,6 +112,25 @@ def test_an_append_is_one_round_trip_and_its_commit_can_go_with_it(pg_engine, ro
     (stored,) = _read(pg_engine)
     assert stored == envelope and stored.global_position == 1
     assert stored.hash == compute_hash(stored[:10], stored.payload_json, stored.prev_hash)
+
+
+def test_a_read_after_an_append_that_committed_sees_it_and_holds_no_lock(pg_engine,
+                                                                       round_trips):
+    """What an agent's callback command does: append with COMMIT, then read what it wrote."""
+    unit = UnitOfWork(pg_engine)
+    unit.conn  # noqa: B018 - checks a connection out
+    round_trips.clear()
+    append(unit, "customer-a", 0, [registered(1)], commit=True)
+    with pg_engine.connect() as other:  # the log's lock is free and the event committed
+        locked = other.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                               {"k": APPEND_LOCK_KEY}).scalar()
+        other.rollback()
+    seen = unit.conn.execute(text("SELECT count(*) FROM events")).scalar()
+    unit.commit()  # nothing left to send
+    assert locked is True and seen == 1
+    ours = [sent for sent in round_trips if "pg_try_advisory" not in sent]
+    assert len(ours) == 2 and "; COMMIT" in ours[0]
+    assert ours[1] == "SELECT count(*) FROM events"
 
 
 def test_a_read_models_writes_go_in_the_appends_round_trip(pg_engine, round_trips):
