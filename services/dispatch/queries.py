@@ -7,6 +7,7 @@ import json
 from sqlalchemy import Connection, func, select, text
 
 from contracts.errors import NotFound
+from serviceloop.db import fetch_rows
 from services.dispatch.assignment import PartnerProfile
 from services.dispatch.domain import DispatchOrder
 from services.dispatch.projections import (
@@ -25,11 +26,29 @@ def lock_assignments(conn: Connection) -> None:
         conn.execute(text(f"SELECT pg_advisory_xact_lock({ASSIGNMENT_LOCK_KEY})"))
 
 
+_PROFILE_COLUMNS = ("partner_id", "name", "regions", "categories", "daily_capacity", "rating",
+                    "active")
+# every partner with its active assignments counting against the day's capacity
+_PLACEMENT_FACTS = (
+    f"SELECT {', '.join(f'p.{c}' for c in _PROFILE_COLUMNS)}, COALESCE(l.n, 0) "
+    "FROM partners AS p LEFT JOIN (SELECT partner_id, count(*) AS n FROM assignments "
+    "WHERE day = ? AND active GROUP BY partner_id) AS l ON l.partner_id = p.partner_id")
+
+
+def placement_facts(conn: Connection, day: str) -> tuple[list[PartnerProfile], dict[str, int]]:
+    """What an automatic assignment chooses from: every partner, and its load on `day`
+    (`load_on`), under the assignment lock (held to the end of the transaction). On
+    PostgreSQL the lock and the read are one round trip, so the lock is held for the choice
+    and the commit, not for three round trips before them."""
+    statement = _PLACEMENT_FACTS
+    if conn.dialect.name == "postgresql":
+        statement = f"SELECT pg_advisory_xact_lock({ASSIGNMENT_LOCK_KEY}); {statement}"
+    rows = fetch_rows(conn, statement, (day,))
+    profiles = [_profile(dict(zip(_PROFILE_COLUMNS, row, strict=False))) for row in rows]
+    return profiles, {row[0]: row[-1] for row in rows if row[-1]}
+
+
 # -- partners -------------------------------------------------------------------------------
-
-
-def partner_profiles(conn: Connection) -> list[PartnerProfile]:
-    return [_profile(row) for row in conn.execute(select(partners)).mappings()]
 
 
 def partner_profile(conn: Connection, partner_id: str) -> PartnerProfile:

@@ -123,11 +123,9 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     def _placement(self, order: domain.DispatchOrder, assigned_by: str = "system") -> NewEvent:
         """Choose a partner now (under the assignment lock) and say so in an event."""
-        conn = self.db.conn
-        queries.lock_assignments(conn)
         now = self.clock.now()
-        choice = choose_partner(order.to_place(), queries.partner_profiles(conn),
-                                queries.load_on(conn, now.date().isoformat()))
+        profiles, load = queries.placement_facts(self.db.conn, now.date().isoformat())
+        choice = choose_partner(order.to_place(), profiles, load)
         return domain.placement(order, choice, now, self.timers, assigned_by)
 
     # -- head office: partners -----------------------------------------------------------------
