@@ -112,7 +112,7 @@ def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope
                             values + order)
         db.commit()
         return bool(row[0])
-    sql(db.conn, _RECORD.statement, values)
+    sql(db.conn, _RECORD, values)
     db.commit()
     with db.reader() as conn:
         return bool(sql(conn, _WAITING.statement, order).scalar())
