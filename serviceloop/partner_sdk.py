@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from contracts.errors import ServiceError
@@ -103,8 +104,11 @@ class PartnerClient:
 
     def __init__(self, base_url: str, partner_id: str, secret: str, *, timeout: float = 10,
                  retries: int = 4, backoff: float = 0.2,
-                 session: requests.Session | None = None,
+                 session: requests.Session | None = None, connections: int = 10,
                  clock: Callable[[], float] = time.time) -> None:
+        """`connections`: requests this client may have in flight at once over kept-alive
+        connections (its own session's pool; more at once each open a connection and close
+        it after)."""
         self.base_url = base_url.rstrip("/")
         self.partner_id = partner_id
         self.timeout = timeout
@@ -115,6 +119,10 @@ class PartnerClient:
         self.auth = PartnerAuth(partner_id, secret, clock)
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
+        if self._own_session:
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=connections)
+            for scheme in ("http://", "https://"):
+                self.session.mount(scheme, adapter)
 
     # -- construction ---------------------------------------------------------------------
 

@@ -395,7 +395,10 @@ def partners_from_folder(world: World, folder: Path | None = None,
                          technicians: int = 4) -> list[SimulatedPartner]:
     """One simulated partner per credentials file `serviceloop seed` saved."""
     folder = folder or var_dir() / "partners"
-    return [SimulatedPartner(PartnerClient.from_file(path, timeout=30), world, technicians)
+    # a connection for each technician and one for the poller: none opened per request
+    return [SimulatedPartner(PartnerClient.from_file(path, timeout=30,
+                                                     connections=technicians + 1),
+                             world, technicians)
             for path in sorted(folder.glob("*.json"))]
 
 

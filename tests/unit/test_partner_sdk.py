@@ -239,3 +239,56 @@ def test_a_clock_far_off_is_refused_by_the_gateway(gateway) -> None:
         with pytest.raises(GatewayError) as refused:
             client.get_order("o-1")
     assert (refused.value.status, refused.value.code) == (401, "stale_signature")
+
+
+def _ports_used(connections: int, at_once: int = 12, each: int = 5) -> int:
+    """Client ports a PartnerClient's `at_once` concurrent callers used for `each` requests
+    apiece, against a keep-alive server that holds each request a little while: a connection
+    given back to a full pool is closed, and the next request opens a new one."""
+    ports: set[int] = set()
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            ports.add(self.client_address[1])
+            time.sleep(0.02)  # keeps the callers' requests overlapping
+            answer = _json({"order_id": "o-1"})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        with PartnerClient(f"http://127.0.0.1:{server.server_address[1]}", PARTNER_ID, SECRET,
+                           timeout=5, connections=connections) as partner:
+            def caller() -> None:
+                for _ in range(each):
+                    partner.get_order("o-1")
+                    time.sleep(0.03)  # as a technician works between requests: all give
+                    # their connection back before the next round asks for one
+
+            callers = [threading.Thread(target=caller) for _ in range(at_once)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    return len(ports)
+
+
+def test_a_client_keeps_as_many_connections_as_it_is_told_it_will_use_at_once() -> None:
+    # requests' own pool keeps 10: the two callers over it open a connection per request
+    assert _ports_used(connections=10) > 12
+    assert _ports_used(connections=12) <= 12
