@@ -56,17 +56,39 @@ def delivered(store_url: str, names: list[str]) -> list[dict]:
     return [envelope.to_dict() for envelope in out]
 
 
-def racing_handler(both_read: list[int], rendezvous: eventlet.event.Event):  # noqa: ANN201
+class Meeting:
+    """The first two to arrive wait for each other; anyone later passes at once."""
+
+    def __init__(self) -> None:
+        self.arrived: list[int] = []
+        self._both = eventlet.event.Event()
+
+    def meet(self, who: int) -> None:
+        if len(self.arrived) >= 2:
+            return
+        self.arrived.append(who)
+        if len(self.arrived) == 2:
+            self._both.send()
+        self._both.wait()
+
+
+def take_crosswise(conn, turn: int, base: int, meeting: Meeting) -> None:  # noqa: ANN001
+    """Worker 0 takes lock base+1 then base+2, worker 1 base+2 then base+1; on their first
+    run each holds its first lock when it asks for the second: PostgreSQL ends one of them."""
+    first, second = (1, 2) if turn == 0 else (2, 1)
+    lock = text("SELECT pg_advisory_xact_lock(:key)")
+    conn.execute(lock, {"key": base + first})
+    meeting.meet(turn)
+    conn.execute(lock, {"key": base + second})
+
+
+def racing_handler(meeting: Meeting):  # noqa: ANN201
     """Each worker's first run waits until both have read the version, then appends."""
 
     def handler(service: Tally, envelope) -> None:  # noqa: ANN001
         conn = service.db.conn
         version = service.db.store.stream_version(conn, STREAM)
-        if len(both_read) < 2:
-            both_read.append(version)
-            if len(both_read) == 2:
-                rendezvous.send()
-            rendezvous.wait()
+        meeting.meet(version)
         service.db.store.append(conn, STREAM, version, [registered(envelope.payload["name"])],
                                 occurred_at=AT, correlation_id=envelope.correlation_id,
                                 causation_id=envelope.event_id, actor="system", chain=False)
@@ -78,9 +100,8 @@ def test_the_worker_that_lost_the_race_runs_again_and_is_not_parked(database_for
     url = database_for("orders", "postgres")
     workers = [Tally(url), Tally(url)]
     bodies = delivered(database_for("orders", "sqlite"), ["甲", "乙"])
-    both_read: list[int] = []
-    rendezvous = eventlet.event.Event()
-    handler = racing_handler(both_read, rendezvous)
+    meeting = Meeting()
+    handler = racing_handler(meeting)
 
     def work(turn: int) -> str:
         # one attempt: without the policy for lost races, the loser would be parked
@@ -89,7 +110,7 @@ def test_the_worker_that_lost_the_race_runs_again_and_is_not_parked(database_for
 
     with eventlet.Timeout(30):
         outcomes = [thread.wait() for thread in [eventlet.spawn(work, t) for t in (0, 1)]]
-    assert both_read == [0, 0]  # both read the stream before either appended
+    assert meeting.arrived == [0, 0]  # both read the stream before either appended
     assert outcomes == ["handled", "handled"]
     with workers[0].db.engine.connect() as conn:
         versions = conn.execute(text("SELECT stream_version, causation_id FROM events "
@@ -131,22 +152,11 @@ def test_the_worker_postgres_chose_to_end_a_deadlock_runs_again(database_for):
     url = database_for("orders", "postgres")
     workers = [Tally(url), Tally(url)]
     bodies = delivered(database_for("orders", "sqlite"), ["丁", "戊"])
-    first_taken: list[int] = []
-    rendezvous = eventlet.event.Event()
+    meeting = Meeting()
 
     def crossed(service: Tally, envelope) -> None:  # noqa: ANN001
-        # worker 0 takes lock 1 then 2, worker 1 takes 2 then 1: on their first run each
-        # holds its first lock when it asks for the second, and PostgreSQL ends one of them
         turn = workers.index(service)
-        first, second = (1, 2) if turn == 0 else (2, 1)
-        lock = text("SELECT pg_advisory_xact_lock(:key)")
-        service.db.conn.execute(lock, {"key": 7_000 + first})
-        if len(first_taken) < 2:
-            first_taken.append(turn)
-            if len(first_taken) == 2:
-                rendezvous.send()
-            rendezvous.wait()
-        service.db.conn.execute(lock, {"key": 7_000 + second})
+        take_crosswise(service.db.conn, turn, 7_000, meeting)
         service.db.store.append(service.db.conn, f"tally-{turn}", 0,
                                 [registered(envelope.payload["name"])], occurred_at=AT,
                                 correlation_id=envelope.correlation_id,
@@ -158,7 +168,7 @@ def test_the_worker_postgres_chose_to_end_a_deadlock_runs_again(database_for):
 
     with eventlet.Timeout(30):
         outcomes = [thread.wait() for thread in [eventlet.spawn(work, t) for t in (0, 1)]]
-    assert sorted(first_taken) == [0, 1]
+    assert sorted(meeting.arrived) == [0, 1]
     assert outcomes == ["handled", "handled"]
     with workers[0].db.engine.connect() as conn:
         logged = conn.execute(text("SELECT COUNT(*) FROM events WHERE stream_id LIKE 'tally-%'"))
@@ -168,23 +178,14 @@ def test_the_worker_postgres_chose_to_end_a_deadlock_runs_again(database_for):
 
 def test_an_rpc_transaction_postgres_chose_to_end_a_deadlock_runs_again(database_for):
     url = database_for("orders", "postgres")
-    first_taken: list[int] = []
     runs: list[int] = []
-    rendezvous = eventlet.event.Event()
+    meeting = Meeting()
 
     class Finance(Tally):
         @transactional
         def decide(self, turn: int) -> int:
             runs.append(turn)
-            first, second = (1, 2) if turn == 0 else (2, 1)
-            lock = text("SELECT pg_advisory_xact_lock(:key)")
-            self.db.conn.execute(lock, {"key": 8_000 + first})
-            if len(first_taken) < 2:
-                first_taken.append(turn)
-                if len(first_taken) == 2:
-                    rendezvous.send()
-                rendezvous.wait()
-            self.db.conn.execute(lock, {"key": 8_000 + second})
+            take_crosswise(self.db.conn, turn, 8_000, meeting)
             self.db.store.append(self.db.conn, f"rpc-{turn}", 0, [registered(str(turn))],
                                  occurred_at=AT, correlation_id="c", causation_id="cmd",
                                  actor="system", chain=False)

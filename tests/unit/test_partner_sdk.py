@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -77,15 +79,24 @@ def gateway():
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as base_url:
+        fake.base_url = base_url
+        yield fake
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server of `handler`s, in a thread, for the block; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
-    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture
@@ -263,28 +274,19 @@ def _ports_used(connections: int, at_once: int = 12, each: int = 5) -> int:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        with PartnerClient(f"http://127.0.0.1:{server.server_address[1]}", PARTNER_ID, SECRET,
-                           timeout=5, connections=connections) as partner:
-            def caller() -> None:
-                for _ in range(each):
-                    partner.get_order("o-1")
-                    time.sleep(0.03)  # as a technician works between requests: all give
-                    # their connection back before the next round asks for one
+    with serving(KeepAlive) as base_url, PartnerClient(
+            base_url, PARTNER_ID, SECRET, timeout=5, connections=connections) as partner:
+        def caller() -> None:
+            for _ in range(each):
+                partner.get_order("o-1")
+                time.sleep(0.03)  # as a technician works between requests: all give
+                # their connection back before the next round asks for one
 
-            callers = [threading.Thread(target=caller) for _ in range(at_once)]
-            for caller in callers:
-                caller.start()
-            for caller in callers:
-                caller.join(30)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        callers = [threading.Thread(target=caller) for _ in range(at_once)]
+        for caller_thread in callers:
+            caller_thread.start()
+        for caller_thread in callers:
+            caller_thread.join(30)
     return len(ports)
 
 
