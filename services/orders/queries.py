@@ -144,16 +144,23 @@ def order_to_follow(conn: Connection, order_id: str) -> Order | None:
 
 
 def orders_to_follow(conn: Connection, order_ids: list[str]) -> dict[str, Order]:
-    """Several orders, read in one statement and locked in order_id order (PostgreSQL), for
-    an event about all of them: their appends are then held back to the COMMIT, instead of
-    each one's going out (and taking the log's lock) with the next order's read."""
-    if not order_ids:
-        return {}
-    statement = (f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id IN "
-                 f"({', '.join(['?'] * len(order_ids))}) ORDER BY order_id")
-    if conn.dialect.name != "sqlite":
-        statement += " FOR UPDATE"
-    return {row[0]: Order(*row) for row in fetch_rows(conn, statement, tuple(order_ids))}
+    """Several orders, read a few hundred a statement and locked in order_id order
+    (PostgreSQL), for an event about all of them: their appends are then held back to the
+    COMMIT, instead of each one's going out (and taking the log's lock) with the next
+    order's read."""
+    found: dict[str, Order] = {}
+    ordered = sorted(order_ids)
+    for start in range(0, len(ordered), _IN_CHUNK):  # in order: locks taken in order too
+        chunk = ordered[start:start + _IN_CHUNK]
+        statement = (f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id IN "
+                     f"({', '.join(['?'] * len(chunk))}) ORDER BY order_id")
+        if conn.dialect.name != "sqlite":
+            statement += " FOR UPDATE"
+        found.update((row[0], Order(*row)) for row in fetch_rows(conn, statement, tuple(chunk)))
+    return found
+
+
+_IN_CHUNK = 500  # ids in one IN list (SQLite allows 32,766 parameters a statement)
 
 
 def order_for_request(conn: Connection, request_id: str) -> str | None:
