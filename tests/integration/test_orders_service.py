@@ -200,3 +200,24 @@ def test_events_since_reads_only_the_types_asked_for_in_every_form(orders):
     for wrong in ("product_registered", [1]):
         with pytest.raises(ValidationFailed):
             orders.events_since(0, 100, event_types=wrong)
+
+
+def test_orders_about_one_event_are_read_in_chunks_and_all_found(orders_url, monkeypatch):
+    from services.orders import queries
+    from services.orders.projections import orders as orders_table
+
+    engine = make_engine(orders_url)
+    row = dict(order_type="repair", channel="phone", status="verified", routed_to="dispatch",
+               customer_id="c", product_id="p", phone="13900000000", district="天河区",
+               category="water_heater", model="WH-E60A", serial="s", description="d",
+               in_warranty=True, warranty="{}", created_at="2026-11-02T09:00:00Z",
+               updated_at="2026-11-02T09:00:00Z", version=3)
+    ids = [f"o-{n:02d}" for n in range(7)]
+    with engine.begin() as conn:
+        conn.execute(orders_table.insert(), [{**row, "order_id": i} for i in ids])
+    monkeypatch.setattr(queries, "_IN_CHUNK", 3)
+    with engine.begin() as conn:
+        found = queries.orders_to_follow(conn, [*reversed(ids), "o-missing"])
+    engine.dispose()
+    assert sorted(found) == ids
+    assert {(o.status, o.version) for o in found.values()} == {("verified", 3)}
