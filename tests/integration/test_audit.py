@@ -61,6 +61,9 @@ def test_a_whole_loop_replays_in_causal_order_verifies_clean_and_closes(
         "product_id": stranded["products"][0]["product_id"], "order_type": "repair",
         "channel": "phone", "fault_code": "WH-E1", "agent_id": "a7"})["order_id"]
     wait_until(lambda: loop.dispatch_status(lonely) == "escalated", message="escalation")
+    # and orders has followed it: the logs read next are the loop's whole record
+    wait_until(lambda: loop.orders.get_order(lonely)["status"] == "escalated",
+               message="orders to follow the escalation")
 
     events = [{**e, "source": s} for s in IMPLEMENTED
               for e in getattr(_rpc(loop), s).events_for(order_id)]
