@@ -45,7 +45,7 @@ from serviceloop.db import (
     owns_transaction,
     sql,
 )
-from serviceloop.eventstore import Envelope
+from serviceloop.eventstore import Envelope, refused_by_the_log
 from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
@@ -218,12 +218,7 @@ def is_lost_race(error: BaseException) -> bool:
         return False
     if ended_by_database(error):
         return True
-    if not isinstance(error, IntegrityError):
-        return False
-    diagnostics = getattr(error.orig, "diag", None)
-    if diagnostics is not None:
-        return getattr(diagnostics, "table_name", None) == "events"
-    return "constraint failed: events." in str(error.orig)  # SQLite's message
+    return isinstance(error, IntegrityError) and refused_by_the_log(error)
 
 
 def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001

@@ -340,6 +340,16 @@ _INTEGER_AT = (0, 3, 5)  # global_position, stream_version, schema_version
 _PREV_HASH, _HASH = 11, 12
 
 
+def refused_by_the_log(error: IntegrityError) -> bool:
+    """The log's own constraint refused an append: the stream was not at the expected version
+    (another writer appended first). On PostgreSQL that is also how a held-back append's
+    conflict reaches the statement it went with (serviceloop.db.hold_writes)."""
+    diagnostics = getattr(error.orig, "diag", None)
+    if diagnostics is not None:
+        return getattr(diagnostics, "table_name", None) == "events"
+    return "constraint failed: events." in str(error.orig)  # SQLite's message
+
+
 def _of_types(count: int) -> str:
     """The condition on event_type for `count` types given (none: any type)."""
     return f" AND event_type IN ({', '.join(['?'] * count)})" if count else ""
@@ -479,8 +489,7 @@ class EventStore:
         try:
             rows = fetch_rows(conn, "; ".join(statements), tuple(params))
         except IntegrityError as error:
-            diagnostics = getattr(error.orig, "diag", None)
-            if getattr(diagnostics, "table_name", None) != "events":
+            if not refused_by_the_log(error):
                 raise  # a read model's constraint: the caller's to answer
             stream_id, expected = drafts[0].stream_id, drafts[0].stream_version - 1
             raise ConcurrencyConflict(

@@ -19,11 +19,12 @@ from services.dispatch.projections import (
 # PostgreSQL: assignments (which read today's load) take turns, so two orders placed at
 # once cannot both take a partner's last slot. SQLite writers are serialised already.
 ASSIGNMENT_LOCK_KEY = 0x5E7D15
+_LOCK_ASSIGNMENTS = f"SELECT pg_advisory_xact_lock({ASSIGNMENT_LOCK_KEY})"
 
 
 def lock_assignments(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
-        conn.execute(text(f"SELECT pg_advisory_xact_lock({ASSIGNMENT_LOCK_KEY})"))
+        conn.execute(text(_LOCK_ASSIGNMENTS))
 
 
 _PROFILE_COLUMNS = ("partner_id", "name", "regions", "categories", "daily_capacity", "rating",
@@ -42,7 +43,7 @@ def placement_facts(conn: Connection, day: str) -> tuple[list[PartnerProfile], d
     and the commit, not for three round trips before them."""
     statement = _PLACEMENT_FACTS
     if conn.dialect.name == "postgresql":
-        statement = f"SELECT pg_advisory_xact_lock({ASSIGNMENT_LOCK_KEY}); {statement}"
+        statement = f"{_LOCK_ASSIGNMENTS}; {statement}"
     rows = fetch_rows(conn, statement, (day,))
     profiles = [_profile(dict(zip(_PROFILE_COLUMNS, row, strict=False))) for row in rows]
     return profiles, {row[0]: row[-1] for row in rows if row[-1]}

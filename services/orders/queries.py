@@ -130,7 +130,8 @@ def as_aggregate(view: dict) -> Order:
 # what as_aggregate reads, in Order's field order
 _AGGREGATE = ("order_id", "version", "status", "order_type", "category", "product_id",
               "fault_code", "partner_id", "window_start", "window_end", "dispatch_version")
-_TO_FOLLOW = f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id = ?"
+_SELECT_AGGREGATES = f"SELECT {', '.join(_AGGREGATE)} FROM orders"
+_TO_FOLLOW = f"{_SELECT_AGGREGATES} WHERE order_id = ?"
 # every event orders follows reads it: prepared once per connection on PostgreSQL
 _TO_FOLLOW_LOCKED = Prepared(f"{_TO_FOLLOW} FOR UPDATE")
 
@@ -152,7 +153,7 @@ def orders_to_follow(conn: Connection, order_ids: list[str]) -> dict[str, Order]
     ordered = sorted(order_ids)
     for start in range(0, len(ordered), _IN_CHUNK):  # in order: locks taken in order too
         chunk = ordered[start:start + _IN_CHUNK]
-        statement = (f"SELECT {', '.join(_AGGREGATE)} FROM orders WHERE order_id IN "
+        statement = (f"{_SELECT_AGGREGATES} WHERE order_id IN "
                      f"({', '.join(['?'] * len(chunk))}) ORDER BY order_id")
         if conn.dialect.name != "sqlite":
             statement += " FOR UPDATE"
