@@ -30,7 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from contracts.errors import ConcurrencyConflict
 from contracts.registry import validate_event
@@ -350,6 +350,23 @@ def refused_by_the_log(error: IntegrityError) -> bool:
     return "constraint failed: events." in str(error.orig)  # SQLite's message
 
 
+class CommitInDoubt(DBAPIError):
+    """The connection was lost while the round trip carrying an append's COMMIT was out: the
+    database may have committed or not. `drafts`: what was appended; their event ids, looked
+    for on another connection, tell which (serviceloop.unit_of_work.UnitOfWork.committed)."""
+
+    def __init__(self, lost: DBAPIError, drafts: list[Envelope]) -> None:
+        super().__init__(lost.statement, lost.params, lost.orig,
+                         hide_parameters=lost.hide_parameters, connection_invalidated=True)
+        self.drafts = drafts
+
+
+def in_the_log(conn: Connection, event_id: str) -> bool:
+    """Whether the event `event_id` is in this service's log (committed, seen from `conn`)."""
+    return conn.execute(text("SELECT 1 FROM events WHERE event_id = :e"),
+                        {"e": event_id}).first() is not None
+
+
 def _of_types(count: int) -> str:
     """The condition on event_type for `count` types given (none: any type)."""
     return f" AND event_type IN ({', '.join(['?'] * count)})" if count else ""
@@ -496,6 +513,10 @@ class EventStore:
                 f"stream {stream_id} is not at version {expected}: appended to concurrently",
                 {"expected_version": [f"stream is not at {expected}"]},
             ) from None
+        except DBAPIError as error:
+            if commit and error.connection_invalidated:
+                raise CommitInDoubt(error, drafts) from error
+            raise
         if not chain:
             return drafts
         return [Envelope(position, *draft[1:11], prev_hash, digest)

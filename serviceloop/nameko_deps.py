@@ -16,7 +16,7 @@ from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
 from serviceloop.db import ended_by_database, is_sqlite, make_engine
-from serviceloop.eventstore import Envelope, EventStore
+from serviceloop.eventstore import CommitInDoubt, Envelope, EventStore
 from serviceloop.observability import log_context
 from serviceloop.unit_of_work import UnitOfWork, read_only
 
@@ -78,6 +78,28 @@ class WorkerDatabase(UnitOfWork):
 
     def reader(self):  # noqa: ANN201
         return read_only(self.engine)
+
+    def append(self, stream_id: str, expected_version: int, events: list,
+               **options) -> list[Envelope]:  # noqa: ANN003 - EventStore.append's
+        """`EventStore.append` in this worker's transaction. An append that carried its
+        COMMIT (`commit=True`) and lost the connection before the answer is looked for in
+        the log: found, it committed and answers as usual (this unit of work is then
+        finished; anything run after it opens a new one); not found, it raises as any
+        dropped connection does (nothing was kept, the work may run again)."""
+        try:
+            envelopes = self.store.append(self.conn, stream_id, expected_version, events,
+                                          **options)
+        except CommitInDoubt as doubt:
+            self.rollback()
+            if not self.committed(doubt.drafts[0].event_id):
+                raise
+            if not options.get("chain", True):
+                return doubt.drafts
+            with self.reader() as conn:
+                kept = {e.event_id: e for e in self.store.stream(conn, stream_id)}
+            return [kept[draft.event_id] for draft in doubt.drafts]
+        self.appended(envelopes[0].event_id)
+        return envelopes
 
 
 RUNS = 3  # of a transactional method, when its transaction was lost (see `transactional`)

@@ -10,6 +10,9 @@ from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import ServiceUnavailable
 from serviceloop.db import begin_with_first_statement, end_transaction, statements_on_their_own
+from serviceloop.eventstore import in_the_log
+
+LOOKUPS = 3  # tries at reading whether a commit whose answer was lost is in the log
 
 
 class UnitOfWork:
@@ -18,6 +21,11 @@ class UnitOfWork:
     `write_gate` (an eventlet semaphore for SQLite) serialises writers inside one
     process: SQLite's busy wait would otherwise block the whole eventlet hub. On PostgreSQL
     BEGIN goes out with the first statement and COMMIT may go with the last (serviceloop.db).
+
+    A COMMIT whose answer was lost with its connection (the database restarted, the backend
+    was terminated, the network dropped) may have committed or not. Running the work again
+    would do it twice if it had; so the first event the transaction appended (`appended`) is
+    looked for on another connection: found, the commit stands; not found, nothing was kept.
     """
 
     def __init__(self, engine: Engine, write_gate=None) -> None:  # noqa: ANN001
@@ -26,6 +34,7 @@ class UnitOfWork:
         self._conn: Connection | None = None
         self._postgres = False
         self._gate_held = False
+        self._landmark: str | None = None  # the first event id appended in this transaction
 
     @property
     def conn(self) -> Connection:
@@ -54,16 +63,43 @@ class UnitOfWork:
     def active(self) -> bool:
         return self._conn is not None
 
+    def appended(self, event_id: str) -> None:
+        """An append went into this unit's transaction; the first one's event id is what
+        tells whether a commit whose answer was lost was made (`committed`)."""
+        if self._landmark is None:
+            self._landmark = event_id
+
     def commit(self) -> None:
         if self._conn is not None:
+            landmark = self._landmark
             try:
                 if self._postgres:
                     end_transaction(self._conn, "COMMIT")
                 self._conn.commit()
+            except DBAPIError as error:
+                self.rollback()
+                lost = error.connection_invalidated and landmark is not None
+                if lost and self.committed(landmark):
+                    return  # it was: only its answer was lost
+                raise
             except BaseException:
                 self.rollback()
                 raise
             self._close()
+
+    def committed(self, event_id: str) -> bool:
+        """Whether the transaction that appended `event_id` committed, after the connection
+        that sent its COMMIT was lost: read on another connection (the pool renews the
+        connections the database dropped with it). ServiceUnavailable if it cannot be read."""
+        for _ in range(LOOKUPS):
+            try:
+                with read_only(self.engine) as conn:
+                    return in_the_log(conn, event_id)
+            except (ServiceUnavailable, DBAPIError):
+                continue  # a pooled connection dropped with the first; the next one is fresh
+        raise ServiceUnavailable(
+            "the database connection was lost while committing, and whether the change was "
+            "made cannot be read yet: read it back before trying again", code="outcome_unknown")
 
     def rollback(self) -> None:
         if self._conn is not None:
@@ -82,6 +118,7 @@ class UnitOfWork:
                 self._conn.close()
         finally:
             self._conn = None
+            self._landmark = None
             self._release()
 
     def _release(self) -> None:

@@ -352,8 +352,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         """`commit`: an agent's command ends with this append, and only reads the task after
         it; on PostgreSQL its COMMIT goes in the append's round trip, so the log's lock is not
         held while the worker waits its turn to read (the read then sees what was committed)."""
-        return self.db.store.append(
-            self.db.conn, f"task-{task_id}", expected_version, events,
+        return self.db.append(
+            f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
             project=projector.apply, commit=commit, chain=False)

@@ -418,8 +418,8 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         transaction before the log's append lock is taken). `commit`: the append is the unit
         of work's last write; on PostgreSQL its COMMIT goes in the append's round trip, so
         the log's lock is released at once, not after a green-thread switch and a round trip."""
-        return self.db.store.append(
-            self.db.conn, stream_id, expected_version, events, occurred_at=self.clock.now(),
+        return self.db.append(
+            stream_id, expected_version, events, occurred_at=self.clock.now(),
             correlation_id=correlation_id, causation_id=causation_id or f"cmd-{uuid.uuid4()}",
             actor=actor, project=project, commit=commit, chain=False)
 

@@ -345,8 +345,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
                 correlation_id: str, agent_id: str,
                 causation_id: str | None = None, commit: bool = False) -> list[Envelope]:
-        envelopes = self.db.store.append(
-            self.db.conn, stream_id, expected_version, events,
+        envelopes = self.db.append(
+            stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id),
             project=projector.apply, commit=commit, chain=False)

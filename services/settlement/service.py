@@ -287,7 +287,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     def _append(self, stream_id: str, expected_version: int, events: list[NewEvent],
                 correlation_id: str, causation_id: str, actor: str = "system") -> list[Envelope]:
-        return self.db.store.append(
-            self.db.conn, stream_id, expected_version, events, occurred_at=self.clock.now(),
+        return self.db.append(
+            stream_id, expected_version, events, occurred_at=self.clock.now(),
             correlation_id=correlation_id, causation_id=causation_id, actor=actor,
             project=projector.apply, chain=False)
