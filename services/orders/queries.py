@@ -44,6 +44,14 @@ def product(conn: Connection, product_id: str) -> dict:
     return {**row, "warranty": json.loads(row["warranty"])}
 
 
+def owned_product(conn: Connection, customer_id: str, model: str, serial: str) -> dict | None:
+    """The customer's product of this model and serial, if registered already."""
+    row = conn.execute(select(products).where(
+        products.c.serial == serial, products.c.customer_id == customer_id,
+        products.c.model == model)).mappings().first()
+    return None if row is None else {**row, "warranty": json.loads(row["warranty"])}
+
+
 _PRODUCT_COLUMNS = [c.name for c in products.c]
 _CUSTOMER_COLUMNS = [c.name for c in customers.c]
 _PRODUCT_AND_OWNER = (

@@ -74,14 +74,25 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def register_product(self, payload: dict) -> dict:
         data = load(_REGISTER_PRODUCT, payload)
         customer = queries.customer(self.db.conn, data["customer_id"])
-        stream = f"customer-{customer['customer_id']}"
-        version = self.db.store.stream_version(self.db.conn, stream)
+        today = self.clock.now().date()
         product_id = str(uuid.uuid4())
         event = domain.register_product(CATALOG, customer["customer_id"], product_id, data,
-                                        self.clock.now().date())
+                                        today)
+        new = event.payload
+        known = queries.owned_product(self.db.conn, new["customer_id"], new["model"],
+                                      new["serial"])
+        if known is not None:  # asked again (a retry, a second click): one appliance, once
+            if (known["purchase_date"], known["installation_date"]) != (
+                    new["purchase_date"], new["installation_date"]):
+                raise Conflict(
+                    f"{new['model']} {new['serial']} is registered to this customer already, "
+                    f"with other dates: {known['product_id']}",
+                    {"serial": [known["product_id"]]}, code="product_exists")
+            return queries.product_view(known, today)
+        stream = f"customer-{customer['customer_id']}"
+        version = self.db.store.stream_version(self.db.conn, stream)
         self._append(stream, version, [event], customer["customer_id"], data["agent_id"])
-        return queries.product_view(queries.product(self.db.conn, product_id),
-                                    self.clock.now().date())
+        return queries.product_view(queries.product(self.db.conn, product_id), today)
 
     @rpc
     def lookup(self, phone: str) -> dict:

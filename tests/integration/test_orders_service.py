@@ -176,6 +176,25 @@ def test_a_second_customer_with_the_same_phone_is_refused(orders):
     assert caught.value.code == "customer_exists"
 
 
+def test_a_product_registered_again_is_the_same_product_and_other_dates_are_refused(
+        orders, orders_url):
+    owner = orders.register_customer(customer())["customer"]["customer_id"]
+    fridge = {"customer_id": owner, "model": "WH-E60A", "serial": " WH0000000777 ",
+              "purchase_date": "2026-06-01", "installation_date": None, "agent_id": "a7"}
+    first = orders.register_product(fridge)
+    logged = log_length(orders_url)
+    again = orders.register_product({**fridge, "serial": "WH0000000777"})  # a retry
+    assert again["product_id"] == first["product_id"]
+    assert log_length(orders_url) == logged  # nothing appended
+    serials = [p["serial"] for p in orders.lookup("13800138000")["products"]]
+    assert serials.count("WH0000000777") == 1
+    with pytest.raises(Conflict) as caught:
+        orders.register_product({**fridge, "purchase_date": "2026-06-02"})
+    assert caught.value.code == "product_exists"
+    assert caught.value.fields == {"serial": [first["product_id"]]}
+    assert log_length(orders_url) == logged
+
+
 def test_the_log_is_readable_through_events_since_and_stream(orders):
     registered = orders.register_customer(customer())
     first = orders.events_since(0, 2)
