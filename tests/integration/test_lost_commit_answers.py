@@ -39,6 +39,15 @@ def orders_db(database_for):
     proxy.close()
 
 
+@pytest.fixture
+def unit(orders_db):
+    """(direct URL, a worker's unit of work through the proxy, the proxy)."""
+    url, proxied, proxy = orders_db
+    engine = make_engine(proxied, pool_size=2)
+    yield url, WorkerDatabase(engine, EventStore(events)), proxy
+    engine.dispose()
+
+
 def registered(n: int) -> NewEvent:
     return NewEvent("customer_registered", {
         "customer_id": f"c{n}", "name": f"客户{n}", "phone": f"138{n:08d}",
@@ -64,10 +73,8 @@ def logged(url: str, **where: str) -> list[str]:
 
 
 def test_an_append_that_carried_its_commit_answers_as_committed_when_the_answer_is_lost(
-        orders_db):
-    url, proxied, proxy = orders_db
-    engine = make_engine(proxied, pool_size=2)
-    db = WorkerDatabase(engine, EventStore(events))
+        unit):
+    url, db, proxy = unit
     proxy.lose_next_commit_answer()
     (draft,) = append(db, "customer-c1", 1, commit=True)
     assert proxy.commit_answer_lost()
@@ -77,26 +84,20 @@ def test_an_append_that_carried_its_commit_answers_as_committed_when_the_answer_
     (second,) = append(db, "customer-c2", 2, commit=False)  # the unit of work goes on
     db.commit()
     assert logged(url) == [draft.event_id, second.event_id]
-    engine.dispose()
 
 
 def test_a_commit_whose_answer_was_lost_is_not_an_error_when_its_append_is_in_the_log(
-        orders_db):
-    url, proxied, proxy = orders_db
-    engine = make_engine(proxied, pool_size=2)
-    db = WorkerDatabase(engine, EventStore(events))
+        unit):
+    url, db, proxy = unit
     (draft,) = append(db, "customer-c1", 1, commit=False)
     proxy.lose_next_commit_answer()
     db.commit()
     assert proxy.commit_answer_lost()
     assert logged(url) == [draft.event_id]
-    engine.dispose()
 
 
-def test_a_connection_lost_before_its_commit_ran_still_raises_and_keeps_nothing(orders_db):
-    url, proxied, proxy = orders_db
-    engine = make_engine(proxied, pool_size=2)
-    db = WorkerDatabase(engine, EventStore(events))
+def test_a_connection_lost_before_its_commit_ran_still_raises_and_keeps_nothing(unit):
+    url, db, proxy = unit
     append(db, "customer-c1", 1, commit=False)
     proxy.cut()  # the connection goes before COMMIT is sent: nothing was committed
     proxy.restore()
@@ -104,7 +105,6 @@ def test_a_connection_lost_before_its_commit_ran_still_raises_and_keeps_nothing(
         db.commit()
     assert lost.value.connection_invalidated  # `transactional` runs such work again
     assert logged(url) == []
-    engine.dispose()
 
 
 @pytest.fixture
