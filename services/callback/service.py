@@ -34,6 +34,7 @@ from contracts.registry import load
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
+from serviceloop.db import hold_writes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
@@ -213,7 +214,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         task = self._task(data["task_id"])
         event = domain.supervise(task, data, self.clock.now(), self.config.settings)
         self._append(task.task_id, task.version, [event], task.order_id,
-                     f"supervisor:{data['supervisor_id']}")
+                     f"supervisor:{data['supervisor_id']}", commit=True)
         return _task_view(self._row(task.task_id))
 
     # -- the automatic channel -----------------------------------------------------------------
@@ -275,20 +276,20 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def _start_send(self, task_id: str) -> dict:
         task = self._task(task_id)
         event = domain.start_send(task, self.clock.now(), self.config.settings)
-        self._append(task_id, task.version, [event], task.order_id, "system")
+        self._append(task_id, task.version, [event], task.order_id, "system", commit=True)
         return self._row(task_id)
 
     @transactional
     def _record_sent(self, task_id: str, key: str, message_id: str) -> None:
         task = self._task(task_id)
         event = domain.sent(task, key, message_id, self.clock.now(), self.config.settings)
-        self._append(task_id, task.version, [event], task.order_id, "system")
+        self._append(task_id, task.version, [event], task.order_id, "system", commit=True)
 
     @transactional
     def _reply_overdue(self, task_id: str) -> int:
         task = self._task(task_id)
         events = domain.reply_overdue(task, self.clock.now(), self.config.settings)
-        self._append(task_id, task.version, events, task.order_id, "system")
+        self._append(task_id, task.version, events, task.order_id, "system", commit=True)
         return 1
 
     @http("POST", "/callback/v1/replies")
@@ -323,15 +324,20 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         if task_id is None:
             raise NotFound(f"no task sent message {message_id}", {"message_id": ["unknown"]},
                            code="message_not_found")
-        task = self._task(task_id)
+        row = self._row(task_id)
+        task = domain.Task.from_row(row)
         now = self.clock.now()
         events = domain.auto_reply(task, reply, now, self.config.settings)
-        envelopes = self._append(task_id, task.version, events, task.order_id, "customer")
+        review = None
         if (events[0].event_type == "order_verified" and task.review_of is None
                 and domain.sampled(task.order_id, self.config.settings.review_share)):
-            review = domain.review_task(self._row(task_id), now, self.config.settings)
+            review = domain.review_task(row, now, self.config.settings)  # unchanged fields
+            hold_writes(self.db.conn)  # the reply's events go with the review and COMMIT
+        envelopes = self._append(task_id, task.version, events, task.order_id, "customer",
+                                 commit=review is None)
+        if review is not None:
             self._append(review.payload["task_id"], 0, [review], task.order_id, "system",
-                         envelopes[0].event_id)
+                         envelopes[0].event_id, commit=True)
         return _task_view(self._row(task_id))
 
     # -- reading and writing -------------------------------------------------------------------
@@ -349,9 +355,9 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
     def _append(self, task_id: str, expected_version: int, events: list[NewEvent],
                 order_id: str, actor: str, causation_id: str | None = None,
                 commit: bool = False) -> list[Envelope]:
-        """`commit`: an agent's command ends with this append, and only reads the task after
-        it; on PostgreSQL its COMMIT goes in the append's round trip, so the log's lock is not
-        held while the worker waits its turn to read (the read then sees what was committed)."""
+        """`commit`: the command ends with this append, and only reads the task after it; on
+        PostgreSQL its COMMIT goes in the append's round trip, so the log's lock is not held
+        while the worker waits its turn to read (the read then sees what was committed)."""
         return self.db.append(
             f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from sqlalchemy import (
@@ -17,7 +18,7 @@ from sqlalchemy import (
     select,
 )
 
-from serviceloop.db import fetch_rows
+from serviceloop.db import sql
 from serviceloop.eventstore import APPEND_LOCK_KEY, Envelope, define_log_tables
 from serviceloop.projections import Projector, insert, update
 
@@ -168,9 +169,8 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
         lines=_json(p["lines"]), evidence=_json(p["evidence"]), version=e.stream_version,
         **claim_totals(p["lines"]))
     if e.stream_version == 1:
-        # at once, not with the append: the next claim's position reads it
-        conn.execute(claims.insert().values(claim_id=p["claim_id"], order_id=p["order_id"],
-                                            opened_position=_next_position(conn), **values))
+        row = {"claim_id": p["claim_id"], "order_id": p["order_id"], **values}
+        sql(conn, _opening(conn.dialect.name, tuple(row)), tuple(row.values()))
         for line in p["lines"]:
             if line["kind"] == "part":
                 insert(conn, claim_parts, dict(
@@ -180,14 +180,20 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
         update(conn, claims, "claim_id", p["claim_id"], **values)
 
 
-def _next_position(conn: Connection) -> int:
-    """One more than the last claim opened. Two workers opening claims at once must not both
-    read the same last one: on PostgreSQL take the log's append lock (held to commit, and
-    taken again by the append that follows) first; SQLite writers are serialised already."""
-    last = "SELECT max(opened_position) FROM claims"
-    if conn.dialect.name == "postgresql":  # the lock and the read in one round trip
-        last = f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {last}"
-    return (fetch_rows(conn, last)[0][0] or 0) + 1
+@functools.cache
+def _opening(dialect: str, columns: tuple[str, ...]) -> str:
+    """A claim's row, one place after the last claim opened (`opened_position`: the order of
+    arrival that tells which of two duplicates came first). Two workers opening claims at
+    once must not both take the same place: on PostgreSQL the log's append lock is taken
+    first, in the same statements (so the position is read after the previous holder's
+    commit, and the lock, taken again by the append, is held for the append's round trip
+    only: the insert goes with it); SQLite writers are serialised already."""
+    opening = (f"INSERT INTO claims ({', '.join(columns)}, opened_position) SELECT "
+               f"{', '.join(['?'] * len(columns))}, COALESCE(MAX(opened_position), 0) + 1 "
+               "FROM claims")
+    if dialect == "postgresql":
+        return f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {opening}"
+    return opening
 
 
 def _part_return(conn: Connection, e: Envelope) -> None:
