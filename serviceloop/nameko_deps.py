@@ -111,8 +111,11 @@ def transactional(method):  # noqa: ANN001, ANN201
     When the transaction was lost, nothing was committed and the method runs again, up to
     RUNS times in all: the connection was dropped (restart, `pg_terminate_backend`; discovered
     on use, and the next run takes a fresh one), or PostgreSQL ended a deadlock with it
-    (`serviceloop.db.ended_by_database`). A stream version conflict is the caller's to
-    answer (ConcurrencyConflict), as the interface promises.
+    (`serviceloop.db.ended_by_database`). A COMMIT whose answer was lost is not taken for
+    lost work: `UnitOfWork.commit` (and `WorkerDatabase.append` for an append that carried
+    its COMMIT) looks its first event up in the log first, so work that was kept is not run
+    again. A stream version conflict is the caller's to answer (ConcurrencyConflict), as the
+    interface promises.
     """
 
     @functools.wraps(method)
