@@ -5,8 +5,10 @@ through it drops at once and new ones are refused until `restore()` starts it ag
 same port. `python -m tests.tcp_proxy LISTEN_PORT TARGET_HOST TARGET_PORT` is the child.
 
 In front of PostgreSQL it can also lose one COMMIT's answer (`lose_next_commit_answer`): the
-next query with COMMIT in it goes through and PostgreSQL runs it, then that connection is
-closed before the answer reaches the client, which cannot tell whether it committed.
+next COMMIT on the connection that sent the text asked for (psycopg2 sends parameters inside
+the query; the COMMIT may be in the same query) goes through and PostgreSQL runs it, then
+that connection is closed before the answer reaches the client, which cannot tell whether
+it committed. Or it drops that COMMIT unsent (`drop_next_commit`): nothing was committed.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class TcpProxy:
         self._said = b""
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tests.tcp_proxy", str(self.port), self.target[0],
-             str(self.target[1])], stdout=subprocess.PIPE, env={**os.environ,
-                                                                 "PYTHONWARNINGS": "ignore"})
+             str(self.target[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"})
         assert self._process.stdout.readline().strip() == b"listening"
 
     def cut(self) -> None:
@@ -50,14 +52,26 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
 
-    def lose_next_commit_answer(self) -> None:
-        """Arm the child: the next query carrying COMMIT runs, its answer is not passed on."""
-        self._process.send_signal(signal.SIGUSR1)
-        assert self._line(10) == "armed"
+    def lose_next_commit_answer(self, containing: str = "") -> None:
+        """Arm the child: the next COMMIT of the connection whose query has `containing`
+        runs, its answer is not passed on (`commit_answer_lost` says when)."""
+        self._arm("lose", containing)
+
+    def drop_next_commit(self, containing: str = "") -> None:
+        """Arm the child: the next COMMIT of the connection whose query has `containing` is
+        not sent, and the connection is closed (`commit_dropped` says when)."""
+        self._arm("drop", containing)
 
     def commit_answer_lost(self, timeout: float = 30) -> bool:
-        """Whether the armed COMMIT's answer was lost, within `timeout` seconds."""
         return self._line(timeout) == "lost"
+
+    def commit_dropped(self, timeout: float = 30) -> bool:
+        return self._line(timeout) == "dropped"
+
+    def _arm(self, command: str, containing: str) -> None:
+        self._process.stdin.write(f"{command} {containing}\n".encode())
+        self._process.stdin.flush()
+        assert self._line(10) == "armed"
 
     def _line(self, timeout: float) -> str:
         """The child's next line on stdout ("" if none came within `timeout` seconds)."""
@@ -82,33 +96,53 @@ class TcpProxy:
         return urlunparse(parsed._replace(netloc=netloc))
 
 
-_armed = threading.Event()  # lose the answer to the next query carrying COMMIT
+_armed: list[tuple[bytes, bytes]] = []  # (what to do, the text that marks the connection)
+_arming = threading.Lock()
 _READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"  # PostgreSQL: a query's answer has ended
 
 
-def _arm(_signum: int, _frame: object) -> None:
-    _armed.set()
-    sys.stdout.write("armed\n")
-    sys.stdout.flush()
+def _take_orders() -> None:
+    """The parent's lines on stdin: `lose TEXT` (the answer to the next COMMIT of the
+    connection that sends TEXT) or `drop TEXT` (that COMMIT itself, unsent)."""
+    for line in sys.stdin.buffer:
+        command, _, text = line.rstrip(b"\n").partition(b" ")
+        if command in (b"lose", b"drop"):
+            with _arming:
+                _armed[:] = [(command, text)]
+            _say("armed")
 
 
 class _Link:
-    """One client connection: `losing` once its COMMIT went out armed."""
+    """One client connection: `marked` (lose or drop) once it sent the armed text, `losing`
+    once its COMMIT went out after that."""
 
     def __init__(self) -> None:
+        self.marked = b""
         self.losing = False
 
 
 def _upstream(client: socket.socket, server: socket.socket, link: _Link) -> None:
     try:
         while data := client.recv(65536):
-            if _armed.is_set() and b"COMMIT" in data:
-                _armed.clear()
+            with _arming:
+                if _armed and _armed[0][1] in data:
+                    link.marked = _armed.pop()[0]
+            if link.marked and b"COMMIT" in data:
+                if link.marked == b"drop":  # PostgreSQL never sees it
+                    _shut(client, server)
+                    _say("dropped")
+                    return
                 link.losing = True  # before PostgreSQL can answer
+                link.marked = b""
             server.sendall(data)
     except OSError:
         pass
     _shut(client, server)
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
 
 def _downstream(server: socket.socket, client: socket.socket, link: _Link) -> None:
@@ -121,8 +155,7 @@ def _downstream(server: socket.socket, client: socket.socket, link: _Link) -> No
             answer += data  # held back until it is whole, then dropped with the connection
             if answer.endswith(_READY_FOR_QUERY_IDLE):
                 _shut(client, server)
-                sys.stdout.write("lost\n")
-                sys.stdout.flush()
+                _say("lost")
                 return
     except OSError:
         pass
@@ -165,5 +198,5 @@ def _serve(port: int, target: tuple[str, int]) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGUSR1, _arm)
+    threading.Thread(target=_take_orders, daemon=True).start()
     _serve(int(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))

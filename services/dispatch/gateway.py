@@ -227,11 +227,16 @@ class Gateway:
         On PostgreSQL the action's writes and COMMIT go in one round trip (its append), so
         a transaction still open has written nothing after admission unless that round trip
         failed, which leaves it in error. In error before the savepoint (a read of the
-        action failing: the database is away), the whole transaction is rolled back."""
+        action failing: the database is away), the whole transaction is rolled back; a
+        dropped connection kept nothing, the signature included (the request may be sent
+        again as it was)."""
         db = self.db
         if not db.active:
             return
         conn = db.conn
+        if conn.invalidated:  # the connection dropped: nothing of the transaction was kept
+            db.rollback()
+            return
         try:
             if conn.dialect.name == "postgresql":
                 if transaction_failed(conn):

@@ -3,7 +3,8 @@ RabbitMQ: SIGTERM with a worker in flight, a caller of a service that is down, a
 message, and the gateway without its database.
 
 A worker is held in flight by holding the log's append lock (the PostgreSQL advisory lock
-every append takes) from the test, so the moment SIGTERM arrives is chosen, not guessed.
+every append takes), or a table it reads before its last round trip, from the test, so the
+moment SIGTERM or SIGKILL arrives is chosen, not guessed.
 Settlement's envelopes are the benchmark's (`bench.settlement.order_events`): contract-valid
 `order_created` and `order_completed` for one repair, published as the producers' relays do.
 """
@@ -148,6 +149,22 @@ def append_lock_held(database_url: str):
     engine.dispose()
 
 
+@contextmanager
+def reads_blocked(database_url: str, table: str):
+    """Hold `table` locked against reads: a worker that reads it waits, in flight before the
+    round trip that carries its writes and COMMIT, until exit."""
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield lambda: conn.execute(text(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted "
+                "AND relation = CAST(:t AS regclass)"), {"t": table}).scalar()
+        finally:
+            conn.rollback()
+    engine.dispose()
+
+
 def _waiting_for_the_lock(conn) -> int:  # noqa: ANN001
     return conn.execute(text(
         "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
@@ -243,7 +260,9 @@ def test_a_worker_killed_before_it_finished_is_redelivered_and_applied_once(serv
     url = settlement.env["DATABASE_URL_SETTLEMENT"]
     (order,) = repairs(1)
     known_to_settlement(broker_uri, url, [order])
-    with append_lock_held(url) as waiting:
+    # held at its read of the rate cards: its writes and COMMIT (which wait for the log's
+    # lock in one round trip) are not sent yet
+    with reads_blocked(url, "rate_cards") as waiting:
         publish(broker_uri, "dispatch", order["on_order_completed"])
         wait_until(waiting, message="the completion's worker to be in flight")
         settlement.signal(signal.SIGTERM)

@@ -21,8 +21,17 @@ from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
 from serviceloop.nameko_deps import WorkerDatabase
 from serviceloop.unit_of_work import read_only
+from services.dispatch.service import DispatchService
 from services.orders.projections import events
 from services.orders.service import OrdersService
+from tests.helpers import wait_until
+from tests.integration.dispatch_system import (
+    DispatchSystem,
+    declare,
+    dispatch_config,
+    free_port,
+    start_relay,
+)
 from tests.integration.test_orders_service import customer, water_heater
 from tests.tcp_proxy import TcpProxy
 
@@ -33,10 +42,16 @@ WHEN = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 def orders_db(database_for):
     """(direct URL, URL through a proxy that can lose a COMMIT's answer, the proxy)."""
     url = database_for("orders", "postgres")
+    proxied, proxy = through_a_proxy(url)
+    yield url, proxied, proxy
+    proxy.close()
+
+
+def through_a_proxy(url: str) -> tuple[str, TcpProxy]:
+    """`url` through a new proxy that can lose a COMMIT's answer, and the proxy."""
     target = make_url(url)
     proxy = TcpProxy((target.host, target.port or 5432))
-    yield url, target.set(host="127.0.0.1", port=proxy.port).render_as_string(False), proxy
-    proxy.close()
+    return target.set(host="127.0.0.1", port=proxy.port).render_as_string(False), proxy
 
 
 @pytest.fixture
@@ -122,7 +137,7 @@ def test_an_order_cancelled_once_answers_cancelled_though_its_commit_answer_was_
     product = water_heater(rpc.register_customer(customer()))
     order = rpc.create_order({"product_id": product["product_id"], "order_type": "install",
                               "channel": "phone", "agent_id": "a7", "request_id": "req-cancel-1"})
-    proxy.lose_next_commit_answer()
+    proxy.lose_next_commit_answer(containing="order_cancelled")
     cancelled = rpc.cancel_order({"order_id": order["order_id"], "reason": "customer_request",
                                   "note": "moved house", "agent_id": "a7"})
     assert proxy.commit_answer_lost()
@@ -136,7 +151,7 @@ def test_an_order_created_with_its_commit_answer_lost_is_answered_as_created(
         orders_through_proxy):
     rpc, url, proxy = orders_through_proxy
     product = water_heater(rpc.register_customer(customer()))
-    proxy.lose_next_commit_answer()
+    proxy.lose_next_commit_answer(containing="order_created")
     order = rpc.create_order({"product_id": product["product_id"], "order_type": "install",
                               "channel": "phone", "agent_id": "a7", "request_id": "req-create-2"})
     assert proxy.commit_answer_lost()
@@ -144,3 +159,71 @@ def test_an_order_created_with_its_commit_answer_lost_is_answered_as_created(
     assert order["created"] is True
     assert logged(url, event_type="order_created") == logged(
         url, stream_id=f"order-{order['order_id']}")  # one order, created once
+
+
+@pytest.fixture
+def proxied_dispatch(container_factory, service_config, database_for, broker_uri):
+    """Orders and dispatch (its database through a proxy), orders' relay: (system, proxy)."""
+    declare(broker_uri)
+    orders_url = database_for("orders", "postgres")
+    dispatch_url = database_for("dispatch", "postgres")
+    proxied, proxy = through_a_proxy(dispatch_url)
+    orders = container_factory(OrdersService, service_config(orders=orders_url))
+    port = free_port()
+    dispatch = container_factory(DispatchService, dispatch_config(service_config, proxied, port))
+    orders.start()
+    dispatch.start()
+    relay = start_relay("orders", broker_uri, orders_url)
+    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
+            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
+        system = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}",
+                                service_config()["CLOCK"], [relay], dispatch_url=dispatch_url)
+        try:
+            yield system, proxy
+        finally:
+            system.close()
+            proxy.close()
+
+
+def assigned_order(system: DispatchSystem, phone: str) -> tuple:
+    partner = system.register_partner()
+    order_id = system.repair(phone)
+    wait_until(lambda: system.dispatch_status(order_id) == "assigned",
+               message="the order to be assigned")
+    return partner, order_id
+
+
+def accepts(system: DispatchSystem, order_id: str) -> int:
+    return [e["event_type"] for e in system.dispatch.order_history(order_id)].count(
+        "order_accepted")
+
+
+def test_a_partner_action_whose_commit_answer_was_lost_is_answered_once_and_logged_once(
+        proxied_dispatch):
+    system, proxy = proxied_dispatch
+    partner, order_id = assigned_order(system, "13800000031")
+    proxy.lose_next_commit_answer(containing="order_accepted")
+    accepted = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
+                             key="k-accept-lost")
+    assert proxy.commit_answer_lost()
+    # before: 500 (the failed action's clean-up met the dropped connection)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "accepted"
+    assert accepts(system, order_id) == 1
+
+
+def test_a_partner_action_whose_commit_never_arrived_is_503_and_may_be_sent_again(
+        proxied_dispatch):
+    system, proxy = proxied_dispatch
+    partner, order_id = assigned_order(system, "13800000032")
+    proxy.drop_next_commit(containing="order_accepted")
+    refused = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
+                            key="k-accept-dropped")
+    assert proxy.commit_dropped()
+    assert refused.status_code == 503, refused.text  # before: 500
+    assert refused.headers["Retry-After"]
+    assert accepts(system, order_id) == 0  # nothing was kept
+    again = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
+                          key="k-accept-dropped")
+    assert again.status_code == 200, again.text
+    assert accepts(system, order_id) == 1
