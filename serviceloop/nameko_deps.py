@@ -81,25 +81,22 @@ class WorkerDatabase(UnitOfWork):
 
     def append(self, stream_id: str, expected_version: int, events: list,
                **options) -> list[Envelope]:  # noqa: ANN003 - EventStore.append's
-        """`EventStore.append` in this worker's transaction. An append that carried its
+        """`EventStore.append` in this worker's transaction, answering the drafts
+        (`chain=False`: what every service's append needs). An append that carried its
         COMMIT (`commit=True`) and lost the connection before the answer is looked for in
         the log: found, it committed and answers as usual (this unit of work is then
         finished; anything run after it opens a new one); not found, it raises as any
         dropped connection does (nothing was kept, the work may run again)."""
         try:
-            envelopes = self.store.append(self.conn, stream_id, expected_version, events,
-                                          **options)
+            drafts = self.store.append(self.conn, stream_id, expected_version, events,
+                                       chain=False, **options)
         except CommitInDoubt as doubt:
             self.rollback()
             if not self.committed(doubt.drafts[0].event_id):
                 raise
-            if not options.get("chain", True):
-                return doubt.drafts
-            with self.reader() as conn:
-                kept = {e.event_id: e for e in self.store.stream(conn, stream_id)}
-            return [kept[draft.event_id] for draft in doubt.drafts]
-        self.appended(envelopes[0].event_id)
-        return envelopes
+            return doubt.drafts
+        self.appended(drafts[0].event_id)
+        return drafts
 
 
 RUNS = 3  # of a transactional method, when its transaction was lost (see `transactional`)

@@ -362,7 +362,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
-            project=projector.apply, commit=commit, chain=False)
+            project=projector.apply, commit=commit)
 
 
 def _free_tasks(stamp: str):  # noqa: ANN202 - a SQLAlchemy Select

@@ -421,7 +421,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return self.db.append(
             stream_id, expected_version, events, occurred_at=self.clock.now(),
             correlation_id=correlation_id, causation_id=causation_id or f"cmd-{uuid.uuid4()}",
-            actor=actor, project=project, commit=commit, chain=False)
+            actor=actor, project=project, commit=commit)
 
 
 def _actor(agent_id: str) -> str:

@@ -41,7 +41,7 @@ def product(conn: Connection, product_id: str) -> dict:
     if row is None:
         raise NotFound(f"product {product_id} does not exist", {"product_id": ["unknown"]},
                        code="product_not_found")
-    return {**row, "warranty": json.loads(row["warranty"])}
+    return _product_row(row)
 
 
 def owned_product(conn: Connection, customer_id: str, model: str, serial: str) -> dict | None:
@@ -49,7 +49,11 @@ def owned_product(conn: Connection, customer_id: str, model: str, serial: str) -
     row = conn.execute(select(products).where(
         products.c.serial == serial, products.c.customer_id == customer_id,
         products.c.model == model)).mappings().first()
-    return None if row is None else {**row, "warranty": json.loads(row["warranty"])}
+    return None if row is None else _product_row(row)
+
+
+def _product_row(row) -> dict:  # noqa: ANN001 - a row mapping of products
+    return {**row, "warranty": json.loads(row["warranty"])}
 
 
 _PRODUCT_COLUMNS = [c.name for c in products.c]

@@ -360,7 +360,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
             stream_id, expected_version, events,
             occurred_at=self.clock.now(), correlation_id=correlation_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=_actor(agent_id),
-            project=projector.apply, commit=commit, chain=False)
+            project=projector.apply, commit=commit)
         return envelopes
 
 

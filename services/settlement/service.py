@@ -290,4 +290,4 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
         return self.db.append(
             stream_id, expected_version, events, occurred_at=self.clock.now(),
             correlation_id=correlation_id, causation_id=causation_id, actor=actor,
-            project=projector.apply, chain=False)
+            project=projector.apply)

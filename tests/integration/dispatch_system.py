@@ -13,10 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pika
 import requests
+from nameko.standalone.rpc import ServiceRpcProxy
 
 from contracts.signing import signed_headers
 from serviceloop.migrate import declare_broker_topology
@@ -156,3 +159,31 @@ def declare(broker_uri: str) -> None:
             channel.queue_purge(name)
     finally:
         connection.close()
+
+
+@contextmanager
+def running_system(container_factory, service_config, broker_uri: str, clock,  # noqa: ANN001
+                   orders_url: str, dispatch_url: str, *, dispatch_reaches: str | None = None,
+                   **dispatch_settings) -> Iterator[DispatchSystem]:
+    """Orders and dispatch started in-process (the queues declared and emptied first) and
+    orders' relay; `dispatch_reaches`: the URL dispatch itself is given for its database (a
+    proxy's, say) where it is not `dispatch_url`."""
+    from services.dispatch.service import DispatchService
+    from services.orders.service import OrdersService
+
+    declare(broker_uri)
+    orders = container_factory(OrdersService, service_config(orders=orders_url))
+    port = free_port()
+    dispatch = container_factory(DispatchService, dispatch_config(
+        service_config, dispatch_reaches or dispatch_url, port, **dispatch_settings))
+    orders.start()
+    dispatch.start()
+    relay = start_relay("orders", broker_uri, orders_url)
+    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
+            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
+        system = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
+                                [relay], dispatch_url=dispatch_url)
+        try:
+            yield system
+        finally:
+            system.close()

@@ -6,40 +6,25 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from nameko.standalone.rpc import ServiceRpcProxy
 
 from serviceloop.clock import isoformat
 from serviceloop.db import make_engine
 from services.dispatch.service import DispatchService
-from services.orders.service import OrdersService
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import (
     DispatchSystem,
-    declare,
     dispatch_config,
     free_port,
-    start_relay,
+    running_system,
 )
 
 
 @pytest.fixture
 def system(container_factory, service_config, database_for, backend, broker_uri, clock):
-    declare(broker_uri)
-    orders_url = database_for("orders", backend)
-    dispatch_url = database_for("dispatch", backend)
-    orders = container_factory(OrdersService, service_config(orders=orders_url))
-    port = free_port()
-    dispatch = container_factory(DispatchService,
-                                 dispatch_config(service_config, dispatch_url, port))
-    orders.start()
-    dispatch.start()
-    relay = start_relay("orders", broker_uri, orders_url)
-    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
-            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
-        running = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
-                                 [relay], dispatch_url=dispatch_url)
+    with running_system(container_factory, service_config, broker_uri, clock,
+                        database_for("orders", backend), database_for("dispatch", backend)) \
+            as running:
         yield running
-        running.close()
 
 
 @pytest.fixture

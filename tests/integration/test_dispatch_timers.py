@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import eventlet
 import pytest
-from nameko.standalone.rpc import ServiceRpcProxy
 
 from contracts.errors import Conflict
 from serviceloop.clock import isoformat
@@ -17,37 +16,20 @@ from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore
 from services.dispatch import service as dispatch_service
 from services.dispatch.projections import events, projector
-from services.dispatch.service import DispatchService
-from services.orders.service import OrdersService
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import (
     DispatchSystem,
-    declare,
-    dispatch_config,
-    free_port,
-    start_relay,
+    running_system,
 )
 
 
 @pytest.fixture
 def system(container_factory, service_config, database_for, backend, broker_uri, clock):
-    declare(broker_uri)
-    orders_url = database_for("orders", backend)
-    dispatch_url = database_for("dispatch", backend)
-    orders = container_factory(OrdersService, service_config(orders=orders_url))
-    port = free_port()
-    dispatch = container_factory(DispatchService, dispatch_config(
-        service_config, dispatch_url, port, ACCEPT_WITHIN_MINUTES=30,
-        SCHEDULE_WITHIN_MINUTES=600, GATEWAY_RATE_PER_SECOND=5, GATEWAY_BURST=5))
-    orders.start()
-    dispatch.start()
-    relay = start_relay("orders", broker_uri, orders_url)
-    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
-            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
-        running = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}", clock,
-                                 [relay], dispatch_url)
+    with running_system(container_factory, service_config, broker_uri, clock,
+                        database_for("orders", backend), database_for("dispatch", backend),
+                        ACCEPT_WITHIN_MINUTES=30, SCHEDULE_WITHIN_MINUTES=600,
+                        GATEWAY_RATE_PER_SECOND=5, GATEWAY_BURST=5) as running:
         yield running
-        running.close()
 
 
 def wait_status(system: DispatchSystem, order_id: str, status: str) -> dict:

@@ -21,16 +21,12 @@ from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
 from serviceloop.nameko_deps import WorkerDatabase
 from serviceloop.unit_of_work import read_only
-from services.dispatch.service import DispatchService
 from services.orders.projections import events
 from services.orders.service import OrdersService
 from tests.helpers import wait_until
 from tests.integration.dispatch_system import (
     DispatchSystem,
-    declare,
-    dispatch_config,
-    free_port,
-    start_relay,
+    running_system,
 )
 from tests.integration.test_orders_service import customer, water_heater
 from tests.tcp_proxy import TcpProxy
@@ -72,7 +68,7 @@ def registered(n: int) -> NewEvent:
 
 def append(db: WorkerDatabase, stream: str, n: int, commit: bool) -> list:
     return db.append(stream, 0, [registered(n)], occurred_at=WHEN, correlation_id=stream,
-                     causation_id="test", actor="system", commit=commit, chain=False)
+                     causation_id="test", actor="system", commit=commit)
 
 
 def logged(url: str, **where: str) -> list[str]:
@@ -162,27 +158,17 @@ def test_an_order_created_with_its_commit_answer_lost_is_answered_as_created(
 
 
 @pytest.fixture
-def proxied_dispatch(container_factory, service_config, database_for, broker_uri):
+def proxied_dispatch(container_factory, service_config, database_for, broker_uri, clock):
     """Orders and dispatch (its database through a proxy), orders' relay: (system, proxy)."""
-    declare(broker_uri)
-    orders_url = database_for("orders", "postgres")
     dispatch_url = database_for("dispatch", "postgres")
     proxied, proxy = through_a_proxy(dispatch_url)
-    orders = container_factory(OrdersService, service_config(orders=orders_url))
-    port = free_port()
-    dispatch = container_factory(DispatchService, dispatch_config(service_config, proxied, port))
-    orders.start()
-    dispatch.start()
-    relay = start_relay("orders", broker_uri, orders_url)
-    with ServiceRpcProxy("orders", orders.config, timeout=20) as orders_rpc, \
-            ServiceRpcProxy("dispatch", dispatch.config, timeout=20) as dispatch_rpc:
-        system = DispatchSystem(orders_rpc, dispatch_rpc, f"http://127.0.0.1:{port}",
-                                service_config()["CLOCK"], [relay], dispatch_url=dispatch_url)
-        try:
+    try:
+        with running_system(container_factory, service_config, broker_uri, clock,
+                            database_for("orders", "postgres"), dispatch_url,
+                            dispatch_reaches=proxied) as system:
             yield system, proxy
-        finally:
-            system.close()
-            proxy.close()
+    finally:
+        proxy.close()
 
 
 def assigned_order(system: DispatchSystem, phone: str) -> tuple:
@@ -191,6 +177,10 @@ def assigned_order(system: DispatchSystem, phone: str) -> tuple:
     wait_until(lambda: system.dispatch_status(order_id) == "assigned",
                message="the order to be assigned")
     return partner, order_id
+
+
+def accept(system: DispatchSystem, partner, order_id: str, key: str):  # noqa: ANN001, ANN201
+    return system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {}, key=key)
 
 
 def accepts(system: DispatchSystem, order_id: str) -> int:
@@ -203,8 +193,7 @@ def test_a_partner_action_whose_commit_answer_was_lost_is_answered_once_and_logg
     system, proxy = proxied_dispatch
     partner, order_id = assigned_order(system, "13800000031")
     proxy.lose_next_commit_answer(containing="order_accepted")
-    accepted = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
-                             key="k-accept-lost")
+    accepted = accept(system, partner, order_id, "k-accept-lost")
     assert proxy.commit_answer_lost()
     # before: 500 (the failed action's clean-up met the dropped connection)
     assert accepted.status_code == 200, accepted.text
@@ -217,13 +206,11 @@ def test_a_partner_action_whose_commit_never_arrived_is_503_and_may_be_sent_agai
     system, proxy = proxied_dispatch
     partner, order_id = assigned_order(system, "13800000032")
     proxy.drop_next_commit(containing="order_accepted")
-    refused = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
-                            key="k-accept-dropped")
+    refused = accept(system, partner, order_id, "k-accept-dropped")
     assert proxy.commit_dropped()
     assert refused.status_code == 503, refused.text  # before: 500
     assert refused.headers["Retry-After"]
     assert accepts(system, order_id) == 0  # nothing was kept
-    again = system.signed(partner, "POST", f"/api/v1/orders/{order_id}/accept", {},
-                          key="k-accept-dropped")
+    again = accept(system, partner, order_id, "k-accept-dropped")
     assert again.status_code == 200, again.text
     assert accepts(system, order_id) == 1
