@@ -20,6 +20,7 @@ _PREPARED = "serviceloop.prepared"  # Prepared's key -> its name on this connect
 _PREPARING = "serviceloop.preparing"  # keys whose PREPARE was handed out, not yet run
 _AHEAD = "serviceloop.ahead"  # [(statement, params)] to go in front of the next round trip
 _HOLDING = "serviceloop.holding"  # this unit of work's writes may wait for its next round trip
+_COMMIT_HELD = "serviceloop.commit_held"  # no statement may end with COMMIT (see commit_held)
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -97,7 +98,19 @@ def transaction_failed(conn: Connection) -> bool:
 
 def owns_transaction(conn: Connection) -> bool:
     """Whether `conn` is a unit of work's, so that a statement may end with COMMIT."""
-    return conn.info.get(_OWN_TRANSACTION, False)
+    info = conn.info
+    return info.get(_OWN_TRANSACTION, False) and not info.get(_COMMIT_HELD, False)
+
+
+@contextmanager
+def commit_held(conn: Connection) -> Iterator[None]:
+    """Inside the block no statement on `conn` ends with COMMIT (`owns_transaction` is
+    false): the caller writes more in the same transaction after the block."""
+    conn.info[_COMMIT_HELD] = True
+    try:
+        yield
+    finally:
+        conn.info[_COMMIT_HELD] = False
 
 
 def end_transaction(conn: Connection, command: str) -> None:

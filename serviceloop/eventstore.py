@@ -136,7 +136,8 @@ def _integer(value: object) -> str:
 
 
 def define_log_tables(metadata: MetaData) -> Table:
-    """Add the kernel's tables (log, relay position, inbox, parked) to a service's metadata."""
+    """Add the kernel's tables (log, relay position, inbox, parked, the answers of write
+    RPCs by request id: serviceloop.answers) to a service's metadata."""
     events = Table(
         "events",
         metadata,
@@ -198,6 +199,15 @@ def define_log_tables(metadata: MetaData) -> Table:
         Column("waiting_for", String(120), nullable=True),
         Index("ix_parked_messages_waiting_for", "waiting_for"),
         Index("ix_parked_messages_correlation_id", "correlation_id"),
+    )
+    Table(
+        "rpc_answers",
+        metadata,
+        Column("request_id", String(120), primary_key=True),
+        Column("method", String(80), nullable=False),
+        Column("arguments_hash", String(64), nullable=False),
+        Column("answer", Text, nullable=False),
+        Column("answered_at", String(32), nullable=False),
     )
     return events
 

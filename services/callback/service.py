@@ -31,6 +31,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.registry import load
+from serviceloop.answers import answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
@@ -175,6 +176,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def record_outcome(self, payload: dict) -> dict:
         data = load(_RECORD, payload)
         task = self._task(data["task_id"])
@@ -209,6 +211,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def supervise(self, payload: dict) -> dict:
         data = load(_SUPERVISE, payload)
         task = self._task(data["task_id"])

@@ -26,6 +26,7 @@ from contracts import dispatch as contract
 from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import load
 from contracts.signing import new_secret, secret_fingerprint
+from serviceloop.answers import answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
@@ -132,6 +133,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def register_partner(self, payload: dict) -> dict:
         """A new partner, and its secret: shown in this answer and never again."""
         data = load(_REGISTER, payload)
@@ -153,6 +155,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def update_partner(self, payload: dict) -> dict:
         data = load(_UPDATE, payload)
         today = self.clock.now().date().isoformat()
@@ -167,6 +170,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def rotate_secret(self, partner_id: str, agent_id: str = "system") -> dict:
         """A new secret replaces the old one at once; the answer is the only place it shows."""
         today = self.clock.now().date().isoformat()
@@ -199,6 +203,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def assign(self, payload: dict) -> dict:
         """A person assigns an order (escalated: nobody qualified was left) to a partner."""
         data = load(_ASSIGN, payload)

@@ -16,6 +16,7 @@ from contracts import dispatch as _dispatch_events  # noqa: F401 - registers wha
 from contracts import orders as contract
 from contracts.errors import Conflict, NotFound
 from contracts.registry import load
+from serviceloop.answers import answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled, consumes
 from serviceloop.eventstore import Envelope, NewEvent
@@ -54,6 +55,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def register_customer(self, payload: dict) -> dict:
         data = load(_REGISTER_CUSTOMER, payload)
         phone = domain.normalise_phone(data["phone"])
@@ -71,6 +73,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def register_product(self, payload: dict) -> dict:
         data = load(_REGISTER_PRODUCT, payload)
         customer = queries.customer(self.db.conn, data["customer_id"])
@@ -171,6 +174,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def record_fault(self, payload: dict) -> dict:
         data = load(_RECORD_FAULT, payload)
         view = queries.order_row(self.db.conn, data["order_id"])
@@ -182,6 +186,7 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def cancel_order(self, payload: dict) -> dict:
         data = load(_CANCEL_ORDER, payload)
         view = queries.order_row(self.db.conn, data["order_id"])

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from contracts import settlement as contract
 from contracts.errors import ConcurrencyConflict, NotFound, ValidationFailed
 from contracts.registry import load
+from serviceloop.answers import answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
@@ -140,6 +141,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def load_rates(self, csv_text: str, agent_id: str = "finance") -> dict:
         """A rate card or a parts price list from CSV (the header says which)."""
         if not isinstance(csv_text, str):
@@ -174,6 +176,7 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
 
     @rpc
     @transactional
+    @answered_once
     def record_part_return(self, payload: dict, agent_id: str = "finance") -> dict:
         """An old part back at a parts centre, or its return waived by a named person; the
         claims holding for it are decided again."""

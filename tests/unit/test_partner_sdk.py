@@ -254,16 +254,20 @@ def test_a_clock_far_off_is_refused_by_the_gateway(gateway) -> None:
 
 def _ports_used(connections: int, at_once: int = 12, each: int = 5) -> int:
     """Client ports a PartnerClient's `at_once` concurrent callers used for `each` requests
-    apiece, against a keep-alive server that holds each request a little while: a connection
-    given back to a full pool is closed, and the next request opens a new one."""
+    apiece, against a keep-alive server that answers a round's requests only once all
+    `at_once` are in: every round has that many connections in use at once. Callers start
+    the next round only when all have their answer (and have given their connection back),
+    so a pool smaller than a round closes what it cannot keep, and the next round opens as
+    many again."""
     ports: set[int] = set()
+    round_in, round_done = threading.Barrier(at_once), threading.Barrier(at_once)
 
     class KeepAlive(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             ports.add(self.client_address[1])
-            time.sleep(0.02)  # keeps the callers' requests overlapping
+            round_in.wait(timeout=10)  # the round's other requests are in flight too
             answer = _json({"order_id": "o-1"})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -275,22 +279,22 @@ def _ports_used(connections: int, at_once: int = 12, each: int = 5) -> int:
             pass
 
     with serving(KeepAlive) as base_url, PartnerClient(
-            base_url, PARTNER_ID, SECRET, timeout=5, connections=connections) as partner:
+            base_url, PARTNER_ID, SECRET, timeout=15, retries=0,
+            connections=connections) as partner:
         def caller() -> None:
             for _ in range(each):
                 partner.get_order("o-1")
-                time.sleep(0.03)  # as a technician works between requests: all give
-                # their connection back before the next round asks for one
+                round_done.wait(timeout=10)
 
         callers = [threading.Thread(target=caller) for _ in range(at_once)]
         for caller_thread in callers:
             caller_thread.start()
         for caller_thread in callers:
-            caller_thread.join(30)
+            caller_thread.join(60)
     return len(ports)
 
 
 def test_a_client_keeps_as_many_connections_as_it_is_told_it_will_use_at_once() -> None:
-    # requests' own pool keeps 10: the two callers over it open a connection per request
-    assert _ports_used(connections=10) > 12
+    # requests' own pool keeps 10: each round after the first opens the two over it again
+    assert _ports_used(connections=10) == 12 + 2 * 4
     assert _ports_used(connections=12) <= 12

@@ -1,0 +1,104 @@
+"""A write RPC asked again with the same request id: the first answer, and no second effect.
+
+An RPC caller whose answer was lost (the broker restarted, the reply queue expired, the
+call timed out) cannot tell whether its call was made. Every write RPC takes an optional
+`request_id=` keyword: the first call with it stores its answer in the same transaction as
+its events (`rpc_answers`), and a call with the same id and the same arguments answers that,
+changing nothing. The same id with other arguments, or for another method, is refused
+(Conflict `request_id_reused`), as the partner gateway refuses an `Idempotency-Key` sent
+again with another body.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+
+from contracts.errors import Conflict, ValidationFailed
+from serviceloop.clock import isoformat
+from serviceloop.db import commit_held, fetch_rows, hold_back, sql
+from serviceloop.eventstore import canonical_json
+
+REQUEST_ID_LENGTH = 120  # rpc_answers.request_id
+
+_FIRST_ANSWER = "SELECT method, arguments_hash, answer FROM rpc_answers WHERE request_id = ?"
+_KEEP_ANSWER = ("INSERT INTO rpc_answers (request_id, method, arguments_hash, answer, "
+                "answered_at) VALUES (?, ?, ?, ?, ?)")
+
+
+def answered_once(method):  # noqa: ANN001, ANN201
+    """Decorate a write RPC, inside `transactional` (so that a run repeated after a lost
+    connection looks again): `request_id=` given, the method runs at most once for it.
+
+    On PostgreSQL two calls with one request id at once queue on a lock of that id, taken
+    with the look-up, so the second finds the first's answer; SQLite's write lock, taken at
+    BEGIN, does the same.
+    """
+    name = method.__name__
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, request_id=None, **kwargs):  # noqa: ANN001, ANN202
+        if request_id is None:
+            return method(self, *args, **kwargs)
+        if not isinstance(request_id, str) or not 1 <= len(request_id) <= REQUEST_ID_LENGTH:
+            raise ValidationFailed(
+                f"request_id must be text of 1 to {REQUEST_ID_LENGTH} characters",
+                {"request_id": ["invalid"]})
+        try:  # the same call, whether an argument was given by position or by name
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            raise ValidationFailed(str(error), {"arguments": [str(error)]}) from None
+        bound.apply_defaults()
+        arguments = dict(list(bound.arguments.items())[1:])  # all but self
+        arguments_hash = hashlib.sha256(canonical_json([name, arguments]).encode()).hexdigest()
+        conn = self.db.conn
+        first = _first_answer(conn, request_id)
+        if first is not None:
+            if tuple(first[:2]) != (name, arguments_hash):
+                raise Conflict(
+                    f"request id {request_id} was used for another call ({first[0]}): "
+                    "give each request its own id", {"request_id": ["used for another call"]},
+                    code="request_id_reused")
+            return json.loads(first[2])
+        with commit_held(conn):
+            answer = method(self, *args, **kwargs)
+        row = (request_id, name, arguments_hash, json.dumps(answer),
+               isoformat(self.clock.now()))
+        if conn.dialect.name == "postgresql":
+            hold_back(conn, _KEEP_ANSWER, row)  # goes with the COMMIT
+        else:
+            sql(conn, _KEEP_ANSWER, row)
+        return answer
+
+    return wrapper
+
+
+def _first_answer(conn, request_id: str) -> tuple | None:  # noqa: ANN001
+    query, params = _FIRST_ANSWER, (request_id,)
+    if conn.dialect.name == "postgresql":
+        query = "SELECT pg_advisory_xact_lock(hashtext(?)); " + query
+        params = (f"rpc_answers:{request_id}", request_id)
+    rows = fetch_rows(conn, query, params)
+    return rows[0] if rows else None
+
+
+def add_answers_table(op) -> None:  # noqa: ANN001 - alembic's operations
+    """Migration step every service takes: the `rpc_answers` table (define_log_tables)."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        "rpc_answers",
+        sa.Column("request_id", sa.String(length=REQUEST_ID_LENGTH), nullable=False),
+        sa.Column("method", sa.String(length=80), nullable=False),
+        sa.Column("arguments_hash", sa.String(length=64), nullable=False),
+        sa.Column("answer", sa.Text(), nullable=False),
+        sa.Column("answered_at", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("request_id"),
+    )
+
+
+def drop_answers_table(op) -> None:  # noqa: ANN001
+    op.drop_table("rpc_answers")
