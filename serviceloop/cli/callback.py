@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from contracts.callback import DISPUTE_REASONS
-from serviceloop.cli.output import emit, table
+from serviceloop.cli.output import add_request_id, emit, table
 from serviceloop.client import cluster
 
 TASK_COLUMNS = ["task_id", "order_id", "order_type", "status", "priority", "attempts",
@@ -40,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--satisfaction", type=int, choices=range(1, 6))
     p.add_argument("--paid", type=int, help="what the customer says they paid, in cents")
     p.add_argument("--notes", default="")
+    add_request_id(p)
 
     p = add("order", _order, "every verification task of an order")
     p.add_argument("order_id")
@@ -51,6 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--supervisor", required=True)
     p.add_argument("--decision", required=True, choices=("close", "send_back"))
     p.add_argument("--note", default="")
+    add_request_id(p)
 
 
 def _next(args: argparse.Namespace) -> None:
@@ -73,7 +75,8 @@ def _record(args: argparse.Namespace) -> None:
                "satisfaction": args.satisfaction, "customer_paid_cents": args.paid,
                "notes": args.notes}
     with cluster() as rpc:
-        emit(rpc.callback.record_outcome(payload), args.json, _render_task)
+        emit(rpc.callback.record_outcome(payload, request_id=args.request_id), args.json,
+             _render_task)
 
 
 def _order(args: argparse.Namespace) -> None:
@@ -92,8 +95,8 @@ def _supervisor_view(args: argparse.Namespace) -> None:
 def _decide(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.callback.supervise({"task_id": args.task_id, "supervisor_id": args.supervisor,
-                                     "decision": args.decision, "note": args.note}),
-             args.json, _render_task)
+                                     "decision": args.decision, "note": args.note},
+                                    request_id=args.request_id), args.json, _render_task)
 
 
 def _render_task(task: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from contracts.orders import CANCEL_REASONS, CHANNELS, ORDER_STATUSES, ORDER_TYPES
-from serviceloop.cli.output import emit, table
+from serviceloop.cli.output import add_request_id, emit, table
 from serviceloop.client import cluster
 
 ORDER_COLUMNS = ["order_id", "order_type", "status", "category", "model", "fault_code",
@@ -34,6 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--serial")
     p.add_argument("--purchased", help="purchase date YYYY-MM-DD")
     p.add_argument("--installed", help="installation date YYYY-MM-DD")
+    add_request_id(p)
 
     p = add("add-product", _add_product, "register another product for a customer")
     p.add_argument("customer_id")
@@ -41,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--serial", required=True)
     p.add_argument("--purchased", required=True)
     p.add_argument("--installed")
+    add_request_id(p)
 
     p = add("lookup", _lookup, "look a caller up by phone number")
     p.add_argument("phone")
@@ -57,6 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = add("fault", _fault, "record the catalogue fault code of a repair")
     p.add_argument("order_id")
     p.add_argument("fault_code")
+    add_request_id(p)
 
     p = add("complaint", _complaint, "file a complaint about an earlier order")
     p.add_argument("order_id")
@@ -68,6 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("order_id")
     p.add_argument("--reason", required=True, choices=CANCEL_REASONS)
     p.add_argument("--note", default="")
+    add_request_id(p)
 
     p = add("get", _get, "show one order")
     p.add_argument("order_id")
@@ -97,7 +101,8 @@ def _register(args: argparse.Namespace) -> None:
     if args.model:
         payload["products"].append(_product(args))
     with cluster() as rpc:
-        emit(rpc.orders.register_customer(payload), args.json, _render_lookup)
+        emit(rpc.orders.register_customer(payload, request_id=args.request_id), args.json,
+             _render_lookup)
 
 
 def _product(args: argparse.Namespace) -> dict:
@@ -108,8 +113,8 @@ def _product(args: argparse.Namespace) -> dict:
 def _add_product(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.orders.register_product(
-            {**_product(args), "customer_id": args.customer_id, "agent_id": args.agent}),
-            args.json)
+            {**_product(args), "customer_id": args.customer_id, "agent_id": args.agent},
+            request_id=args.request_id), args.json)
 
 
 def _lookup(args: argparse.Namespace) -> None:
@@ -129,7 +134,8 @@ def _create(args: argparse.Namespace) -> None:
 def _fault(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.orders.record_fault({"order_id": args.order_id, "fault_code": args.fault_code,
-                                      "agent_id": args.agent}), args.json, _render_order)
+                                      "agent_id": args.agent}, request_id=args.request_id),
+             args.json, _render_order)
 
 
 def _complaint(args: argparse.Namespace) -> None:
@@ -143,8 +149,8 @@ def _complaint(args: argparse.Namespace) -> None:
 def _cancel(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.orders.cancel_order({"order_id": args.order_id, "reason": args.reason,
-                                      "note": args.note, "agent_id": args.agent}),
-             args.json, _render_order)
+                                      "note": args.note, "agent_id": args.agent},
+                                     request_id=args.request_id), args.json, _render_order)
 
 
 def _get(args: argparse.Namespace) -> None:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import json
 
 
+def add_request_id(parser) -> None:  # noqa: ANN001 - an argparse parser
+    """`--request-id`: the command run again with the same id answers what it answered the
+    first time and changes nothing (for a command whose answer was lost, e.g. timed out)."""
+    parser.add_argument("--request-id", help="idempotency key: running the command again "
+                        "with it answers the first result and changes nothing")
+
+
 def emit(value: object, as_json: bool, render=None) -> None:  # noqa: ANN001
     if as_json or render is None:
         print(json.dumps(value, ensure_ascii=False, indent=2, default=str))

@@ -17,7 +17,7 @@ from contracts.dispatch import (
     REJECT_REASONS,
 )
 from contracts.errors import ValidationFailed
-from serviceloop.cli.output import emit, table
+from serviceloop.cli.output import add_request_id, emit, table
 from serviceloop.client import cluster
 from serviceloop.partner_sdk import PartnerClient
 
@@ -71,6 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--rating", type=float, help="0..5 (default 3)")
     _saving(p)
     p.add_argument("--agent", default="cli", help="agent id recorded as the actor")
+    add_request_id(p)
 
     add("list", _list, "head office: partners, their areas, skills, capacity and load today")
 
@@ -87,16 +88,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--category", action="append", dest="categories",
                    help="replaces all categories (repeatable)")
     p.add_argument("--agent", default="cli", help="agent id recorded as the actor")
+    add_request_id(p)
 
     p = add("rotate-secret", _rotate_secret, "head office: a new secret replaces the old one")
     p.add_argument("partner_id")
     _saving(p)
     p.add_argument("--agent", default="cli", help="agent id recorded as the actor")
+    add_request_id(p)
 
     p = add("assign", _assign, "supervisors: assign an (escalated) order to a partner")
     p.add_argument("order_id")
     p.add_argument("partner_id")
     p.add_argument("--agent", required=True, help="who assigns it")
+    add_request_id(p)
 
     add("escalations", _escalations, "supervisors: orders nobody qualified was left for")
 
@@ -248,14 +252,15 @@ def _register(args: argparse.Namespace) -> None:
     if args.rating is not None:
         payload["rating"] = args.rating
     with cluster() as rpc:
-        answer = rpc.dispatch.register_partner(payload)
+        answer = rpc.dispatch.register_partner(payload, request_id=args.request_id)
     partner = answer["partner"]
     _secret_shown(args, partner["partner_id"], answer["secret"], answer)
 
 
 def _rotate_secret(args: argparse.Namespace) -> None:
     with cluster() as rpc:
-        answer = rpc.dispatch.rotate_secret(args.partner_id, agent_id=args.agent)
+        answer = rpc.dispatch.rotate_secret(args.partner_id, agent_id=args.agent,
+                                            request_id=args.request_id)
     _secret_shown(args, answer["partner_id"], answer["secret"], answer)
 
 
@@ -288,14 +293,15 @@ def _update(args: argparse.Namespace) -> None:
         if getattr(args, name) is not None:
             payload[name] = getattr(args, name)
     with cluster() as rpc:
-        emit(rpc.dispatch.update_partner(payload), args.json,
+        emit(rpc.dispatch.update_partner(payload, request_id=args.request_id), args.json,
              lambda partner: _render_partners([partner]))
 
 
 def _assign(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.dispatch.assign({"order_id": args.order_id, "partner_id": args.partner_id,
-                                  "agent_id": args.agent}), args.json, _render_fields)
+                                  "agent_id": args.agent}, request_id=args.request_id),
+             args.json, _render_fields)
 
 
 def _escalations(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ import io
 import sys
 from pathlib import Path
 
-from serviceloop.cli.output import emit, table
+from serviceloop.cli.output import add_request_id, emit, table
 from serviceloop.client import cluster
 
 STATEMENT_COLUMNS = ["claim_id", "order_id", "completed_on", "kind", "claimed_cents",
@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = rates_sub.add_parser("load", help="load a rate card or parts price list CSV")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
+    add_request_id(p)
     p.set_defaults(run=_rates_load)
     p = rates_sub.add_parser("show", help="the card and price list in force")
     p.add_argument("--on", help="YYYY-MM-DD (default today)")
@@ -53,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--centre", help="parts centre it was returned to")
     p.add_argument("--waived-by", help="who waived the return")
     p.add_argument("--note", default="")
+    add_request_id(p)
 
     p = add("reconcile", _reconcile, "match a partner's own statement CSV against ours")
     p.add_argument("period")
@@ -65,7 +67,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _rates_load(args: argparse.Namespace) -> None:
     with cluster() as rpc:
-        emit(rpc.settlement.load_rates(args.file.read_text(encoding="utf-8")), args.json)
+        emit(rpc.settlement.load_rates(args.file.read_text(encoding="utf-8"),
+                                       request_id=args.request_id), args.json)
 
 
 def _rates_show(args: argparse.Namespace) -> None:
@@ -137,7 +140,7 @@ def _parts_returned(args: argparse.Namespace) -> None:
     with cluster() as rpc:
         emit(rpc.settlement.record_part_return({
             "serial": args.serial, "parts_centre": args.centre, "waived_by": args.waived_by,
-            "note": args.note}), args.json)
+            "note": args.note}, request_id=args.request_id), args.json)
 
 
 def _reconcile(args: argparse.Namespace) -> None:

@@ -30,9 +30,11 @@ def test_an_agent_registers_looks_up_creates_and_cancels_from_the_command_line(r
         "created"
     listed = as_json(cli("orders", "list", "--phone", "13911112222", "--json"))
     assert [o["order_id"] for o in listed["items"]] == [order["order_id"]]
-    cancelled = as_json(cli("orders", "cancel", order["order_id"], "--reason",
-                            "resolved_by_phone", "--json"))
+    cancel = ("orders", "cancel", order["order_id"], "--reason", "resolved_by_phone",
+              "--request-id", f"cancel-{order['order_id']}", "--json")
+    cancelled = as_json(cli(*cancel))
     assert cancelled["status"] == "cancelled"
+    assert as_json(cli(*cancel)) == cancelled  # run again, as after a lost answer: no change
     history = as_json(cli("orders", "history", order["order_id"], "--json"))
     assert [e["event_type"] for e in history
             if e["event_type"] != "order_progressed"] == ["order_created",
