@@ -89,6 +89,7 @@ class Load:
         self.running = False
         self.pool = eventlet.GreenPool(64)
         self.intake: eventlet.greenthread.GreenThread | None = None
+        self.intake_stopped = False
 
     # -- running -------------------------------------------------------------------------------
 
@@ -119,6 +120,15 @@ class Load:
         """Wait for the intake to have opened its last order."""
         self.intake.wait()
 
+    def intake_open(self) -> bool:
+        """Whether the intake is still opening orders."""
+        return self.intake is not None and not self.intake.dead
+
+    def stop_intake(self) -> None:
+        """Open no more orders (before `open_orders`' time is up); wait for those opening."""
+        self.intake_stopped = True
+        self.intake_done()
+
     def summary(self) -> str:
         return (f"{len(self.accepted)} orders accepted, {len(self.completed)} completed, "
                 f"{len(self.verified)} verified by agents, {self.intake_retries} create_order "
@@ -131,7 +141,8 @@ class Load:
         started = time.monotonic()
         callers = eventlet.GreenPool(8)  # a slow answer does not hold up the next call
         opened = 0
-        while time.monotonic() - started < seconds and self.running:
+        while time.monotonic() - started < seconds and self.running \
+                and not self.intake_stopped:
             if opened < (time.monotonic() - started) * rate and self.world.products:
                 callers.spawn(self._create_order, self.world.products.pop())
                 opened += 1
