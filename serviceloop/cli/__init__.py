@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
+# A command is one client: its few name lookups may block. eventlet's own resolver (dnspython)
+# costs about a quarter of a second to import on every command; the services `up` starts
+# keep it (the variable is not passed on unless it was set already).
+_NO_GREENDNS = "EVENTLET_NO_GREENDNS"
+_greendns_refused = _NO_GREENDNS in os.environ
+os.environ.setdefault(_NO_GREENDNS, "yes")
+
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
+if not _greendns_refused:
+    del os.environ[_NO_GREENDNS]
 
 from contracts.errors import ServiceError  # noqa: E402
 from serviceloop.cli import (  # noqa: E402
