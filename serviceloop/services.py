@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
-
-from sqlalchemy import MetaData
+from typing import TYPE_CHECKING
 
 from serviceloop.config import SERVICES
+
+if TYPE_CHECKING:  # the command line imports this module; SQLAlchemy only when it is used
+    from sqlalchemy import MetaData
 
 IMPLEMENTED = ("orders", "dispatch", "callback", "settlement")
 SERVICE_CLASSES = {  # for `nameko run`

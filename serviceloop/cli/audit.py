@@ -1,5 +1,8 @@
 """`serviceloop audit …`: auditors replay orders, verify the logs, keep checkpoints and list
-open loops — through the services' RPC only, never their databases."""
+open loops — through the services' RPC only, never their databases.
+
+`serviceloop.audit` is imported by the commands that use it, not at the top: with SQLAlchemy
+it would be about a third of every other command's start."""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from typing import TextIO
 
 from nameko.exceptions import MethodNotFound
 
-from serviceloop import audit
 from serviceloop.cli.output import emit, table
 from serviceloop.client import cluster
 from serviceloop.clock import Clock, clock_from_setting, isoformat, parse_time
@@ -95,6 +97,7 @@ class _Progress:
         return self.counts[service] / total if total else 1.0
 
     def _bar(self, service: str) -> str:
+        from serviceloop import audit
         return audit.progress_bar(service, self.counts[service], self.totals[service])
 
     def _redraw(self) -> None:
@@ -109,6 +112,7 @@ def _heads(rpc) -> dict[str, int]:  # noqa: ANN001
 
 
 def _all_logs(rpc, event_types: set[str] | None = None) -> dict[str, list[dict]]:  # noqa: ANN001
+    from serviceloop import audit
     progress = _Progress(_heads(rpc))
     logs = audit.read_logs(rpc, IMPLEMENTED, progress, event_types=event_types)
     progress.close()
@@ -116,6 +120,7 @@ def _all_logs(rpc, event_types: set[str] | None = None) -> dict[str, list[dict]]
 
 
 def _replay(args: argparse.Namespace) -> None:
+    from serviceloop import audit
     with cluster() as rpc:
         events = [{**e, "source": service} for service in IMPLEMENTED
                   for e in getattr(rpc, service).events_for(args.order_id)]
@@ -147,6 +152,7 @@ def _render_state(answer: dict) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from serviceloop import audit
     with cluster(timeout=120) as rpc:  # each page checked as it comes, the next one on its way
         progress = _Progress(_heads(rpc))
         verified = audit.verify_over_rpc(rpc, IMPLEMENTED, progress)
@@ -163,6 +169,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> None:
+    from serviceloop import audit
     with cluster(timeout=120) as rpc:
         logs = _all_logs(rpc)
     point = audit.checkpoint(logs, isoformat(datetime.now(UTC)))
@@ -173,6 +180,7 @@ def _checkpoint(args: argparse.Namespace) -> None:
 
 
 def _loops(args: argparse.Namespace) -> None:
+    from serviceloop import audit
     with cluster(timeout=120) as rpc:
         logs = _all_logs(rpc, audit.LOOP_EVENT_TYPES)
     now, source = audit.loops_now(logs, _services_clock().now(),
