@@ -6,7 +6,8 @@ call timed out) cannot tell whether its call was made. Every write RPC takes an 
 its events (`rpc_answers`), and a call with the same id and the same arguments answers that,
 changing nothing. The same id with other arguments, or for another method, is refused
 (Conflict `request_id_reused`), as the partner gateway refuses an `Idempotency-Key` sent
-again with another body.
+again with another body. Answers are kept for ANSWERS_KEPT_DAYS (`AnswersKept`): an id older
+than that is a new request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import functools
 import hashlib
 import inspect
 import json
+from datetime import timedelta
+
+from nameko.rpc import rpc
+from nameko.timer import timer
 
 from contracts.errors import Conflict, ValidationFailed
 from serviceloop.clock import isoformat
@@ -22,6 +27,8 @@ from serviceloop.db import commit_held, fetch_rows, hold_back, sql
 from serviceloop.eventstore import canonical_json
 
 REQUEST_ID_LENGTH = 120  # rpc_answers.request_id
+ANSWERS_KEPT_DAYS = 30  # a caller retries within minutes; a month covers any outage
+FORGET_EVERY_SECONDS = 3600
 
 _FIRST_ANSWER = "SELECT method, arguments_hash, answer FROM rpc_answers WHERE request_id = ?"
 _KEEP_ANSWER = ("INSERT INTO rpc_answers (request_id, method, arguments_hash, answer, "
@@ -74,6 +81,20 @@ def answered_once(method):  # noqa: ANN001, ANN201
         return answer
 
     return wrapper
+
+
+class AnswersKept:
+    """Mixed into a service: its stored answers are forgotten once ANSWERS_KEPT_DAYS old, every
+    hour, and when an operator asks (`forget_old_answers` over RPC)."""
+
+    @rpc
+    @timer(interval=FORGET_EVERY_SECONDS)
+    def forget_old_answers(self) -> dict:
+        horizon = isoformat(self.clock.now() - timedelta(days=ANSWERS_KEPT_DAYS))
+        with self.db.transaction() as conn:
+            forgotten = sql(conn, "DELETE FROM rpc_answers WHERE answered_at < ?",
+                            (horizon,)).rowcount
+        return {"forgotten": forgotten, "before": horizon}
 
 
 def _first_answer(conn, request_id: str) -> tuple | None:  # noqa: ANN001

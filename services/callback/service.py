@@ -31,7 +31,7 @@ from contracts.errors import (
     ValidationFailed,
 )
 from contracts.registry import load
-from serviceloop.answers import answered_once
+from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
@@ -80,7 +80,7 @@ class CallbackSettings(DependencyProvider):
         return self
 
 
-class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
+class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observable):
     name = "callback"
 
     db = Database("callback", metadata)

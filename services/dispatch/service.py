@@ -26,7 +26,7 @@ from contracts import dispatch as contract
 from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import load
 from contracts.signing import new_secret, secret_fingerprint
-from serviceloop.answers import answered_once
+from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
@@ -67,7 +67,7 @@ class DispatchSettings(DependencyProvider):
         return self.timers
 
 
-class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
+class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observable):
     name = "dispatch"
 
     db = Database("dispatch", metadata)

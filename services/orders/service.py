@@ -16,7 +16,7 @@ from contracts import dispatch as _dispatch_events  # noqa: F401 - registers wha
 from contracts import orders as contract
 from contracts.errors import Conflict, NotFound
 from contracts.registry import load
-from serviceloop.answers import answered_once
+from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled, consumes
 from serviceloop.eventstore import Envelope, NewEvent
@@ -36,7 +36,7 @@ _CANCEL_ORDER = contract.CancelOrder()
 _LIST_ORDERS = contract.ListOrders()
 
 
-class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
+class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observable):
     name = "orders"
 
     db = Database("orders", metadata)

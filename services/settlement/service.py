@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from contracts import settlement as contract
 from contracts.errors import ConcurrencyConflict, NotFound, ValidationFailed
 from contracts.registry import load
-from serviceloop.answers import answered_once
+from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
@@ -62,7 +62,7 @@ class SettlementSettings(DependencyProvider):
         return self
 
 
-class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, Observable):
+class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observable):
     name = "settlement"
 
     db = Database("settlement", metadata)

@@ -9,6 +9,7 @@ from nameko.standalone.rpc import ServiceRpcProxy
 from sqlalchemy import func, select
 
 from contracts.errors import Conflict, ValidationFailed
+from serviceloop.answers import ANSWERS_KEPT_DAYS
 from serviceloop.db import make_engine
 from services.dispatch.service import DispatchService
 from services.orders.service import OrdersService
@@ -101,6 +102,19 @@ def test_calls_with_one_request_id_at_the_same_time_register_one_partner(dispatc
     pool = eventlet.GreenPool(6)
     assert len(set(pool.imap(register, range(6)))) == 1
     assert count_events(url, "partner_registered") == 1
+
+
+def test_an_answer_kept_past_its_time_is_forgotten_and_its_id_is_a_new_request(dispatch, clock):
+    proxy, url, _ = dispatch
+    old = proxy.register_partner(PARTNER, request_id="reg-old")
+    clock.advance(days=ANSWERS_KEPT_DAYS - 1)
+    recent = proxy.register_partner(PARTNER, request_id="reg-recent")
+    clock.advance(days=2)
+    assert proxy.forget_old_answers()["forgotten"] == 1
+    assert proxy.register_partner(PARTNER, request_id="reg-recent") == recent
+    again = proxy.register_partner(PARTNER, request_id="reg-old")
+    assert again["partner"]["partner_id"] != old["partner"]["partner_id"]
+    assert count_events(url, "partner_registered") == 3
 
 
 def test_a_cancellation_asked_again_answers_as_the_first_time(orders):
