@@ -104,22 +104,3 @@ def _first_answer(conn, request_id: str) -> tuple | None:  # noqa: ANN001
         params = (f"rpc_answers:{request_id}", request_id)
     rows = fetch_rows(conn, query, params)
     return rows[0] if rows else None
-
-
-def add_answers_table(op) -> None:  # noqa: ANN001 - alembic's operations
-    """Migration step every service takes: the `rpc_answers` table (define_log_tables)."""
-    import sqlalchemy as sa
-
-    op.create_table(
-        "rpc_answers",
-        sa.Column("request_id", sa.String(length=REQUEST_ID_LENGTH), nullable=False),
-        sa.Column("method", sa.String(length=80), nullable=False),
-        sa.Column("arguments_hash", sa.String(length=64), nullable=False),
-        sa.Column("answer", sa.Text(), nullable=False),
-        sa.Column("answered_at", sa.String(length=32), nullable=False),
-        sa.PrimaryKeyConstraint("request_id"),
-    )
-
-
-def drop_answers_table(op) -> None:  # noqa: ANN001
-    op.drop_table("rpc_answers")

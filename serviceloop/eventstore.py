@@ -244,6 +244,26 @@ def drop_parked_waiting_columns(op) -> None:  # noqa: ANN001
         batch.drop_column("correlation_id")
 
 
+def add_answers_table(op) -> None:  # noqa: ANN001 - alembic's operations
+    """Migration step every service takes: the `rpc_answers` table (define_log_tables) that
+    serviceloop.answers keeps write RPCs' answers in."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        "rpc_answers",
+        sa.Column("request_id", sa.String(length=120), nullable=False),
+        sa.Column("method", sa.String(length=80), nullable=False),
+        sa.Column("arguments_hash", sa.String(length=64), nullable=False),
+        sa.Column("answer", sa.Text(), nullable=False),
+        sa.Column("answered_at", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("request_id"),
+    )
+
+
+def drop_answers_table(op) -> None:  # noqa: ANN001
+    op.drop_table("rpc_answers")
+
+
 def notify_channel(service: str) -> str:
     """The PostgreSQL channel on which `service`'s log tells its relay of each append."""
     return f"{service}_events"

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from serviceloop.answers import ANSWERS_KEPT_DAYS
 from serviceloop.clock import isoformat
 from serviceloop.db import make_engine
 from services.dispatch.service import DispatchService
@@ -160,6 +161,24 @@ def test_the_same_idempotency_key_returns_the_first_answer_and_another_body_is_4
     assert (fresh.status_code, fresh.json()["error"]["code"]) == (409, "already_accepted")
     types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
     assert types.count("order_accepted") == 1
+
+
+def test_answers_to_idempotency_keys_are_forgotten_once_kept_their_time(system):
+    partner = system.register_partner()
+    old_order, recent_order = system.repair("13800000014"), system.repair("13800000015")
+    assigned(system, old_order)
+    assigned(system, recent_order)
+    system.signed(partner, "POST", path(old_order, "accept"), {}, key="old")
+    system.clock.advance(days=ANSWERS_KEPT_DAYS - 1)
+    recent = system.signed(partner, "POST", path(recent_order, "accept"), {}, key="recent")
+    system.clock.advance(days=2)
+    assert system.dispatch.forget_old_answers()["idempotency_keys"] == 1
+    again = system.signed(partner, "POST", path(recent_order, "accept"), {}, key="recent")
+    assert again.json() == recent.json() and again.headers["Idempotent-Replayed"] == "true"
+    late = system.signed(partner, "POST", path(old_order, "accept"), {}, key="old")
+    # a new request: the order decides (accepted already, or taken away by its timers while
+    # the clock was a month on)
+    assert "Idempotent-Replayed" not in late.headers and late.status_code in (404, 409)
 
 
 def test_bad_input_is_4xx_with_field_errors_and_changes_nothing(system):

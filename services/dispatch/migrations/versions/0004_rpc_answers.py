@@ -6,7 +6,7 @@ Revises: 0003
 
 from alembic import op
 
-from serviceloop.answers import add_answers_table, drop_answers_table
+from serviceloop.eventstore import add_answers_table, drop_answers_table
 
 revision = "0004"
 down_revision = "0003"

@@ -6,7 +6,7 @@ Revises: 0004
 
 from alembic import op
 
-from serviceloop.answers import add_answers_table, drop_answers_table
+from serviceloop.eventstore import add_answers_table, drop_answers_table
 
 revision = "0005"
 down_revision = "0004"
