@@ -85,16 +85,21 @@ def answered_once(method):  # noqa: ANN001, ANN201
 
 class AnswersKept:
     """Mixed into a service: its stored answers are forgotten once ANSWERS_KEPT_DAYS old, every
-    hour, and when an operator asks (`forget_old_answers` over RPC)."""
+    hour, and when an operator asks (`forget_old_answers` over RPC). `ANSWERS_ALSO_KEPT`: a
+    service's other stored answers, table -> its time column, forgotten in the same pass (each
+    counted under its table's name)."""
+
+    ANSWERS_ALSO_KEPT: dict[str, str] = {}
 
     @rpc
     @timer(interval=FORGET_EVERY_SECONDS)
     def forget_old_answers(self) -> dict:
         horizon = isoformat(self.clock.now() - timedelta(days=ANSWERS_KEPT_DAYS))
+        tables = {"rpc_answers": "answered_at", **self.ANSWERS_ALSO_KEPT}
         with self.db.transaction() as conn:
-            forgotten = sql(conn, "DELETE FROM rpc_answers WHERE answered_at < ?",
-                            (horizon,)).rowcount
-        return {"forgotten": forgotten, "before": horizon}
+            counts = {table: sql(conn, f"DELETE FROM {table} WHERE {column} < ?",
+                                 (horizon,)).rowcount for table, column in tables.items()}
+        return {"forgotten": counts.pop("rpc_answers"), "before": horizon, **counts}
 
 
 def _first_answer(conn, request_id: str) -> tuple | None:  # noqa: ANN001

@@ -25,12 +25,6 @@ def forget_old_signatures(conn: Connection) -> None:
     conn.execute(delete(seen_signatures).where(seen_signatures.c.seen_at < horizon))
 
 
-def forget_old_answers(conn: Connection, before: str) -> int:
-    """Forget the answers stored before `before` (ISO time): a key older than that is a new
-    request. How many were forgotten."""
-    return sql(conn, "DELETE FROM idempotency_keys WHERE created_at < ?", (before,)).rowcount
-
-
 def save_answer(conn: Connection, partner_id: str, key: str, request_hash: str, status: int,
                 response: str, created_at: str) -> None:
     """The answer to (partner, key), in the transaction of the action it answers: both

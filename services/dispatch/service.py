@@ -26,7 +26,7 @@ from contracts import dispatch as contract
 from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.registry import load
 from contracts.signing import new_secret, secret_fingerprint
-from serviceloop.answers import FORGET_EVERY_SECONDS, AnswersKept, answered_once
+from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
@@ -74,6 +74,8 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     clock = ClockProvider()
     timers = DispatchSettings()
     gateway = gateway.GatewaySettings()
+    # the gateway's answers to partners' Idempotency-Keys go when the RPC answers do
+    ANSWERS_ALSO_KEPT = {"idempotency_keys": "created_at"}
 
     # -- following orders ----------------------------------------------------------------------
 
@@ -198,16 +200,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     def list_partners(self) -> list[dict]:
         with self.db.reader() as conn:
             return queries.partner_views(conn, self.clock.now().date().isoformat())
-
-    @rpc
-    @timer(interval=FORGET_EVERY_SECONDS)
-    def forget_old_answers(self) -> dict:
-        """The stored RPC answers (AnswersKept) and the gateway's answers to partners'
-        Idempotency-Keys, once ANSWERS_KEPT_DAYS old."""
-        forgotten = AnswersKept.forget_old_answers(self)
-        with self.db.transaction() as conn:
-            keys = idempotency.forget_old_answers(conn, forgotten["before"])
-        return {**forgotten, "idempotency_keys": keys}
 
     # -- head office: orders -------------------------------------------------------------------
 
