@@ -8,6 +8,9 @@ changing nothing. The same id with other arguments, or for another method, is re
 (Conflict `request_id_reused`), as the partner gateway refuses an `Idempotency-Key` sent
 again with another body. Answers are kept for ANSWERS_KEPT_DAYS (`AnswersKept`): an id older
 than that is a new request.
+
+A field of an answer that must not be kept twice (a partner's secret) is `withheld`: stored
+without it, and given back to a call asked again by the method's `restore`, which may refuse.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 from nameko.rpc import rpc
@@ -35,14 +39,23 @@ _KEEP_ANSWER = ("INSERT INTO rpc_answers (request_id, method, arguments_hash, an
                 "answered_at) VALUES (?, ?, ?, ?, ?)")
 
 
-def answered_once(method):  # noqa: ANN001, ANN201
+def answered_once(method=None, *, withheld: str | None = None,  # noqa: ANN001, ANN201
+                  restore: Callable[[object, dict], object] | None = None):
     """Decorate a write RPC, inside `transactional` (so that a run repeated after a lost
     connection looks again): `request_id=` given, the method runs at most once for it.
 
     On PostgreSQL two calls with one request id at once queue on a lock of that id, taken
     with the look-up, so the second finds the first's answer; SQLite's write lock, taken at
     BEGIN, does the same.
+
+    `withheld`: a field of the answer not stored; a call asked again gets it from
+    `restore(service, stored answer)` (called in the call's transaction), which raises if it
+    can no longer be given.
     """
+    if method is None:
+        return functools.partial(answered_once, withheld=withheld, restore=restore)
+    if (withheld is None) != (restore is None):
+        raise TypeError("a withheld field needs a restore, and only it")
     name = method.__name__
     signature = inspect.signature(method)
 
@@ -69,10 +82,15 @@ def answered_once(method):  # noqa: ANN001, ANN201
                     f"request id {request_id} was used for another call ({first[0]}): "
                     "give each request its own id", {"request_id": ["used for another call"]},
                     code="request_id_reused")
-            return json.loads(first[2])
+            answer = json.loads(first[2])
+            if withheld is not None:
+                answer[withheld] = restore(self, answer)
+            return answer
         with commit_held(conn):
             answer = method(self, *args, **kwargs)
-        row = (request_id, name, arguments_hash, json.dumps(answer),
+        kept = answer if withheld is None else \
+            {field: value for field, value in answer.items() if field != withheld}
+        row = (request_id, name, arguments_hash, json.dumps(kept),
                isoformat(self.clock.now()))
         if conn.dialect.name == "postgresql":
             hold_back(conn, _KEEP_ANSWER, row)  # goes with the COMMIT

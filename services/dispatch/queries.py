@@ -13,6 +13,7 @@ from services.dispatch.domain import DispatchOrder
 from services.dispatch.projections import (
     assignments,
     dispatch_orders,
+    partner_credentials,
     partners,
 )
 
@@ -85,6 +86,13 @@ def partner_view(conn: Connection, partner_id: str, day: str) -> dict:
         raise NotFound(f"no partner {partner_id}", {"partner_id": ["unknown"]},
                        code="partner_not_found")
     return _partner_view(row, load_on(conn, day).get(partner_id, 0))
+
+
+def secret_of(conn: Connection, partner_id: str, fingerprint: str) -> str | None:
+    """The partner's secret if it is still the one with this fingerprint (not rotated since)."""
+    return conn.execute(select(partner_credentials.c.secret).where(
+        partner_credentials.c.partner_id == partner_id,
+        partner_credentials.c.fingerprint == fingerprint)).scalar()
 
 
 def partner_views(conn: Connection, day: str) -> list[dict]:

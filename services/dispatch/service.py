@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
 
 from contracts import dispatch as contract
-from contracts.errors import ConcurrencyConflict, NotFound
+from contracts.errors import ConcurrencyConflict, Conflict, NotFound
 from contracts.registry import load
 from contracts.signing import new_secret, secret_fingerprint
 from serviceloop.answers import AnswersKept, answered_once
@@ -133,9 +133,22 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
 
     # -- head office: partners -----------------------------------------------------------------
 
+    def _secret_again(self, answer: dict) -> str:
+        """The secret of a lost answer, asked for again with its request id: kept once only,
+        with the partner's credentials, so it can be shown only until it is rotated."""
+        partner = answer.get("partner", answer)
+        secret = queries.secret_of(self.db.conn, partner["partner_id"],
+                                   partner["secret_fingerprint"])
+        if secret is None:
+            raise Conflict(
+                f"the secret this request was answered with has been rotated since: rotate "
+                f"partner {partner['partner_id']}'s secret again to get a new one",
+                {"request_id": ["its secret was rotated since"]}, code="secret_rotated")
+        return secret
+
     @rpc
     @transactional
-    @answered_once
+    @answered_once(withheld="secret", restore=_secret_again)
     def register_partner(self, payload: dict) -> dict:
         """A new partner, and its secret: shown in this answer and never again."""
         data = load(_REGISTER, payload)
@@ -172,7 +185,7 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
 
     @rpc
     @transactional
-    @answered_once
+    @answered_once(withheld="secret", restore=_secret_again)
     def rotate_secret(self, partner_id: str, agent_id: str = "system") -> dict:
         """A new secret replaces the old one at once; the answer is the only place it shows."""
         today = self.clock.now().date().isoformat()

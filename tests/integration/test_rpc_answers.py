@@ -91,6 +91,37 @@ def test_a_rotation_asked_again_is_not_a_second_rotation(dispatch):
     assert proxy.get_partner(partner_id)["secret_fingerprint"] == first["secret_fingerprint"]
 
 
+def stored_answers(url: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.exec_driver_sql("SELECT answer FROM rpc_answers").scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_secret_is_kept_once_and_shown_again_only_until_it_is_rotated(dispatch):
+    proxy, url, _ = dispatch
+    registered = proxy.register_partner(PARTNER, request_id="reg-1")
+    partner_id = registered["partner"]["partner_id"]
+    rotated = proxy.rotate_secret(partner_id, request_id="rot-1")
+    assert rotated["secret"] != registered["secret"]
+    answers = stored_answers(url)
+    assert len(answers) == 2  # both answers kept, neither secret with them
+    assert not [a for a in answers if registered["secret"] in a or rotated["secret"] in a]
+    assert proxy.rotate_secret(partner_id, request_id="rot-1") == rotated
+    with pytest.raises(Conflict) as stale:  # the registration's secret no longer works
+        proxy.register_partner(PARTNER, request_id="reg-1")
+    assert stale.value.code == "secret_rotated"
+    again = proxy.rotate_secret(partner_id, request_id="rot-2")
+    with pytest.raises(Conflict) as stale:
+        proxy.rotate_secret(partner_id, request_id="rot-1")
+    assert stale.value.code == "secret_rotated"
+    assert proxy.rotate_secret(partner_id, request_id="rot-2") == again
+    assert count_events(url, "partner_registered") == 1
+    assert count_events(url, "partner_secret_rotated") == 2
+
+
 def test_calls_with_one_request_id_at_the_same_time_register_one_partner(dispatch):
     _, url, config = dispatch
 
