@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
@@ -12,7 +13,9 @@ from contracts.errors import ServiceUnavailable
 from serviceloop.db import begin_with_first_statement, end_transaction, statements_on_their_own
 from serviceloop.eventstore import in_the_log
 
-LOOKUPS = 3  # tries at reading whether a commit whose answer was lost is in the log
+# seconds before each try at reading whether a commit whose answer was lost is in the log: a
+# terminated backend is behind at once, a database restarting within about two seconds
+LOOKUP_WAITS = (0.0, 0.25, 0.5, 1.0)
 
 
 class UnitOfWork:
@@ -35,6 +38,7 @@ class UnitOfWork:
         self._postgres = False
         self._gate_held = False
         self._landmark: str | None = None  # the first event id appended in this transaction
+        self.pause: Callable[[float], None] = time.sleep  # between look-ups (green under eventlet)
 
     @property
     def conn(self) -> Connection:
@@ -90,13 +94,15 @@ class UnitOfWork:
     def committed(self, event_id: str) -> bool:
         """Whether the transaction that appended `event_id` committed, after the connection
         that sent its COMMIT was lost: read on another connection (the pool renews the
-        connections the database dropped with it). ServiceUnavailable if it cannot be read."""
-        for _ in range(LOOKUPS):
+        connections the database dropped with it), tried again after LOOKUP_WAITS;
+        ServiceUnavailable if it cannot be read by then."""
+        for wait in LOOKUP_WAITS:
+            self.pause(wait)
             try:
                 with read_only(self.engine) as conn:
                     return in_the_log(conn, event_id)
             except (ServiceUnavailable, DBAPIError):
-                continue  # a pooled connection dropped with the first; the next one is fresh
+                continue  # a pooled connection dropped with the first, or the database away
         raise ServiceUnavailable(
             "the database connection was lost while committing, and whether the change was "
             "made cannot be read yet: read it back before trying again", code="outcome_unknown")

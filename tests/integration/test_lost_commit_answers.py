@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from contracts.errors import ServiceUnavailable
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
 from serviceloop.nameko_deps import WorkerDatabase
-from serviceloop.unit_of_work import read_only
+from serviceloop.unit_of_work import LOOKUP_WAITS, read_only
 from services.orders.projections import events
 from services.orders.service import OrdersService
 from tests.helpers import wait_until
@@ -116,6 +117,41 @@ def test_a_connection_lost_before_its_commit_ran_still_raises_and_keeps_nothing(
         db.commit()
     assert lost.value.connection_invalidated  # `transactional` runs such work again
     assert logged(url) == []
+
+
+def test_a_lost_commit_is_looked_up_again_until_the_database_is_back(unit):
+    url, db, proxy = unit
+    waits: list[float] = []
+
+    def pause(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            proxy.cut()  # the database is away when the look-up begins
+        elif len(waits) == 3:
+            proxy.restore()  # and back before the third try
+
+    db.pause = pause
+    proxy.lose_next_commit_answer()
+    (draft,) = append(db, "customer-c1", 1, commit=True)
+    assert waits == list(LOOKUP_WAITS[:3])
+    assert logged(url) == [draft.event_id]
+
+
+def test_a_commit_that_cannot_be_looked_up_is_an_unknown_outcome_after_a_bounded_wait(unit):
+    url, db, proxy = unit
+    waits: list[float] = []
+
+    def pause(seconds: float) -> None:
+        waits.append(seconds)
+        proxy.cut()  # the database stays away
+
+    db.pause = pause
+    proxy.lose_next_commit_answer()
+    with pytest.raises(ServiceUnavailable) as unknown:
+        append(db, "customer-c1", 1, commit=True)
+    assert unknown.value.code == "outcome_unknown"
+    assert waits == list(LOOKUP_WAITS)  # every try made, none more
+    assert len(logged(url)) == 1  # it had committed: the caller must read before retrying
 
 
 @pytest.fixture
