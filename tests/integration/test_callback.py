@@ -126,6 +126,25 @@ def test_a_completion_delivered_twice_makes_one_task_that_an_agent_verifies(loop
     assert verified[0]["causation_id"] and verified[0]["correlation_id"] == order_id
 
 
+def test_an_outcome_asked_again_with_its_request_id_is_recorded_once(loop):
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000009")
+    complete_visit(loop, partner, order_id)
+    task = one_task(loop, order_id)
+    assert loop.callback.next_task("a1")["task_id"] == task["task_id"]
+    outcome = {"task_id": task["task_id"], "agent_id": "a1", "outcome": "verified",
+               "satisfaction": 4}
+    first = loop.callback.record_outcome(outcome, request_id="desk-a1-0001")
+    assert first["status"] == "verified"
+    assert loop.callback.record_outcome(outcome, request_id="desk-a1-0001") == first
+    with pytest.raises(Conflict) as without_id:  # without it, a second outcome is refused
+        loop.callback.record_outcome(outcome)
+    assert without_id.value.code == "task_not_leased_to_you"
+    verified = [e for e in loop.callback.stream(f"task-{task['task_id']}")
+                if e["event_type"] == "order_verified"]
+    assert len(verified) == 1
+
+
 def test_tasks_are_due_in_48_hours_and_handed_out_repairs_with_parts_first(loop):
     partner = loop.register_partner(capacity=20)
     maintenance = loop.orders.create_order({
@@ -217,9 +236,12 @@ def test_no_answer_three_times_makes_the_order_unverified_for_a_supervisor_to_de
     assert [t["task_id"] for t in view["unverified"]] == [task_id]
 
     # sent back: the queue tries again, three attempts afresh
-    back = loop.callback.supervise({"task_id": task_id, "supervisor_id": "s1",
-                                    "decision": "send_back", "note": "try evenings"})
+    decision = {"task_id": task_id, "supervisor_id": "s1", "decision": "send_back",
+                "note": "try evenings"}
+    back = loop.callback.supervise(decision, request_id="sup-1")
     assert (back["status"], back["attempts"]) == ("open", 0)
+    # the answer lost, asked again: the same answer, not a refusal (the task is not unverified)
+    assert loop.callback.supervise(decision, request_id="sup-1") == back
     orders_status_becomes(loop, order_id, "completed")
     assert no_answer_until_unverified(loop, task_id, "a2")["status"] == "unverified"
     orders_status_becomes(loop, order_id, "unverified")

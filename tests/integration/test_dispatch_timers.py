@@ -74,10 +74,13 @@ def test_not_accepted_in_time_goes_to_the_next_partner_then_escalates(system):
         "assignment_timed_out", "order_escalated"]
     assert [o["order_id"] for o in system.dispatch.escalations()] == [order_id]
 
-    system.dispatch.assign({"order_id": order_id, "partner_id": best.partner_id,
-                            "agent_id": "sup1"})
+    by_hand = {"order_id": order_id, "partner_id": best.partner_id, "agent_id": "sup1"}
+    assigned = system.dispatch.assign(by_hand, request_id="assign-1")
+    # asked again (the answer lost): the first answer, not a second assignment or a conflict
+    assert system.dispatch.assign(by_hand, request_id="assign-1") == assigned
     view = system.dispatch.get_order(order_id)
     assert (view["status"], view["partner_id"]) == ("assigned", best.partner_id)
+    assert types(system, order_id)[-2:] == ["order_escalated", "order_assigned"]
     assert system.dispatch.order_history(order_id)[-1]["actor"] == "agent:sup1"
     assert post(system, best, order_id, "accept").status_code == 200
 

@@ -174,6 +174,37 @@ def test_a_cancellation_asked_again_answers_as_the_first_time(orders):
     assert without_id.value.code == "invalid_transition"
 
 
+def test_a_product_and_a_fault_recorded_again_are_recorded_once(orders):
+    proxy, url = orders
+    owner = proxy.register_customer({"name": "李娜", "phone": "139 0013 9000", "agent_id": "a7",
+                                     "address": ADDRESS, "products": []})
+    product = {"customer_id": owner["customer"]["customer_id"], "model": "WH-E60A",
+               "serial": "WH0000000002", "purchase_date": "2026-03-01", "agent_id": "a7"}
+    first = proxy.register_product(product, request_id="prod-1")
+    assert proxy.register_product(product, request_id="prod-1") == first
+    assert count_events(url, "product_registered") == 1
+    order = proxy.create_order({"product_id": first["product_id"], "order_type": "repair",
+                                "channel": "phone", "agent_id": "a7"})
+    assert order["status"] == "awaiting_fault"
+    code = next(f["code"] for f in proxy.catalog()["faults"] if f["category"] == "water_heater")
+    fault = {"order_id": order["order_id"], "fault_code": code, "agent_id": "a7"}
+    recorded = proxy.record_fault(fault, request_id="fault-1")
+    assert recorded["fault_code"] == code
+    assert proxy.record_fault(fault, request_id="fault-1") == recorded
+    assert count_events(url, "order_fault_recorded") == 1
+
+
+def test_a_partner_updated_again_with_its_request_id_is_updated_once(dispatch):
+    proxy, url, _ = dispatch
+    partner_id = proxy.register_partner(PARTNER)["partner"]["partner_id"]
+    change = {"partner_id": partner_id, "daily_capacity": 12, "agent_id": "ho-1"}
+    first = proxy.update_partner(change, request_id="upd-1")
+    assert first["daily_capacity"] == 12
+    assert proxy.update_partner(change, request_id="upd-1") == first
+    assert count_events(url, "partner_updated") == 1
+    assert proxy.get_partner(partner_id)["version"] == first["version"]
+
+
 def test_a_rate_card_loaded_again_with_its_request_id_is_one_card(
         container_factory, service_config, database_for, backend):
     url = database_for("settlement", backend)

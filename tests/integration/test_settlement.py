@@ -172,8 +172,10 @@ def test_a_claim_is_held_until_verified_cut_to_the_card_and_the_part_waits_for_i
         order_id, "15000", "labour cut: labour_above_rate_card; "
         "part-1 held: old_part_not_returned; part-2 held: old_part_not_returned")
 
-    returned = loop.settlement.record_part_return({"serial": "OLD-1", "parts_centre": "广州"})
+    part_back = {"serial": "OLD-1", "parts_centre": "广州"}
+    returned = loop.settlement.record_part_return(part_back, request_id="return-OLD-1")
     assert returned["claims"] == [claim["claim_id"]]
+    assert loop.settlement.record_part_return(part_back, request_id="return-OLD-1") == returned
     claim = latest(loop, order_id, 3)
     assert decisions(claim)["part-1"] == ("approved", [])
     assert decisions(claim)["part-2"] == ("held", ["old_part_not_returned"])
