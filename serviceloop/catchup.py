@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ CATCH_UP_INTERVAL = float(os.environ.get("CATCH_UP_INTERVAL", "2.0"))
 PAGE = 500
 # a producer answers a page well within this; a stopped one is given up on after it
 CATCH_UP_RPC_TIMEOUT = float(os.environ.get("CATCH_UP_RPC_TIMEOUT", "3.0"))
+BROKER = "its producers through the broker"  # a pass that could not even ask
 
 
 def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
@@ -48,18 +50,49 @@ def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
     return found
 
 
-def catch_up(service, rpc, stopping: Callable[[], bool] = lambda: False) -> int:  # noqa: ANN001
+class ProducerTrouble:
+    """The producers a consumer could not catch up with, so that a producer away for a while
+    is one warning when it goes (and one every REPEAT_WARNING_S while it stays away), not one
+    every pass, and an info line when it answers again."""
+
+    REPEAT_WARNING_S = 300.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.failing: dict[str, list] = {}  # source -> [failed passes, last warned at]
+
+    def failed(self, consumer: str, source: str, error: Exception) -> None:
+        now = self.clock()
+        failing = self.failing.setdefault(source, [0, None])
+        failing[0] += 1
+        if failing[1] is None or now - failing[1] >= self.REPEAT_WARNING_S:
+            failing[1] = now
+            log.warning("%s could not catch up with %s (%d pass%s failed): %s", consumer,
+                        source, failing[0], "" if failing[0] == 1 else "es", error)
+
+    def answered(self, consumer: str, source: str) -> None:
+        failing = self.failing.pop(source, None)
+        if failing is not None:
+            log.info("%s catches up with %s again, after %d failed pass%s", consumer, source,
+                     failing[0], "" if failing[0] == 1 else "es")
+
+
+def catch_up(service, rpc, stopping: Callable[[], bool] = lambda: False,  # noqa: ANN001
+             trouble: ProducerTrouble | None = None) -> int:
     """Deliver every subscribed event the service has not reached yet; returns how many.
 
     A producer that does not answer is left for the next pass, the others are still read;
     once `stopping()` says the service is shutting down, no producer is asked again."""
+    trouble = trouble or ProducerTrouble()
     delivered = 0
     for source, by_type in subscribed_handlers(type(service)).items():
         try:
             delivered += _catch_up_with(service, rpc, source, by_type, stopping)
         except Exception as error:  # a producer down or slow: the next pass tries again
             log_context(actor="system")  # about the pass, not the last event it handled
-            log.warning("%s could not catch up with %s: %s", service.name, source, error)
+            trouble.failed(service.name, source, error)
+        else:
+            trouble.answered(service.name, source)
     return delivered
 
 
@@ -111,10 +144,12 @@ class CatchUpTimer(Timer):
 
 
 class Producers:
-    """An RPC proxy to the producers for one catch-up pass, and whether to stop early."""
+    """An RPC proxy to the producers for one catch-up pass, whether to stop early, and which
+    producers the service's earlier passes could not reach (`trouble`)."""
 
-    def __init__(self, container) -> None:  # noqa: ANN001
+    def __init__(self, container, trouble: ProducerTrouble) -> None:  # noqa: ANN001
         self.container = container
+        self.trouble = trouble
 
     def __call__(self) -> ClusterRpcProxy:
         return ClusterRpcProxy(self.container.config, timeout=CATCH_UP_RPC_TIMEOUT)
@@ -124,8 +159,11 @@ class Producers:
 
 
 class ProducerLogs(DependencyProvider):
+    def setup(self) -> None:
+        self.trouble = ProducerTrouble()  # one per service container
+
     def get_dependency(self, worker_ctx) -> Producers:  # noqa: ANN001
-        return Producers(self.container)
+        return Producers(self.container, self.trouble)
 
 
 class CatchUp:
@@ -135,13 +173,15 @@ class CatchUp:
 
     @CatchUpTimer.decorator(interval=CATCH_UP_INTERVAL, eager=True)
     def catch_up_with_producers(self) -> None:
+        trouble = self.producer_logs.trouble
         try:
             with self.producer_logs() as rpc:
-                count = catch_up(self, rpc, self.producer_logs.stopping)
+                count = catch_up(self, rpc, self.producer_logs.stopping, trouble)
         except Exception as error:  # the broker away: the next tick tries again
             log_context(actor="system")  # about the pass, not the last event it handled
-            log.warning("%s could not catch up: %s", self.name, error)
+            trouble.failed(self.name, BROKER, error)
             return
+        trouble.answered(self.name, BROKER)
         log_context(actor="system")
         if count:
             log.info("%s caught up %d events", self.name, count)
