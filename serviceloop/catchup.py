@@ -77,13 +77,13 @@ class ProducerTrouble:
                      failing[0], "" if failing[0] == 1 else "es")
 
 
-def catch_up(service, rpc, stopping: Callable[[], bool] = lambda: False,  # noqa: ANN001
-             trouble: ProducerTrouble | None = None) -> int:
+def catch_up(service, rpc, stopping: Callable[[], bool],  # noqa: ANN001
+             trouble: ProducerTrouble) -> int:
     """Deliver every subscribed event the service has not reached yet; returns how many.
 
     A producer that does not answer is left for the next pass, the others are still read;
-    once `stopping()` says the service is shutting down, no producer is asked again."""
-    trouble = trouble or ProducerTrouble()
+    once `stopping()` says the service is shutting down, no producer is asked again; the
+    producers that did not answer are told to `trouble`, which keeps the service's count."""
     delivered = 0
     for source, by_type in subscribed_handlers(type(service)).items():
         try:

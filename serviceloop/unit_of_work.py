@@ -31,6 +31,8 @@ class UnitOfWork:
     looked for on another connection: found, the commit stands; not found, nothing was kept.
     """
 
+    pause: Callable[[float], None] = staticmethod(time.sleep)  # between look-ups (green)
+
     def __init__(self, engine: Engine, write_gate=None) -> None:  # noqa: ANN001
         self.engine = engine
         self._write_gate = write_gate
@@ -38,7 +40,6 @@ class UnitOfWork:
         self._postgres = False
         self._gate_held = False
         self._landmark: str | None = None  # the first event id appended in this transaction
-        self.pause: Callable[[float], None] = time.sleep  # between look-ups (green under eventlet)
 
     @property
     def conn(self) -> Connection:

@@ -126,12 +126,18 @@ def test_a_completion_delivered_twice_makes_one_task_that_an_agent_verifies(loop
     assert verified[0]["causation_id"] and verified[0]["correlation_id"] == order_id
 
 
-def test_an_outcome_asked_again_with_its_request_id_is_recorded_once(loop):
+def leased_task(loop, phone: str, agent_id: str) -> dict:  # noqa: ANN001
+    """A repair completed by a new partner; its verification task, leased to `agent_id`."""
     partner = loop.register_partner()
-    order_id = loop.repair("13700000009")
+    order_id = loop.repair(phone)
     complete_visit(loop, partner, order_id)
     task = one_task(loop, order_id)
-    assert loop.callback.next_task("a1")["task_id"] == task["task_id"]
+    assert loop.callback.next_task(agent_id)["task_id"] == task["task_id"]
+    return task
+
+
+def test_an_outcome_asked_again_with_its_request_id_is_recorded_once(loop):
+    task = leased_task(loop, "13700000009", "a1")
     outcome = {"task_id": task["task_id"], "agent_id": "a1", "outcome": "verified",
                "satisfaction": 4}
     first = loop.callback.record_outcome(outcome, request_id="desk-a1-0001")
@@ -170,11 +176,7 @@ def test_tasks_are_due_in_48_hours_and_handed_out_repairs_with_parts_first(loop)
 
 
 def test_a_lease_that_runs_out_returns_the_task_to_the_queue(loop):
-    partner = loop.register_partner()
-    order_id = loop.repair("13700000002")
-    complete_visit(loop, partner, order_id)
-    task = one_task(loop, order_id)
-    assert loop.callback.next_task("a1")["task_id"] == task["task_id"]
+    task = leased_task(loop, "13700000002", "a1")
     loop.clock.advance(minutes=16)
     assert loop.callback.next_task("a2")["task_id"] == task["task_id"]
     with pytest.raises(Conflict) as late:
