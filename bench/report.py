@@ -190,6 +190,17 @@ def _cpu(run: dict, unit: str = "call") -> str:
             f"({run['process_cpu_busy']:.0%} busy)")
 
 
+def _serviceloop_noop(r: dict) -> str:
+    """The no-op on serviceloop's own RPC entrypoint (results from before it was measured
+    have none)."""
+    lean = r.get("noop_serviceloop")
+    if lean is None:
+        return ""
+    return (f"; the no-op on serviceloop's RPC entrypoint (no reply confirm) "
+            f"{_num(lean['per_s'])} calls/s, {_cpu(lean)}, create_order "
+            f"{r['ratio_to_serviceloop_noop']:.0%} of it")
+
+
 def _gateway_rounds(rounds: int) -> str:
     if rounds == 1:
         return "one round of bare GET, signed GET, bare POST, signed complete"
@@ -217,7 +228,8 @@ def markdown(report: dict) -> str:
         lines += ["", "RPC rows: services, broker clients and callers share one Python process; "
                   "its CPU time per call (and how busy it was):", ""]
         lines += [f"- {BACKEND_NAMES.get(r['backend'], r['backend'])}, {_callers(r['callers'])}: "
-                  f"create_order {_cpu(r['create_order'])}, no-op {_cpu(r['noop'])}" for r in rpc]
+                  f"create_order {_cpu(r['create_order'])}, no-op {_cpu(r['noop'])}"
+                  + _serviceloop_noop(r) for r in rpc]
     gateway = [r for r in report["results"] if r["bench"] == "gateway"]
     if gateway:
         plan = report["settings"]

@@ -23,6 +23,7 @@ from nameko.standalone.rpc import ServiceRpcProxy
 from bench.common import fresh_database, fresh_vhost, median, percentile, rate
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, verify_chain
+from serviceloop.rpc import rpc as serviceloop_rpc
 from serviceloop.unit_of_work import read_only
 
 PRODUCTS_PER_CUSTOMER = 20
@@ -39,6 +40,18 @@ class NoopService:
         return payload
 
 
+class ServiceloopNoopService:
+    """Not the target's baseline, shown beside it: the same no-op on serviceloop's own RPC
+    entrypoint (serviceloop/rpc.py, which answers without a publisher confirm), so the table
+    says how much of create_order's ratio is that reply path and how much the work."""
+
+    name = "bench_noop_serviceloop"
+
+    @serviceloop_rpc
+    def echo(self, payload: dict) -> dict:
+        return payload
+
+
 def service_config(amqp_uri: str, database_url: str, max_workers: int = 16) -> dict:
     return {"AMQP_URI": amqp_uri, "max_workers": max_workers, "parent_calls_tracked": 10,
             "HEARTBEAT": 30, "CLOCK": "system", "DATABASE_URL_ORDERS": database_url}
@@ -51,6 +64,7 @@ def running_services(config: dict) -> Iterator[None]:
     runner = ServiceRunner(config)
     runner.add_service(OrdersService)
     runner.add_service(NoopService)
+    runner.add_service(ServiceloopNoopService)
     runner.start()
     try:
         yield
@@ -185,24 +199,29 @@ def _created(answer: dict) -> bool:
 
 
 def _side_by_side(config: dict, products: Iterator[str], callers: int, calls: int,
-                  warmup: int) -> tuple[dict, dict]:
-    """One no-op run, then one create_order run, with the same callers (after a warm-up)."""
+                  warmup: int) -> tuple[dict, dict, dict]:
+    """A no-op run on nameko's entrypoint, one on serviceloop's, then a create_order run,
+    with the same callers (after a warm-up)."""
     orders = [order_payload(next(products)) for _ in range(warmup + calls)]
     echoes = [order_payload(str(uuid.uuid4())) for _ in range(warmup + calls)]
+    services = ("bench_noop", "bench_noop_serviceloop")
     if warmup:
-        call_concurrently(config, "bench_noop", "echo", echoes[:warmup], callers)
+        for service in services:
+            call_concurrently(config, service, "echo", echoes[:warmup], callers)
         call_concurrently(config, "orders", "create_order", orders[:warmup], callers, _created)
-    noop = call_concurrently(config, "bench_noop", "echo", echoes[warmup:], callers)
+    noop, lean = (call_concurrently(config, service, "echo", echoes[warmup:], callers)
+                  for service in services)
     real = call_concurrently(config, "orders", "create_order", orders[warmup:], callers,
                              _created)
-    return noop, real
+    return noop, lean, real
 
 
 def bench_rpc(backend: str, *, plan: list[tuple[int, int]], warmup: int, rounds: int = 1,
               log: Callable[[str], None] = print) -> list[dict]:
     """`rounds` times, for each (callers, calls) in `plan`: no-op echo, then create_order."""
     needed = rounds * sum(calls for _, calls in plan) + warmup * len(plan)
-    runs: dict[int, dict[str, list[dict]]] = {c: {"noop": [], "real": []} for c, _ in plan}
+    runs: dict[int, dict[str, list[dict]]] = {c: {"noop": [], "lean": [], "real": []}
+                                              for c, _ in plan}
     with fresh_database(backend) as url, fresh_vhost() as amqp_uri:
         config = service_config(amqp_uri, url)
         with running_services(config):
@@ -211,19 +230,26 @@ def bench_rpc(backend: str, *, plan: list[tuple[int, int]], warmup: int, rounds:
             log(f"  registered {needed} products in {perf_counter() - started:.1f} s")
             for round_ in range(rounds):
                 for callers, calls in plan:
-                    noop, real = _side_by_side(config, products, callers, calls,
-                                               warmup if round_ == 0 else 0)
+                    noop, lean, real = _side_by_side(config, products, callers, calls,
+                                                     warmup if round_ == 0 else 0)
                     runs[callers]["noop"].append(noop)
+                    runs[callers]["lean"].append(lean)
                     runs[callers]["real"].append(real)
                     log(f"  round {round_ + 1}, {callers:>2} caller(s): create_order "
                         f"{real['per_s']:.0f}/s p99 {real['p99_ms']:.1f} ms, "
-                        f"no-op {noop['per_s']:.0f}/s")
+                        f"no-op {noop['per_s']:.0f}/s (on serviceloop's rpc "
+                        f"{lean['per_s']:.0f}/s)")
         check_log(url, needed)
     results = []
     for callers, _ in plan:
-        real, noop = _summary(runs[callers]["real"]), _summary(runs[callers]["noop"])
-        ratios = [r["per_s"] / n["per_s"] for r, n in zip(real["runs"], noop["runs"], strict=True)]
+        real, noop, lean = (_summary(runs[callers][name]) for name in ("real", "noop", "lean"))
+
+        def ratio_to(baseline: dict, real: dict = real) -> float:
+            return median([r["per_s"] / n["per_s"]
+                           for r, n in zip(real["runs"], baseline["runs"], strict=True)])
+
         results.append({"bench": "create_order", "backend": backend, "callers": callers,
                         "unit": "orders/s", "value": real["per_s"], "baseline": noop["per_s"],
-                        "ratio": median(ratios), "create_order": real, "noop": noop})
+                        "ratio": ratio_to(noop), "create_order": real, "noop": noop,
+                        "noop_serviceloop": lean, "ratio_to_serviceloop_noop": ratio_to(lean)})
     return results

@@ -28,7 +28,6 @@ import random
 
 import eventlet
 from nameko.events import EventHandler
-from nameko.rpc import rpc
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -47,6 +46,7 @@ from serviceloop.db import (
 )
 from serviceloop.eventstore import Envelope, refused_by_the_log
 from serviceloop.observability import log_context
+from serviceloop.rpc import rpc
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import functools
 from weakref import WeakKeyDictionary
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
 
@@ -18,6 +17,7 @@ from serviceloop.crashpoints import crash_point
 from serviceloop.db import ended_by_database, is_sqlite, make_engine
 from serviceloop.eventstore import CommitInDoubt, Envelope, EventStore
 from serviceloop.observability import log_context
+from serviceloop.rpc import rpc
 from serviceloop.unit_of_work import UnitOfWork, read_only
 
 MAX_EVENTS_PER_CALL = 10_000

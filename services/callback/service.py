@@ -16,7 +16,6 @@ import uuid
 from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from sqlalchemy import func, or_, select
@@ -39,6 +38,7 @@ from serviceloop.db import hold_writes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
+from serviceloop.rpc import rpc
 from services.callback import domain
 from services.callback.channel import ChannelError, SmsChannel, confirmation_text
 from services.callback.projections import metadata, projector, tasks

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from sqlalchemy import insert, update
@@ -33,6 +32,7 @@ from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
+from serviceloop.rpc import rpc
 from services.dispatch import domain, gateway, idempotency, queries
 from services.dispatch.assignment import choose_partner
 from services.dispatch.gateway import partner_endpoint

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 
-from nameko.rpc import rpc
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -22,6 +21,7 @@ from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled,
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
+from serviceloop.rpc import rpc
 from services.orders import domain, queries
 from services.orders.catalog import CATALOG, catalog_as_dict
 from services.orders.projections import metadata, order_row, projector

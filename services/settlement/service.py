@@ -14,7 +14,6 @@ import os
 import uuid
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from sqlalchemy import Connection
 
 from contracts import settlement as contract
@@ -26,6 +25,7 @@ from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
+from serviceloop.rpc import rpc
 from services.settlement import claims, csvfiles, evidence, periods, queries, reports
 from services.settlement.projections import metadata, projector
 
