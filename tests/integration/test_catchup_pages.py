@@ -1,5 +1,6 @@
 """A catch-up pass delivers again only what the consumer's inbox has not seen, and asks the
-producer only for the event types it subscribes to (serviceloop/catchup.py)."""
+producer only for the event types it subscribes to; passes share one RPC proxy until a
+producer cannot be asked (serviceloop/catchup.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import text
 import serviceloop.catchup as catchup
 from serviceloop.clock import ManualClock
 from serviceloop.db import make_engine
+from serviceloop.rpc import rpc
 from serviceloop.unit_of_work import read_only
 
 HANDLER = ("copy_customer", object())  # (method name, handler): deliver is recorded, not run
@@ -75,3 +77,54 @@ def test_a_page_the_inbox_has_all_of_delivers_nothing(service, monkeypatch):
     count = catchup._catch_up_with(service, SimpleNamespace(orders=producer), "orders",
                                    {"customer_registered": [HANDLER]}, lambda: False)
     assert (delivered, count) == ([], 0)
+
+
+class Alpha:
+    name = "catchup_alpha"
+
+    @rpc
+    def events_since(self, position: int, limit: int = 1000, event_types=None) -> list:  # noqa: ANN001
+        return []
+
+
+class Beta(Alpha):
+    name = "catchup_beta"
+
+
+def test_passes_share_one_proxy_until_a_producer_cannot_be_asked(
+        service, monkeypatch, container_factory, service_config):
+    opened: list[object] = []
+
+    class CountedProxy(catchup.ClusterRpcProxy):
+        def start(self):  # noqa: ANN202
+            opened.append(self)
+            return super().start()
+
+    monkeypatch.setattr(catchup, "ClusterRpcProxy", CountedProxy)
+    monkeypatch.setattr(catchup, "subscribed_handlers", lambda _cls: {
+        "catchup_alpha": {"customer_registered": [HANDLER]},
+        "catchup_beta": {"customer_registered": [HANDLER]}})
+    config = service_config()
+    alpha, beta = container_factory(Alpha, config), container_factory(Beta, config)
+    alpha.start()
+    beta.start()
+    logs = catchup.ProducerLogs()
+    logs.container = SimpleNamespace(config=config)
+    logs.setup()
+    producers = logs.get_dependency(None)
+
+    def passes(count: int) -> None:
+        for _ in range(count):
+            catchup.catch_up(service, producers)
+
+    passes(3)
+    assert len(opened) == 1 and not logs.trouble.failing  # one proxy for three passes
+    beta.kill()
+    passes(2)  # beta away: each pass's failure renews the proxy
+    assert len(opened) == 2 and set(logs.trouble.failing) == {"catchup_beta"}
+    beta = container_factory(Beta, config)
+    beta.start()
+    passes(3)  # beta back: a new proxy, then kept
+    assert len(opened) == 3 and not logs.trouble.failing
+    logs.stop()
+    assert logs._proxy is None
