@@ -22,8 +22,8 @@ from nameko.standalone.rpc import ServiceRpcProxy
 
 from bench.common import fresh_database, fresh_vhost, median, percentile, rate
 from serviceloop.db import make_engine
+from serviceloop.entrypoints import rpc as serviceloop_rpc
 from serviceloop.eventstore import EventStore, verify_chain
-from serviceloop.rpc import rpc as serviceloop_rpc
 from serviceloop.unit_of_work import read_only
 
 PRODUCTS_PER_CUSTOMER = 20
@@ -42,7 +42,7 @@ class NoopService:
 
 class ServiceloopNoopService:
     """Not the target's baseline, shown beside it: the same no-op on serviceloop's own RPC
-    entrypoint (serviceloop/rpc.py, which answers without a publisher confirm), so the table
+    entrypoint (serviceloop/entrypoints.py, which answers without a publisher confirm), so the table
     says how much of create_order's ratio is that reply path and how much the work."""
 
     name = "bench_noop_serviceloop"

@@ -27,8 +27,8 @@ from nameko.timer import timer
 from contracts.errors import Conflict, ValidationFailed
 from serviceloop.clock import isoformat
 from serviceloop.db import commit_held, fetch_rows, hold_back, sql
+from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import canonical_json
-from serviceloop.rpc import rpc
 
 REQUEST_ID_LENGTH = 120  # rpc_answers.request_id
 ANSWERS_KEPT_DAYS = 30  # a caller retries within minutes; a month covers any outage

@@ -44,9 +44,9 @@ from serviceloop.db import (
     owns_transaction,
     sql,
 )
+from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, refused_by_the_log
 from serviceloop.observability import log_context
-from serviceloop.rpc import rpc
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
 from serviceloop.db import ended_by_database, is_sqlite, make_engine
+from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import CommitInDoubt, Envelope, EventStore
 from serviceloop.observability import log_context
-from serviceloop.rpc import rpc
 from serviceloop.unit_of_work import UnitOfWork, read_only
 
 MAX_EVENTS_PER_CALL = 10_000

@@ -25,11 +25,11 @@ import eventlet
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
-from nameko.web.handlers import http
 from sqlalchemy import Connection, text
 from werkzeug.wrappers import Request, Response
 
 from serviceloop.config import amqp_uri
+from serviceloop.entrypoints import http
 
 CHECK_TIMEOUT = 2.0  # seconds: a probe never waits longer on one dependency
 BROKER_CHECK_TTL = 2.0  # seconds a broker answer is reused

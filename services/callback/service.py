@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
-from nameko.web.handlers import http
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
@@ -35,10 +34,10 @@ from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
 from serviceloop.db import hold_writes
+from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
-from serviceloop.rpc import rpc
 from services.callback import domain
 from services.callback.channel import ChannelError, SmsChannel, confirmation_text
 from services.callback.projections import metadata, projector, tasks

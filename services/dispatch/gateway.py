@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from nameko.extensions import DependencyProvider
-from nameko.web.handlers import http
 from sqlalchemy import RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from werkzeug.wrappers import Request, Response
@@ -41,6 +40,7 @@ from contracts.signing import SignatureError
 from contracts.signing import verify as verify_signature
 from serviceloop.clock import isoformat
 from serviceloop.db import fetch_rows, sql, transaction_failed
+from serviceloop.entrypoints import http
 from serviceloop.observability import count, log_context
 from services.dispatch import idempotency
 from services.dispatch.admission import ACTION_SAVEPOINT, AdmissionSession, admission_session

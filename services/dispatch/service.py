@@ -16,7 +16,6 @@ from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
-from nameko.web.handlers import http
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
@@ -29,10 +28,10 @@ from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
+from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
-from serviceloop.rpc import rpc
 from services.dispatch import domain, gateway, idempotency, queries
 from services.dispatch.assignment import choose_partner
 from services.dispatch.gateway import partner_endpoint

@@ -18,10 +18,10 @@ from contracts.registry import load
 from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled, consumes
+from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
-from serviceloop.rpc import rpc
 from services.orders import domain, queries
 from services.orders.catalog import CATALOG, catalog_as_dict
 from services.orders.projections import metadata, order_row, projector

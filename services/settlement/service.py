@@ -22,10 +22,10 @@ from contracts.registry import load
 from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
+from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
-from serviceloop.rpc import rpc
 from services.settlement import claims, csvfiles, evidence, periods, queries, reports
 from services.settlement.projections import metadata, projector
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 import serviceloop.catchup as catchup
 from serviceloop.clock import ManualClock
 from serviceloop.db import make_engine
-from serviceloop.rpc import rpc
+from serviceloop.entrypoints import rpc
 from serviceloop.unit_of_work import read_only
 
 HANDLER = ("copy_customer", object())  # (method name, handler): deliver is recorded, not run

@@ -1,13 +1,16 @@
-"""serviceloop's `@rpc` (serviceloop/rpc.py) against a real RabbitMQ: its replies are sent
-without a publisher confirm, once serialized, and otherwise answer exactly as nameko's do."""
+"""serviceloop's `@rpc` and `@http` (serviceloop/entrypoints.py), against a real RabbitMQ and
+over real HTTP: RPC replies are sent without a publisher confirm, once serialized, and
+otherwise both answer exactly as nameko's do."""
 
 import functools
+import socket
 
 import pytest
+import requests
 from nameko.exceptions import IncorrectSignature, RemoteError
 from nameko.standalone.rpc import ServiceRpcProxy
 
-from serviceloop.rpc import Replies, rpc
+from serviceloop.entrypoints import Replies, http, rpc
 from tests.helpers import queue_counts, wait_until
 
 
@@ -41,12 +44,23 @@ class Counter:
     def kept(self, value: str) -> str:
         return value.upper()
 
+    @http("GET", "/add/<int:a>")
+    def add_over_http(self, request, a: int) -> str:  # noqa: ANN001
+        return str(a + int(request.args.get("b", 1)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 @pytest.fixture
 def counter(container_factory, service_config):
-    container = container_factory(Counter, service_config())
+    config = {**service_config(), "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    container = container_factory(Counter, config)
     container.start()
-    with ServiceRpcProxy("rpc_under_test", service_config(), timeout=10) as proxy:
+    with ServiceRpcProxy("rpc_under_test", config, timeout=10) as proxy:
         yield proxy, container
 
 
@@ -87,3 +101,11 @@ def test_arguments_are_checked_against_the_signature_nameko_would_check(counter)
     # a wrapper's own keyword is accepted, as inspect.getcallargs on the wrapper accepts it
     assert proxy.kept("ok", request_id="r-1") == {"request_id": "r-1", "answer": "OK"}
     assert proxy.kept(value="ok") == {"request_id": None, "answer": "OK"}
+
+
+def test_http_routes_answer_with_their_path_values(counter):
+    _, container = counter
+    base = f"http://{container.config['WEB_SERVER_ADDRESS']}"
+    assert requests.get(f"{base}/add/41", timeout=10).text == "42"
+    assert requests.get(f"{base}/add/1?b=5", timeout=10).text == "6"
+    assert requests.get(f"{base}/add/x", timeout=10).status_code == 404

@@ -1,4 +1,9 @@
-"""The services' `@rpc`: nameko's, with a reply that costs one write instead of a round trip.
+"""The services' `@rpc` and `@http`: nameko's, with less work per call.
+
+Both check a call's arguments against the method's signature read once, where nameko
+inspects the method afresh on every call (`SignatureReadOnce`).
+
+`@rpc` answers with a reply that costs one write instead of a round trip.
 
 nameko's Responder builds a new broker Connection for every reply, serializes the result
 twice (once to check that it can), and publishes it persistent with a publisher confirm,
@@ -36,6 +41,24 @@ from nameko.constants import (
 )
 from nameko.exceptions import IncorrectSignature, UnserializableValueError, serialize
 from nameko.rpc import Rpc, RpcConsumer, get_rpc_exchange
+from nameko.web.handlers import HttpRequestHandler
+
+
+class SignatureReadOnce:
+    """Mixed into a nameko Entrypoint: a call's arguments are bound to the method's
+    signature, read at set-up. As nameko's inspect.getcallargs sees it: a wrapper's own
+    signature (answered_once takes request_id=), not that of the method it wraps."""
+
+    def setup(self) -> None:
+        super().setup()
+        method = getattr(self.container.service_cls, self.method_name)
+        self._signature = inspect.signature(method, follow_wrapped=False)
+
+    def check_signature(self, args, kwargs) -> None:  # noqa: ANN001 - nameko's
+        try:
+            self._signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise IncorrectSignature(str(exc)) from None
 
 
 class Replies(RpcConsumer):
@@ -78,24 +101,15 @@ class Replies(RpcConsumer):
 
 
 
-class ServiceRpc(Rpc):
-    """nameko's Rpc entrypoint, answering through `Replies`; a call's arguments are checked
-    against a signature read once, not inspected afresh on every call."""
+class ServiceRpc(SignatureReadOnce, Rpc):
+    """nameko's Rpc entrypoint, answering through `Replies`."""
 
     rpc_consumer = Replies()
 
-    def setup(self) -> None:
-        super().setup()
-        # as nameko's inspect.getcallargs sees it: a wrapper's own signature (answered_once
-        # takes request_id=), not the method it wraps
-        method = getattr(self.container.service_cls, self.method_name)
-        self._signature = inspect.signature(method, follow_wrapped=False)
 
-    def check_signature(self, args, kwargs) -> None:  # noqa: ANN001 - nameko's
-        try:
-            self._signature.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise IncorrectSignature(str(exc)) from None
+class ServiceHttp(SignatureReadOnce, HttpRequestHandler):
+    """nameko's HTTP entrypoint (the partner gateway's routes, probes and metrics)."""
 
 
 rpc = ServiceRpc.decorator
+http = ServiceHttp.decorator
