@@ -82,14 +82,14 @@ class Replies(RpcConsumer):
             content_type, self.default_serializer)
         error = serialize(exc_info[1]) if exc_info is not None else None
         try:
-            content_type, encoding, body = kombu.serialization.dumps(
-                {"result": result, "error": error}, serializer)
+            dumped = kombu.serialization.dumps({"result": result, "error": error}, serializer)
         except Exception:  # noqa: BLE001 - nameko's answer to a result it cannot send
             exc_info = sys.exc_info()
-            error = serialize(UnserializableValueError(result))
+            unsendable = serialize(UnserializableValueError(result))
             result = None
-            content_type, encoding, body = kombu.serialization.dumps(
-                {"result": result, "error": error}, serializer)
+            dumped = kombu.serialization.dumps({"result": None, "error": unsendable},
+                                               serializer)
+        content_type, encoding, body = dumped
         with producers[self.connection].acquire(block=True) as producer:
             producer.publish(
                 body, content_type=content_type, content_encoding=encoding,
@@ -98,7 +98,6 @@ class Replies(RpcConsumer):
                 delivery_mode=NON_PERSISTENT, retry=True, retry_policy=DEFAULT_RETRY_POLICY)
         self.queue_consumer.ack_message(message)
         return result, exc_info
-
 
 
 class ServiceRpc(SignatureReadOnce, Rpc):
