@@ -4,6 +4,7 @@ producer cannot be asked (serviceloop/catchup.py)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -120,7 +121,7 @@ def test_passes_share_one_proxy_until_a_producer_cannot_be_asked(
     passes(3)
     assert len(opened) == 1 and not logs.trouble.failing  # one proxy for three passes
     beta.kill()
-    passes(2)  # beta away: each pass's failure renews the proxy
+    passes(2)  # beta away (its queue stays: calls time out); each failed pass renews the proxy
     assert len(opened) == 2 and set(logs.trouble.failing) == {"catchup_beta"}
     beta = container_factory(Beta, config)
     beta.start()
@@ -128,3 +129,25 @@ def test_passes_share_one_proxy_until_a_producer_cannot_be_asked(
     assert len(opened) == 3 and not logs.trouble.failing
     logs.stop()
     assert logs._proxy is None
+
+
+def test_a_producer_that_is_not_running_is_reported_by_the_pass_not_by_amqp(
+        service, monkeypatch, service_config, caplog):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(catchup, "subscribed_handlers", lambda _cls: {
+        "catchup_nobody": {"customer_registered": [HANDLER]}})
+    logs = catchup.ProducerLogs()
+    logs.container = SimpleNamespace(config=service_config())
+    logs.setup()
+    for _ in range(3):
+        catchup.catch_up(service, logs.get_dependency(None))
+    logs.stop()
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records
+            if r.levelno >= logging.WARNING]
+    # one warning from the pass; none from py-amqp for the broker's late ack of each request
+    # it returned as unroutable
+    assert said == [("serviceloop.catchup", "WARNING", "ledger could not catch up with "
+                     "catchup_nobody (1 pass failed): Unknown service `catchup_nobody`")]
+    logging.getLogger("amqp").warning("Received method %s during closing channel %s. "
+                                      "This method will be ignored", (20, 40), 1)
+    assert caplog.records[-1].name == "amqp"  # only that one method is quietened
