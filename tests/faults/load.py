@@ -83,6 +83,9 @@ class Load:
     verified: set[str] = field(default_factory=set)  # tasks an agent saw verified
     problems: list[str] = field(default_factory=list)  # what went wrong, for the report
     retries: Counter = field(default_factory=Counter)  # RPC method -> calls asked again
+    # each agent sends every outcome a second time with its request id, as a desktop whose
+    # answer was lost would: the second answer must be the first, and the visit verified once
+    agents_ask_twice: bool = False
 
     def __post_init__(self) -> None:
         self.running = False
@@ -132,6 +135,7 @@ class Load:
         return (f"{len(self.accepted)} orders accepted, {len(self.completed)} completed, "
                 f"{len(self.verified)} verified by agents, {self.retries['create_order']} "
                 f"create_order and {self.retries['record_outcome']} record_outcome retries, "
+                f"{self.retries['record_outcome sent again']} outcomes sent again, "
                 f"{len(self.problems)} refusals/errors seen by actors "
                 f"(first: {self.problems[:3]})")
 
@@ -203,12 +207,21 @@ class Load:
         outcome = {"task_id": task["task_id"], "agent_id": agent_id, "outcome": "verified",
                    "satisfaction": 5}
         request_id = f"{agent_id}-{task['task_id']}"  # the desktop's, kept until answered
+        who = f"agent {agent_id} on {task['task_id']}"
         try:
             answered = self._until_answered(
                 lambda rpc: rpc.callback.record_outcome(outcome, request_id=request_id),
-                f"agent {agent_id} on {task['task_id']}", "record_outcome")
+                who, "record_outcome")
+            if self.agents_ask_twice and answered is not None:
+                again = self._until_answered(
+                    lambda rpc: rpc.callback.record_outcome(outcome, request_id=request_id),
+                    who, "record_outcome")
+                self.retries["record_outcome sent again"] += 1
+                if again != answered:
+                    self.problems.append(f"{who}: asked again, answered {again}, "
+                                         f"not {answered}")
         except ServiceError as error:  # e.g. the lease ran out while the system was away
-            self.problems.append(f"agent {agent_id} on {task['task_id']}: {error.code}")
+            self.problems.append(f"{who}: {error.code}")
             return 0
         if answered is None:
             return 0

@@ -1,5 +1,6 @@
 """Scenario 5: a partner whose every POST times out on its side (the gateway got it and acts
-on it) and is sent again with the same Idempotency-Key: each step happens once."""
+on it) and is sent again with the same Idempotency-Key, and agents who send every outcome
+again with its request id: each step happens once, and the retry gets the first answer."""
 
 from __future__ import annotations
 
@@ -42,10 +43,13 @@ def answered(system, operation: str) -> float:  # noqa: ANN001
 def test_every_post_sent_again_with_its_key_acts_once(system, world):
     operations = ("accept", "schedule", "arrive", "complete")
     before = {operation: answered(system, operation) for operation in operations}
-    with Load(system, world, partner_class=ImpatientPartner) as load:
+    with Load(system, world, partner_class=ImpatientPartner, agents_ask_twice=True) as load:
         load.open_orders(LOAD_SECONDS)
         load.intake_done()
         assert_nothing_lost_or_doubled(system, load)
+    # every outcome an agent saw answered was asked again and answered the same
+    assert load.retries["record_outcome sent again"] == len(load.verified) > 0
+    assert not [p for p in load.problems if "asked again" in p], load.problems
     # four POSTs per order (accept, schedule, arrive, complete), each sent twice, and the
     # gateway answered both copies
     assert ImpatientPartner.resent >= 4 * len(load.accepted) > 0
