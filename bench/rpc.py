@@ -194,6 +194,12 @@ def _summary(runs: list[dict]) -> dict:
             "calls": runs[0]["calls"], "callers": runs[0]["callers"], "runs": runs}
 
 
+def _ratio(real: dict, baseline: dict) -> float:
+    """The median of the per-round ratios of two summaries' rates."""
+    return median([r["per_s"] / n["per_s"]
+                   for r, n in zip(real["runs"], baseline["runs"], strict=True)])
+
+
 def _created(answer: dict) -> bool:
     return answer.get("created") is True
 
@@ -243,13 +249,8 @@ def bench_rpc(backend: str, *, plan: list[tuple[int, int]], warmup: int, rounds:
     results = []
     for callers, _ in plan:
         real, noop, lean = (_summary(runs[callers][name]) for name in ("real", "noop", "lean"))
-
-        def ratio_to(baseline: dict, real: dict = real) -> float:
-            return median([r["per_s"] / n["per_s"]
-                           for r, n in zip(real["runs"], baseline["runs"], strict=True)])
-
         results.append({"bench": "create_order", "backend": backend, "callers": callers,
                         "unit": "orders/s", "value": real["per_s"], "baseline": noop["per_s"],
-                        "ratio": ratio_to(noop), "create_order": real, "noop": noop,
-                        "noop_serviceloop": lean, "ratio_to_serviceloop_noop": ratio_to(lean)})
+                        "ratio": _ratio(real, noop), "create_order": real, "noop": noop,
+                        "noop_serviceloop": lean, "ratio_to_serviceloop_noop": _ratio(real, lean)})
     return results

@@ -98,7 +98,7 @@ class ProducerTrouble:
                      failing[0], "" if failing[0] == 1 else "es")
 
 
-def catch_up(service, producers: Producers) -> int:  # noqa: ANN001
+def catch_up(service, producers: ProducerLogs) -> int:  # noqa: ANN001
     """Deliver every subscribed event the service has not reached yet; returns how many.
 
     A producer that does not answer is left for the next pass, the others are still read,
@@ -166,32 +166,16 @@ class CatchUpTimer(Timer):
         super().stop()
 
 
-class Producers:
-    """What a catch-up pass asks the producers through (`rpc()`), whether to stop early,
-    and which producers the service's earlier passes could not reach (`trouble`)."""
-
-    def __init__(self, logs: ProducerLogs) -> None:
-        self.logs = logs
-        self.trouble = logs.trouble
-
-    def rpc(self):  # noqa: ANN201 - a started ClusterRpcProxy's proxy
-        return self.logs.rpc()
-
-    def renew(self) -> None:
-        self.logs.renew()
-
-    def stopping(self) -> bool:
-        return getattr(self.logs.container, "catch_up_stopping", False)
-
-
 class ProducerLogs(DependencyProvider):
-    """One per service container: the producers' trouble so far, and the RPC proxy catch-up
-    passes use, kept from one pass to the next. Opening a proxy is a broker connection, a
-    reply queue and about 12 ms of CPU between the broker and the service (3.8 + 8.4 ms
-    measured here), every two seconds in every consuming service if each pass had its own.
-    The container's Timer runs one pass at a time, so the proxy is never shared between
-    green threads (which nameko's standalone proxy does not allow); a pass in which a
-    producer could not be asked renews it."""
+    """One per service container, and what its catch-up passes get as a dependency: the
+    producers the service's earlier passes could not reach (`trouble`), whether to stop
+    early (`stopping()`), and the RPC proxy the passes ask through (`rpc()`), kept from one
+    pass to the next. Opening a proxy is a broker connection, a reply queue and about 12 ms
+    of CPU between the broker and the service (3.8 + 8.4 ms measured here), every two
+    seconds in every consuming service if each pass had its own. The container's Timer runs
+    one pass at a time, so the proxy is never shared between green threads (which nameko's
+    standalone proxy does not allow); a pass in which a producer could not be asked renews
+    it."""
 
     def setup(self) -> None:
         quiet_returned_publish_acks()
@@ -215,14 +199,17 @@ class ProducerLogs(DependencyProvider):
             except Exception as error:  # noqa: BLE001 - a dead connection: nothing to close
                 log.debug("closing a catch-up proxy: %s", error)
 
+    def stopping(self) -> bool:
+        return getattr(self.container, "catch_up_stopping", False)
+
     def stop(self) -> None:
         self.renew()
 
     def kill(self) -> None:
         self.renew()
 
-    def get_dependency(self, worker_ctx) -> Producers:  # noqa: ANN001
-        return Producers(self)
+    def get_dependency(self, worker_ctx) -> ProducerLogs:  # noqa: ANN001
+        return self
 
 
 class CatchUp:

@@ -73,6 +73,8 @@ class Replies(RpcConsumer):
             transport_options={**DEFAULT_TRANSPORT_OPTIONS, "confirm_publish": False},
             ssl=config.get(AMQP_SSL_CONFIG_KEY),
             login_method=config.get(LOGIN_METHOD_CONFIG_KEY))
+        # looked up once: kombu finds a connection's pool by hashing its settings each time
+        self.producers = producers[self.connection]
         self.default_serializer = config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER)
 
     def handle_result(self, message, result, exc_info):  # noqa: ANN001, ANN201 - nameko's
@@ -90,7 +92,7 @@ class Replies(RpcConsumer):
             dumped = kombu.serialization.dumps({"result": None, "error": unsendable},
                                                serializer)
         content_type, encoding, body = dumped
-        with producers[self.connection].acquire(block=True) as producer:
+        with self.producers.acquire(block=True) as producer:
             producer.publish(
                 body, content_type=content_type, content_encoding=encoding,
                 exchange=self.exchange, routing_key=message.properties["reply_to"],

@@ -208,14 +208,14 @@ class Load:
                    "satisfaction": 5}
         request_id = f"{agent_id}-{task['task_id']}"  # the desktop's, kept until answered
         who = f"agent {agent_id} on {task['task_id']}"
+
+        def ask(rpc) -> dict:  # noqa: ANN001
+            return rpc.callback.record_outcome(outcome, request_id=request_id)
+
         try:
-            answered = self._until_answered(
-                lambda rpc: rpc.callback.record_outcome(outcome, request_id=request_id),
-                who, "record_outcome")
+            answered = self._until_answered(ask, who, "record_outcome")
             if self.agents_ask_twice and answered is not None:
-                again = self._until_answered(
-                    lambda rpc: rpc.callback.record_outcome(outcome, request_id=request_id),
-                    who, "record_outcome")
+                again = self._until_answered(ask, who, "record_outcome")
                 self.retries["record_outcome sent again"] += 1
                 if again != answered:
                     self.problems.append(f"{who}: asked again, answered {again}, "

@@ -80,6 +80,15 @@ def test_a_page_the_inbox_has_all_of_delivers_nothing(service, monkeypatch):
     assert (delivered, count) == ([], 0)
 
 
+def producer_logs(config: dict) -> catchup.ProducerLogs:
+    """A service container's ProducerLogs, set up as nameko would (it is its own dependency)."""
+    logs = catchup.ProducerLogs()
+    logs.container = SimpleNamespace(config=config)
+    logs.setup()
+    assert logs.get_dependency(None) is logs
+    return logs
+
+
 class Alpha:
     name = "catchup_alpha"
 
@@ -109,14 +118,11 @@ def test_passes_share_one_proxy_until_a_producer_cannot_be_asked(
     alpha, beta = container_factory(Alpha, config), container_factory(Beta, config)
     alpha.start()
     beta.start()
-    logs = catchup.ProducerLogs()
-    logs.container = SimpleNamespace(config=config)
-    logs.setup()
-    producers = logs.get_dependency(None)
+    logs = producer_logs(config)
 
     def passes(count: int) -> None:
         for _ in range(count):
-            catchup.catch_up(service, producers)
+            catchup.catch_up(service, logs)
 
     passes(3)
     assert len(opened) == 1 and not logs.trouble.failing  # one proxy for three passes
@@ -136,11 +142,9 @@ def test_a_producer_that_is_not_running_is_reported_by_the_pass_not_by_amqp(
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(catchup, "subscribed_handlers", lambda _cls: {
         "catchup_nobody": {"customer_registered": [HANDLER]}})
-    logs = catchup.ProducerLogs()
-    logs.container = SimpleNamespace(config=service_config())
-    logs.setup()
+    logs = producer_logs(service_config())
     for _ in range(3):
-        catchup.catch_up(service, logs.get_dependency(None))
+        catchup.catch_up(service, logs)
     logs.stop()
     said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records
             if r.levelno >= logging.WARNING]

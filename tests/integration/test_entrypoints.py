@@ -3,7 +3,6 @@ over real HTTP: RPC replies are sent without a publisher confirm, once serialize
 otherwise both answer exactly as nameko's do."""
 
 import functools
-import socket
 
 import pytest
 import requests
@@ -12,6 +11,7 @@ from nameko.standalone.rpc import ServiceRpcProxy
 
 from serviceloop.entrypoints import Replies, http, rpc
 from tests.helpers import queue_counts, wait_until
+from tests.integration.dispatch_system import free_port
 
 
 def takes_request_id(method):
@@ -47,12 +47,6 @@ class Counter:
     @http("GET", "/add/<int:a>")
     def add_over_http(self, request, a: int) -> str:  # noqa: ANN001
         return str(a + int(request.args.get("b", 1)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
