@@ -107,10 +107,13 @@ class Asked:
     `begin_action(conn)` before its first write (a savepoint: a refused or failed action is
     rolled back to it, and the signature recorded at admission is still committed) and may
     hand its answer to `record_answer` inside its transaction (stored under the
-    Idempotency-Key); the gateway stores it otherwise."""
+    Idempotency-Key); the gateway stores it otherwise. `request_id` is the request's
+    correlation id (its answer's X-Correlation-Id): the events it causes name it as their
+    cause (`http-<request_id>`), so support finds them from what the partner was answered."""
 
     partner_id: str
     order: dict | None
+    request_id: str
     record_answer: Callable[[dict], None] | None = None
     # a POST's handler calls it on its transaction's connection before its first write
     begin_action: Callable[[object], None] | None = None
@@ -188,7 +191,7 @@ class Gateway:
         # the signature recorded as used (committed whatever the request then does), the
         # stored answer of a retried POST and the order: one statement (admission.py); a
         # POST's opens the transaction its action then runs in
-        asked, answered = self._admit(request, body, key, order_id)
+        asked, answered = self._admit(request, body, key, order_id, correlation_id)
         # from here the log names who asked and which order: the request id is the cause
         log_context(correlation_id=order_id, causation_id=correlation_id,
                     actor=f"partner:{asked.partner_id}")
@@ -251,8 +254,8 @@ class Gateway:
             db.rollback()
             raise
 
-    def _admit(self, request: Request, body: bytes, key: str | None,
-               order_id: str | None) -> tuple[Asked, tuple | None]:
+    def _admit(self, request: Request, body: bytes, key: str | None, order_id: str | None,
+               correlation_id: str) -> tuple[Asked, tuple | None]:
         """Verify the signature, check the partner's rate, record the signature as used;
         who asked, the order, and the key's earlier answer if there is one."""
         signed_at = time.time()  # transport freshness: wall time, not the business clock
@@ -276,7 +279,8 @@ class Gateway:
             raise SignatureError("signature_replayed",
                                  "this signed request was already used; sign each request "
                                  "afresh")
-        return (Asked(partner_id, admitted.order, begin_action=self._begin_action),
+        return (Asked(partner_id, admitted.order, correlation_id,
+                      begin_action=self._begin_action),
                 admitted.answered)
 
     def _verified(self, session: AdmissionSession, request: Request, body: bytes,

@@ -411,8 +411,9 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             if asked.record_answer is not None:
                 asked.record_answer(answer[0])
 
-        self._append_order(order.order_id, order.version, list(events), f"http-{uuid.uuid4()}",
-                           f"partner:{asked.partner_id}", project, commit=True)
+        self._append_order(order.order_id, order.version, list(events),
+                           f"http-{asked.request_id}", f"partner:{asked.partner_id}", project,
+                           commit=True)
         return answer[0]
 
     # -- the one way events are written --------------------------------------------------------

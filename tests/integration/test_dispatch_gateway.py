@@ -88,6 +88,11 @@ def test_a_repair_goes_from_assignment_to_completion_over_the_gateway(system):
     assert done["parts_fee_cents"] == 12000 and done["confirmation_matched"] is True
     assert done["arrival_lat"] == pytest.approx(23.1301)
     assert history[-1]["actor"] == f"partner:{partner.partner_id}"
+    # each partner action's events name the request that caused them, by the correlation id
+    # its answer carried (what a partner quotes to support)
+    answers = [accepted, scheduled, arrived, completed]
+    assert [e["causation_id"] for e in history[2:]] == \
+        [f"http-{a.headers['X-Correlation-Id']}" for a in answers]
 
 
 def test_requests_without_a_valid_fresh_signature_are_401_and_replays_refused(system):
