@@ -45,7 +45,7 @@ from serviceloop.services import IMPLEMENTED
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTNERS, AGENTS, PRODUCTS_PER_CUSTOMER = 30, 8, 10
-SIZED_FOR_LOOPS_PER_S = 20  # products registered for; running out is reported
+SIZED_FOR_LOOPS_PER_S = 60  # products registered for (above the target); running out is reported
 
 
 # -- the system as processes ------------------------------------------------------------

@@ -21,11 +21,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from amqp.abstract_channel import IGNORED_METHOD_DURING_CHANNEL_CLOSE
 from nameko.extensions import DependencyProvider
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.timer import Timer
 
+from serviceloop.client import quiet_returned_publish_acks
 from serviceloop.clock import isoformat
 from serviceloop.consumer import deliver, handled_among
 from serviceloop.db import read_position, save_position
@@ -49,26 +49,6 @@ def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
             source, event_type = consumed
             found[source][event_type].append((name, getattr(service_class, name).handler))
     return found
-
-
-class ReturnedPublishAck(logging.Filter):
-    """Drops py-amqp's warning for a publisher confirm (Basic.Ack, method (60, 80)) that
-    arrives on a channel kombu is closing. Asking a producer that is not running, nameko's
-    proxy publishes with `mandatory`: the broker returns the request, kombu raises
-    UnknownService and closes the channel, and the broker's ack of the same publish comes
-    after. The pass already reports that producer (ProducerTrouble); the warning said
-    nothing more, once every pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg is IGNORED_METHOD_DURING_CHANNEL_CLOSE and record.args
-                    and record.args[0] == (60, 80))
-
-
-def quiet_returned_publish_acks() -> None:
-    """Install ReturnedPublishAck on py-amqp's logger, once per process."""
-    amqp_log = logging.getLogger("amqp")
-    if not any(isinstance(f, ReturnedPublishAck) for f in amqp_log.filters):
-        amqp_log.addFilter(ReturnedPublishAck())
 
 
 class ProducerTrouble:

@@ -119,8 +119,9 @@ class ServiceRpc(SignatureReadOnce, Rpc):
 
 
 # a header field: a token, a colon, the value (RFC 9112 5; no space before the colon, no
-# folded continuation line: either is a 400, as the RFC has a server do)
-_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?\n")
+# folded continuation line, no CR or NUL inside a value: each is a 400, as the RFC has a
+# server do)
+_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\x00]*?)[ \t]*\r?\n")
 MAX_FIELDS = 100  # http.client's limit: more is 431
 
 

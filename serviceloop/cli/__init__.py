@@ -23,6 +23,9 @@ eventlet.monkey_patch()
 if not _greendns_refused:
     del os.environ[_NO_GREENDNS]
 
+from kombu.exceptions import OperationalError as BrokerUnreachable  # noqa: E402
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
+
 from contracts.errors import ServiceError  # noqa: E402
 from serviceloop.cli import (  # noqa: E402
     audit,
@@ -33,6 +36,8 @@ from serviceloop.cli import (  # noqa: E402
     partner,
     settlement,
 )
+from serviceloop.client import quiet_returned_publish_acks, rpc_timeout  # noqa: E402
+from serviceloop.config import amqp_uri  # noqa: E402
 
 GROUPS = (orders, partner, callback, settlement, audit, operations, demo)
 
@@ -48,16 +53,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REFUSED = 2  # the service answered: no (bad input, a state conflict, not found)
+FAILED = 1  # the service failed while answering (its log has the correlation id)
+UNREACHED = 3  # no answer: the service or the broker could not be reached
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error is one JSON object on stderr ({"error": {code, message,
+    fields}}) and the exit code says whose it was (REFUSED, FAILED, UNREACHED)."""
     args = build_parser().parse_args(argv)
+    quiet_returned_publish_acks()  # a service not running is said once below, not by py-amqp
     try:
         return args.run(args) or 0
     except ServiceError as error:
-        print(json.dumps({"error": error.as_dict()}, ensure_ascii=False, indent=2),
-              file=sys.stderr)
-        return 2
+        return _error(error.as_dict(), REFUSED)
+    except RemoteError as error:
+        return _error({"code": "service_failed",
+                       "message": f"the service failed: {error.exc_type}: {error.value}"},
+                      FAILED)
+    except UnknownService as error:
+        return _error({"code": "service_unknown",
+                       "message": f"{error}: the broker has no queue for it, so it has never "
+                                  "run against this broker (AMQP_URI); `make run` starts the "
+                                  "services"},
+                      UNREACHED)
+    except RpcTimeout:
+        return _error({"code": "timeout",
+                       "message": f"no answer within {rpc_timeout():g} s "
+                                  "(SERVICELOOP_RPC_TIMEOUT): the service is stopped or busy; a "
+                                  "command with --request-id can be run again with the same id, "
+                                  "and does what it did at most once"}, UNREACHED)
+    except (BrokerUnreachable, ConnectionError) as error:
+        return _error({"code": "broker_unreachable",
+                       "message": f"cannot reach RabbitMQ at {_without_password(amqp_uri())}: "
+                                  f"{error}"}, UNREACHED)
     except KeyboardInterrupt:
         return 130
+
+
+def _error(error: dict, exit_code: int) -> int:
+    print(json.dumps({"error": {"fields": {}, **error}}, ensure_ascii=False, indent=2),
+          file=sys.stderr)
+    return exit_code
+
+
+def _without_password(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return uri
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 if __name__ == "__main__":

@@ -188,6 +188,8 @@ def test_http_keeps_or_closes_the_connection_as_asked(counter):
     (b"GET /add/1 HTTP/1.1\r\nHost : x\r\n\r\n", 400),  # a space before the colon
     (b"GET /add/1 HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", 400),  # a folded line
     (b"GET /add/1 HTTP/1.1\r\n: x\r\n\r\n", 400),  # no name
+    (b"GET /add/1 HTTP/1.1\r\nX-A: 1\r2\r\n\r\n", 400),  # a CR inside a value
+    (b"GET /add/1 HTTP/1.1\r\nX-A: 1\x002\r\n\r\n", 400),  # a NUL inside a value
     (b"GET /add/1 HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 400),  # over eventlet's line
     (b"GET /add/1 HTTP/1.1\r\n" + b"X-A: 1\r\n" * (MAX_FIELDS + 1) + b"\r\n", 431),
     (b"GET /add/1 HTTP/2.0\r\n\r\n", 505),
