@@ -29,7 +29,11 @@ def running_system(tmp_path, own_broker_uri, database_for):
            "GATEWAY_PORT": str(port), "SERVICELOOP_GATEWAY": f"http://127.0.0.1:{port}",
            "CALLBACK_PORT": str(free_port()), "PROVIDER_PORT": str(free_port()),
            "ORDERS_PORT": str(free_port()), "SETTLEMENT_PORT": str(free_port()),
-           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+           "PYTHONWARNINGS": "ignore::DeprecationWarning",
+           # each service's pool holds max_workers + 2 connections once a burst has opened
+           # them: with 16 workers the demo's four (beside the package's system and the other
+           # half of `make test`) took PostgreSQL to its 100 connections on a fast machine
+           "MAX_WORKERS": "4"}
     env.pop("SERVICELOOP_CLOCK", None)  # up gives the services the demo's movable clock
     subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
 
