@@ -230,6 +230,10 @@ def system(tmp_path_factory, broker_uri, migrated_templates) -> Iterator[System]
            "AMQP_HEARTBEAT": str(HEARTBEAT), "PROVIDER_PORT": str(free_port()),
            "SERVICELOOP_CRASH_FILE": str(folder / "crash"),
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
+           # 8 workers a service: with 16 their pools (max_workers + 2 connections, kept once
+           # a burst opened them) and a restarted or frozen process's beside its successor's
+           # reached 92 of PostgreSQL's 100 connections on a fast machine
+           "MAX_WORKERS": "8",
            **{f"DATABASE_URL_{s.upper()}": url for s, url in databases.items()},
            **{PORT_VARIABLES[s]: str(port) for s, port in ports.items()}}
     subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True, timeout=120)
