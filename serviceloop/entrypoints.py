@@ -177,16 +177,9 @@ class Protocol(HttpOnlyProtocol):
                                      and self.protocol_version >= "HTTP/1.1")
         self.command = command
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
-        fields = []
-        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-            if len(fields) == MAX_FIELDS:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
-                return False
-            field = _FIELD.fullmatch(line.decode("iso-8859-1"))
-            if field is None:
-                self.send_error(HTTPStatus.BAD_REQUEST, "Bad header field")
-                return False
-            fields.append(field.groups())
+        fields = self._read_fields()
+        if fields is None:
+            return False
         self.headers = RequestHeaders(fields)
         connection = self.headers.get("Connection", "").lower()
         if connection == "close":
@@ -197,6 +190,20 @@ class Protocol(HttpOnlyProtocol):
                 and self.protocol_version >= "HTTP/1.1" and version == "HTTP/1.1"):
             return self.handle_expect_100()
         return True
+
+    def _read_fields(self) -> list[tuple[str, str]] | None:
+        """The header fields up to the blank line; None once a refusal has been sent."""
+        fields = []
+        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            if len(fields) == MAX_FIELDS:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
+                return None
+            field = _FIELD.fullmatch(line.decode("iso-8859-1"))
+            if field is None:
+                self.send_error(HTTPStatus.BAD_REQUEST, "Bad header field")
+                return None
+            fields.append(field.groups())
+        return fields
 
 
 class ServiceWebServer(WebServer):

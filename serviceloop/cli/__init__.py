@@ -23,6 +23,7 @@ eventlet.monkey_patch()
 if not _greendns_refused:
     del os.environ[_NO_GREENDNS]
 
+from kombu import Connection  # noqa: E402
 from kombu.exceptions import OperationalError as BrokerUnreachable  # noqa: E402
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService  # noqa: E402
 
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "and does what it did at most once"}, UNREACHED)
     except (BrokerUnreachable, ConnectionError) as error:
         return _error({"code": "broker_unreachable",
-                       "message": f"cannot reach RabbitMQ at {_without_password(amqp_uri())}: "
-                                  f"{error}"}, UNREACHED)
+                       "message": f"cannot reach RabbitMQ at {Connection(amqp_uri()).as_uri()}"
+                                  f": {error}"}, UNREACHED)
     except KeyboardInterrupt:
         return 130
 
@@ -96,13 +97,6 @@ def _error(error: dict, exit_code: int) -> int:
           file=sys.stderr)
     return exit_code
 
-
-def _without_password(uri: str) -> str:
-    scheme, sep, rest = uri.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at:
-        return uri
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 if __name__ == "__main__":

@@ -82,4 +82,4 @@ def test_a_broker_that_is_not_there_is_said_without_its_password(monkeypatch, ca
     assert time.monotonic() - started < 30
     error = error_of(capsys)
     assert error["code"] == "broker_unreachable"
-    assert "guest:***@127.0.0.1" in error["message"] and "s3cret" not in error["message"]
+    assert "guest:**@127.0.0.1" in error["message"] and "s3cret" not in error["message"]
