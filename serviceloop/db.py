@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -38,6 +39,9 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
         url,
         pool_size=pool_size,
         max_overflow=4,
+        # the most recently returned connection first: under light load the same few
+        # circulate and the rest lie idle, for IdleConnections to close
+        pool_use_lifo=True,
         # No pre-ping (a round trip per checkout): a connection found dead is invalidated
         # by SQLAlchemy, and `transactional` runs the entrypoint again on a fresh one.
         pool_recycle=1800,
@@ -66,6 +70,52 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
         return statement, parameters
 
     return engine
+
+
+class IdleConnections:
+    """A pool's connections nobody is using, and since when (`make_engine`'s pool hands out
+    its most recently returned connection first, so the ones not needed lately lie idle).
+
+    `close(idle_seconds, keep)` closes those idle that long, beyond the `keep` most recently
+    returned: a service keeps a burst's connections only while bursts go on, not for its
+    life. A closed connection keeps its place in the pool and connects again when a burst
+    needs it (its prepared statements with it: the connection's `info` starts afresh).
+    Runs in the services' green threads: nothing is checked out or in during a pass."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._since: dict = {}  # ConnectionPoolEntry -> when it was returned (clock())
+        event.listen(engine.pool, "checkin", self._returned)
+        event.listen(engine.pool, "checkout", self._taken)
+        event.listen(engine.pool, "close", self._closed)  # an overflow one returned, say
+
+    def _returned(self, dbapi_connection, record) -> None:  # noqa: ANN001
+        if dbapi_connection is not None:  # else it was invalidated: nothing left to close
+            self._since[record] = self.clock()
+
+    def _taken(self, _dbapi_connection, record, _proxy) -> None:  # noqa: ANN001
+        self._since.pop(record, None)
+
+    def _closed(self, _dbapi_connection, record) -> None:  # noqa: ANN001
+        self._since.pop(record, None)
+
+    def idle(self) -> int:
+        """How many open connections lie in the pool unused."""
+        return len(self._since)
+
+    def close(self, idle_seconds: float, keep: int) -> int:
+        """Close the connections returned `idle_seconds` ago or earlier, but for the `keep`
+        most recently returned; how many were closed."""
+        oldest_first = sorted(self._since.items(), key=lambda item: item[1])
+        cutoff = self.clock() - idle_seconds
+        closed = 0
+        for record, since in oldest_first[:max(0, len(oldest_first) - keep)]:
+            if since > cutoff:
+                break
+            record.close()  # fires "close": forgotten here
+            self._since.pop(record, None)
+            closed += 1
+        return closed
 
 
 # -- PostgreSQL: a unit of work's BEGIN and COMMIT without round trips of their own ------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 from weakref import WeakKeyDictionary
 
+import eventlet
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
@@ -14,11 +16,13 @@ from serviceloop.audit.wire import collector_paused, pack_page, page_from_text
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
 from serviceloop.crashpoints import crash_point
-from serviceloop.db import ended_by_database, is_sqlite, make_engine
+from serviceloop.db import IdleConnections, ended_by_database, is_sqlite, make_engine
 from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import CommitInDoubt, Envelope, EventStore
 from serviceloop.observability import log_context
 from serviceloop.unit_of_work import UnitOfWork, read_only
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_CALL = 10_000
 
@@ -26,7 +30,10 @@ MAX_EVENTS_PER_CALL = 10_000
 class Database(DependencyProvider):
     """Gives each worker one `UnitOfWork` on the service's own database.
 
-    The engine is built once in `setup()`; the pool is at least `max_workers` wide.
+    The engine is built once in `setup()`; the pool is `max_workers + 2` wide. On
+    PostgreSQL a connection idle for `DB_IDLE_SECONDS` (config, default 60) is closed, but
+    for the `DB_KEEP_CONNECTIONS` (default 2) used last: a burst's connections are not held
+    for the container's life (several services and replicas share the server's limit).
     A worker's transaction is rolled back at teardown unless the entrypoint committed
     it (nameko sends an RPC reply before `worker_result`, so commit must happen inside
     the entrypoint: see `transactional`).
@@ -39,6 +46,8 @@ class Database(DependencyProvider):
         self.store: EventStore | None = None
         self._units: WeakKeyDictionary = WeakKeyDictionary()
         self._write_gate = None
+        self._idle: IdleConnections | None = None
+        self._closing_idle = None  # the green thread closing idle connections
 
     def setup(self) -> None:
         config = self.container.config
@@ -49,8 +58,32 @@ class Database(DependencyProvider):
             from eventlet.semaphore import Semaphore
 
             self._write_gate = Semaphore(1)
+        else:
+            self._idle = IdleConnections(self.engine)
+
+    def start(self) -> None:
+        if self._idle is not None:
+            self._closing_idle = self.container.spawn_managed_thread(
+                self._close_idle_connections, identifier=f"{self.service}.close_idle")
+
+    def _close_idle_connections(self) -> None:
+        config = self.container.config
+        idle_seconds = float(config.get("DB_IDLE_SECONDS", 60))
+        keep = int(config.get("DB_KEEP_CONNECTIONS", 2))
+        while True:
+            eventlet.sleep(idle_seconds / 2)
+            try:
+                closed = self._idle.close(idle_seconds, keep)
+            except Exception:  # noqa: BLE001 - the container must not die of it; try again
+                log.exception("closing idle database connections failed")
+            else:
+                if closed:
+                    log.debug("closed %d database connections idle %g s", closed, idle_seconds)
 
     def stop(self) -> None:
+        if self._closing_idle is not None:
+            self._closing_idle.kill()
+            self._closing_idle = None
         if self.engine is not None:
             self.engine.dispose()
 
