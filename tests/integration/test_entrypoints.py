@@ -63,9 +63,18 @@ class Counter:
                            "body": request.get_data(as_text=True)})
 
 
+def listening_config(service_config) -> dict:  # noqa: ANN001 - the fixture's maker
+    """A container config whose web server listens on a free loopback port."""
+    return {**service_config(), "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}
+
+
+def http_port(container) -> int:  # noqa: ANN001
+    return int(container.config["WEB_SERVER_ADDRESS"].rsplit(":", 1)[1])
+
+
 @pytest.fixture
 def counter(container_factory, service_config):
-    config = {**service_config(), "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    config = listening_config(service_config)
     container = container_factory(Counter, config)
     container.start()
     with ServiceRpcProxy("rpc_under_test", config, timeout=10) as proxy:
@@ -131,7 +140,7 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 
 def test_http_handlers_get_the_header_fields_sent(counter):
     _, container = counter
-    port = int(container.config["WEB_SERVER_ADDRESS"].rsplit(":", 1)[1])
+    port = http_port(container)
     connection = HTTPConnection("127.0.0.1", port, timeout=10)
     # names in any case, values without the blanks around them; a field sent twice is one
     # value joined with a comma, as eventlet puts it into the WSGI environ
@@ -162,7 +171,7 @@ def test_http_handlers_get_the_header_fields_sent(counter):
 
 def test_http_keeps_or_closes_the_connection_as_asked(counter):
     _, container = counter
-    port = int(container.config["WEB_SERVER_ADDRESS"].rsplit(":", 1)[1])
+    port = http_port(container)
     # two requests written at once on one HTTP/1.1 connection, the second asking to close:
     # both answered, then the server closes (raw_exchange returns only once it has)
     answer = raw_exchange(port, b"GET /add/1 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -199,7 +208,7 @@ def test_http_keeps_or_closes_the_connection_as_asked(counter):
 ])
 def test_http_refuses_malformed_requests(counter, request_bytes, status):
     _, container = counter
-    port = int(container.config["WEB_SERVER_ADDRESS"].rsplit(":", 1)[1])
+    port = http_port(container)
     answer = raw_exchange(port, request_bytes)
     assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == str(status).encode()
     # and the server goes on serving
@@ -210,7 +219,7 @@ def test_http_refuses_malformed_requests(counter, request_bytes, status):
 def test_http_access_lines_are_formatted_only_when_logged(container_factory, service_config,
                                                          caplog, level):
     caplog.set_level(level, logger="nameko.web.server")
-    config = {**service_config(), "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    config = listening_config(service_config)
     container = container_factory(Counter, config)
     container.start()
     servers = [e for e in container.extensions if isinstance(e, ServiceWebServer)]
