@@ -1,6 +1,8 @@
 """The dispatch service's tables: read models fed from its log, and three that are not.
 
-Read models (dropped and rebuilt from the log): partners, dispatch_orders, assignments.
+Read models (dropped and rebuilt from the log): partners, dispatch_orders, assignments,
+partner_loads (each partner's active assignments per day, kept as they change so that an
+assignment reads one row per partner, not every assignment of the day).
 
 Kept outside the log on purpose, never rebuilt:
 - partner_credentials: the one copy of each partner's secret (an HMAC key must be kept to
@@ -33,6 +35,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from serviceloop.db import Prepared, sql
 from serviceloop.eventstore import Envelope, define_log_tables
 from serviceloop.projections import Projector, insert, update
 
@@ -102,7 +105,13 @@ assignments = Table(
     Column("partner_id", String(64), nullable=False),
     Column("day", String(10), nullable=False),
     Column("active", Boolean, nullable=False),  # false once rejected, timed out or withdrawn
-    Index("ix_assignments_day_partner", "day", "partner_id"),
+)
+
+partner_loads = Table(
+    "partner_loads", metadata,
+    Column("day", String(10), primary_key=True),
+    Column("partner_id", String(64), primary_key=True),
+    Column("active", Integer, nullable=False),  # its active assignments of that day
 )
 
 partner_credentials = Table(
@@ -132,7 +141,7 @@ seen_signatures = Table(
     Index("ix_seen_signatures_seen_at", "seen_at"),
 )
 
-READ_MODELS = [partners, dispatch_orders, assignments]
+READ_MODELS = [partners, dispatch_orders, assignments, partner_loads]
 
 
 # -- partners -------------------------------------------------------------------------------
@@ -197,6 +206,7 @@ def _order_assigned(conn: Connection, e: Envelope) -> None:
     insert(conn, assignments, dict(
         order_id=p["order_id"], attempt=p["attempt"], partner_id=p["partner_id"],
         day=p["day"], active=True))
+    sql(conn, _LOAD_TAKEN, (p["day"], p["partner_id"]))
 
 
 def _order_accepted(conn: Connection, e: Envelope) -> None:
@@ -257,7 +267,21 @@ def _order_withdrawn(conn: Connection, e: Envelope) -> None:
     _deactivate_assignments(conn, e.payload["order_id"])
 
 
+# a partner's load of a day: one more when an assignment is made, less those of an order
+# that end (read before they are marked ended, in the same round trip)
+_LOAD_TAKEN = Prepared(
+    "INSERT INTO partner_loads (day, partner_id, active) VALUES (?, ?, 1) ON CONFLICT"
+    " (day, partner_id) DO UPDATE SET active = partner_loads.active + 1")
+_LOAD_FREED = Prepared(
+    "UPDATE partner_loads SET active = active - (SELECT count(*) FROM assignments AS a"
+    " WHERE a.order_id = ? AND a.active AND a.day = partner_loads.day"
+    " AND a.partner_id = partner_loads.partner_id)"
+    " WHERE (day, partner_id) IN (SELECT day, partner_id FROM assignments"
+    " WHERE order_id = ? AND active)")
+
+
 def _deactivate_assignments(conn: Connection, order_id: str) -> None:
+    sql(conn, _LOAD_FREED, (order_id, order_id))
     update(conn, assignments, "order_id", order_id, active=False)
 
 

@@ -7,13 +7,14 @@ import json
 from sqlalchemy import Connection, func, select, text
 
 from contracts.errors import NotFound
-from serviceloop.db import fetch_rows
+from serviceloop.db import Prepared, fetch_rows
 from services.dispatch.assignment import PartnerProfile
-from services.dispatch.domain import DispatchOrder
+from services.dispatch.domain import HELD, DispatchOrder
 from services.dispatch.projections import (
     assignments,
     dispatch_orders,
     partner_credentials,
+    partner_loads,
     partners,
 )
 
@@ -32,9 +33,9 @@ _PROFILE_COLUMNS = ("partner_id", "name", "regions", "categories", "daily_capaci
                     "active")
 # every partner with its active assignments counting against the day's capacity
 _PLACEMENT_FACTS = (
-    f"SELECT {', '.join(f'p.{c}' for c in _PROFILE_COLUMNS)}, COALESCE(l.n, 0) "
-    "FROM partners AS p LEFT JOIN (SELECT partner_id, count(*) AS n FROM assignments "
-    "WHERE day = ? AND active GROUP BY partner_id) AS l ON l.partner_id = p.partner_id")
+    f"SELECT {', '.join(f'p.{c}' for c in _PROFILE_COLUMNS)}, COALESCE(l.active, 0) "
+    "FROM partners AS p LEFT JOIN partner_loads AS l "
+    "ON l.partner_id = p.partner_id AND l.day = ?")
 
 
 def placement_facts(conn: Connection, day: str) -> tuple[list[PartnerProfile], dict[str, int]]:
@@ -73,9 +74,8 @@ def _profile(row) -> PartnerProfile:  # noqa: ANN001
 
 def load_on(conn: Connection, day: str) -> dict[str, int]:
     """Active assignments per partner that count against `day`'s capacity."""
-    query = (select(assignments.c.partner_id, func.count())
-             .where(assignments.c.day == day, assignments.c.active.is_(True))
-             .group_by(assignments.c.partner_id))
+    query = select(partner_loads.c.partner_id, partner_loads.c.active).where(
+        partner_loads.c.day == day, partner_loads.c.active > 0)
     return {partner_id: count for partner_id, count in conn.execute(query)}
 
 
@@ -192,17 +192,36 @@ def partner_order_view(row: dict) -> dict:
     }
 
 
-_HELD = ("assigned", "accepted", "scheduled", "on_site", "completed")
+
+_HELD = ", ".join(f"'{status}'" for status in sorted(HELD))  # what a partner may list
+
+# a partner's page of orders and how many there are in all, in one round trip (partners
+# poll it for new work): the count is a window over every row the page is cut from
+_PAGE = ("SELECT {columns}, count(*) OVER () FROM dispatch_orders"
+         " WHERE partner_id = ? AND status IN ({statuses})"
+         " ORDER BY assigned_at DESC, order_id LIMIT ? OFFSET ?")
+_PARTNER_PAGE = Prepared(_PAGE.format(columns=", ".join(ORDER_COLUMNS), statuses=_HELD))
+_PARTNER_PAGE_OF = Prepared(_PAGE.format(columns=", ".join(ORDER_COLUMNS), statuses="?"))
+_PARTNER_TOTAL = ("SELECT count(*) FROM dispatch_orders WHERE partner_id = ?"
+                  " AND status IN ({statuses})")
 
 
 def partner_orders(conn: Connection, partner_id: str, status: str | None, page: int,
                    page_size: int) -> dict:
-    c = dispatch_orders.c
-    where = [c.partner_id == partner_id, c.status.in_([status] if status else _HELD)]
-    total = conn.execute(select(func.count()).select_from(dispatch_orders).where(*where)) \
-        .scalar_one()
-    rows = conn.execute(select(dispatch_orders).where(*where)
-                        .order_by(c.assigned_at.desc(), c.order_id)
-                        .limit(page_size).offset((page - 1) * page_size)).mappings()
-    return {"items": [partner_order_view(dict(r)) for r in rows], "page": page,
-            "page_size": page_size, "total": total}
+    """The partner's orders in `status` (else every one it holds), newest assignment first."""
+    if status:
+        statement, params = _PARTNER_PAGE_OF, (partner_id, status)
+    else:
+        statement, params = _PARTNER_PAGE, (partner_id,)
+    rows = fetch_rows(conn, statement.text(conn),
+                      (*params, page_size, (page - 1) * page_size))
+    if rows:
+        total = rows[0][-1]
+    elif page == 1:
+        total = 0
+    else:  # past the last page: the window had no row to count on
+        total = fetch_rows(conn, _PARTNER_TOTAL.format(statuses="?" if status else _HELD),
+                           params)[0][0]
+    return {"items": [partner_order_view(dict(zip(ORDER_COLUMNS, row, strict=False)))
+                      for row in rows],
+            "page": page, "page_size": page_size, "total": total}

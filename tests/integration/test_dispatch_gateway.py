@@ -322,3 +322,33 @@ def test_a_refused_or_failed_action_leaves_its_signature_used_and_nothing_else(s
     assert (accepted.status_code, accepted.json()["status"]) == (200, "accepted")
     types = [e["event_type"] for e in system.dispatch.order_history(order_id)]
     assert types == ["order_received", "order_assigned", "order_accepted"]
+
+
+def test_a_partner_lists_its_orders_page_by_page_newest_first(system):
+    partner = system.register_partner()
+    order_ids = []
+    for n in range(3):  # assigned to it a minute apart
+        order_ids.append(system.repair(f"1380000010{n}"))
+        assert assigned(system, order_ids[-1])["partner_id"] == partner.partner_id
+        system.clock.advance(minutes=1)
+    other = system.register_partner("海珠家电维修")
+    newest_first = order_ids[::-1]
+    accepted = system.signed(partner, "POST", path(order_ids[0], "accept"), {}, key="k-l")
+    assert accepted.status_code == 200, accepted.text
+
+    def listed(who, query: str) -> dict:  # noqa: ANN001
+        answer = system.signed(who, "GET", f"/api/v1/orders?nonce={uuid.uuid4().hex}{query}")
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        return {"ids": [o["order_id"] for o in page["items"]], "total": page["total"],
+                "page": page["page"]}
+
+    assert listed(partner, "&page_size=2") == {"ids": newest_first[:2], "total": 3, "page": 1}
+    assert listed(partner, "&page_size=2&page=2") == {"ids": newest_first[2:], "total": 3,
+                                                      "page": 2}
+    assert listed(partner, "&page_size=2&page=3") == {"ids": [], "total": 3, "page": 3}
+    assert listed(partner, "&status=assigned") == {"ids": newest_first[:2], "total": 2,
+                                                   "page": 1}
+    assert listed(partner, "&status=accepted") == {"ids": order_ids[:1], "total": 1, "page": 1}
+    assert listed(partner, "&status=completed&page=2") == {"ids": [], "total": 0, "page": 2}
+    assert listed(other, "") == {"ids": [], "total": 0, "page": 1}

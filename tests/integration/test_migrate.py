@@ -72,3 +72,23 @@ def test_every_subscribed_queue_exists_and_is_bound_before_any_producer_runs(
     assert channel.queue_declare(declared[0], passive=True).method.message_count == 1
     channel.queue_delete(declared[0])
     connection.close()
+
+
+def test_dispatch_loads_are_counted_from_the_assignments_made_before_they_were_kept(
+        database_for, backend):
+    url = database_for("dispatch", backend)
+    command.downgrade(alembic_config("dispatch", url), "0004")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO assignments (order_id, attempt, partner_id, day, active) VALUES"
+            " ('o1', 1, 'p1', '2026-12-01', true), ('o2', 1, 'p1', '2026-12-01', true),"
+            " ('o3', 1, 'p1', '2026-12-01', false), ('o3', 2, 'p2', '2026-12-01', true),"
+            " ('o4', 1, 'p1', '2026-12-02', true)"))
+    upgrade("dispatch", url)
+    with engine.connect() as conn:
+        loads = conn.execute(text("SELECT day, partner_id, active FROM partner_loads"
+                                  " ORDER BY day, partner_id")).all()
+    engine.dispose()
+    assert [tuple(row) for row in loads] == [("2026-12-01", "p1", 2), ("2026-12-01", "p2", 1),
+                                             ("2026-12-02", "p1", 1)]
