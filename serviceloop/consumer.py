@@ -6,7 +6,8 @@ handler an explicit policy instead:
 
 * the envelope is checked against contracts/ (a malformed one is parked at once);
 * the handler runs in one transaction together with the inbox record of the
-  event_id, so a redelivered or late-committing duplicate changes nothing;
+  event_id, so a redelivered or late-committing duplicate changes nothing (the inbox is
+  read only after a failed run: a duplicate is refused by its record at COMMIT);
 * a failing handler is retried with exponential back-off, a bounded number of
   times, then the message is parked in `parked_messages` where an operator sees
   it and can replay it;
@@ -80,6 +81,16 @@ _HANDLED = Prepared("SELECT 1 FROM inbox WHERE consumer = ? AND event_id = ?")
 
 def already_handled(conn: Connection, consumer: str, event_id: str) -> bool:
     return bool(fetch_rows(conn, _HANDLED.text(conn), (consumer, event_id)))
+
+
+def _handled_before(db, consumer: str, event_id: str) -> bool:  # noqa: ANN001
+    """After a failed run: whether the inbox holds the event (False if it cannot be read:
+    the failure is then handled as any other)."""
+    try:
+        with db.reader() as conn:
+            return already_handled(conn, consumer, event_id)
+    except Exception:  # noqa: BLE001 - the database may be what failed
+        return False
 
 
 def handled_among(conn: Connection, consumer: str, event_ids: list[str]) -> set[str]:
@@ -161,11 +172,11 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     while True:
         try:
             try:
-                if already_handled(service.db.conn, consumer, envelope.event_id):
-                    service.db.rollback()
-                    return "duplicate"
-                # the handler's appends go with the inbox record and COMMIT (PostgreSQL);
-                # any error of theirs is met there, and handled as every failure is
+                # a duplicate is rare, so the handler runs without asking the inbox first:
+                # its inbox record (one per consumer and event) refuses a duplicate at
+                # COMMIT, and a duplicate the handler failed on is found below. The
+                # handler's appends go with the inbox record and COMMIT (PostgreSQL); any
+                # error of theirs is met there, and handled as every failure is
                 hold_writes(service.db.conn)
                 handler(service, envelope)
                 crash_point(f"{service.name}.mid_consumer")
@@ -183,6 +194,8 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
             failure = error
         except Exception as error:  # noqa: BLE001 - every failure gets the same policy
             failure = error
+        if _handled_before(service.db, consumer, envelope.event_id):
+            return "duplicate"  # the handler failed on what the event had already done
         if raced < conflicts and is_lost_race(failure):
             raced += 1
             log.info("%s lost a race on %s (%d/%d), running it again: %s", consumer,

@@ -14,6 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from contracts.errors import ConcurrencyConflict
+from serviceloop.clock import ManualClock
+from serviceloop.consumer import deliver
 from serviceloop.db import (
     hold_writes,
     make_engine,
@@ -26,11 +28,13 @@ from serviceloop.db import (
 )
 from serviceloop.eventstore import (
     APPEND_LOCK_KEY,
+    Envelope,
     EventStore,
     NewEvent,
     compute_hash,
     verify_chain,
 )
+from serviceloop.nameko_deps import WorkerDatabase
 from serviceloop.unit_of_work import UnitOfWork, read_only
 from services.orders.projections import events as events_table
 
@@ -387,3 +391,41 @@ def test_held_back_writes_that_fail_before_a_sqlalchemy_statement_are_prepared_a
     append(unit, "customer-a", 0, [registered(1)], commit=True)
     unit.commit()
     assert count(pg_engine) == 1
+
+
+class _Consumer:
+    """What `deliver` uses of a service: its name, a worker's database and a clock."""
+
+    name = "ledger"
+
+    def __init__(self, engine) -> None:  # noqa: ANN001
+        self.db = WorkerDatabase(engine, STORE)
+        self.clock = ManualClock()
+
+
+def _copy(service: _Consumer, envelope: Envelope) -> None:
+    """Not idempotent by itself: run again, its append meets the stream it wrote."""
+    service.db.append(f"copy-{envelope.stream_id}", 0, [registered(2)], occurred_at=WHEN,
+                      correlation_id=envelope.correlation_id, causation_id=envelope.event_id,
+                      actor="system")
+
+
+def test_a_delivery_is_one_round_trip_and_a_duplicate_is_refused_by_the_inbox(
+        pg_engine, round_trips):
+    unit = UnitOfWork(pg_engine)
+    (envelope,) = append(unit, "customer-1", 0, [registered(1)], commit=True)
+    unit.rollback()
+    body = envelope.to_dict()
+    consumer = _Consumer(pg_engine)
+    round_trips.clear()
+    assert deliver(consumer, _copy, "ledger.copy", "orders", body) == "handled"
+    assert len(round_trips) == 1  # BEGIN, the append, the inbox record, COMMIT, what waits
+    assert "INSERT INTO inbox" in round_trips[0] or "EXECUTE" in round_trips[0]
+    assert count(pg_engine) == 2
+    round_trips.clear()
+    assert deliver(consumer, _copy, "ledger.copy", "orders", body) == "duplicate"
+    # the refused run, its ROLLBACK, then the inbox asked (no transaction of its own)
+    assert len(round_trips) == 3 and "FROM inbox" in round_trips[2]
+    assert count(pg_engine) == 2
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 1
