@@ -158,8 +158,8 @@ def log_metrics(metrics: Metrics, conn: Connection, service: str) -> None:
     metrics.add("serviceloop_events_appended_total", "counter",
                 "Events appended to the service's log", head, service=service)
     metrics.add("serviceloop_events_published_total", "counter",
-                "Events the outbox relay has published and recorded (a busy relay records a "
-                "window with its next read)", published,
+                "Events the outbox relay has published and recorded (on PostgreSQL a relay "
+                "records a window with its next read, within a second when idle)", published,
                 service=service)
     metrics.add("serviceloop_relay_lag_events", "gauge",
                 "Events appended but not yet recorded as published", head - published,

@@ -170,6 +170,8 @@ class Relay:
             self._connection.ioloop.add_callback_threadsafe(self._close)
 
     def _close(self) -> None:
+        if self._unsaved is not None:  # confirmed; no next read will record it now
+            self._save_position()
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
         elif self._connection is not None:
@@ -281,7 +283,7 @@ class Relay:
         crash_point(f"{self.name}.after_publish")  # published and confirmed, not recorded
         self._unsaved = (self._window_end, isoformat(self.clock.now()))
         more = self._heard or self._window_full or self._listener is None
-        if not (more and self._listens) and not self._save_position():
+        if not self._listens and not self._save_position():
             return
         self._position = self._window_end
         if not more:
@@ -298,8 +300,9 @@ class Relay:
             self._connection.ioloop.add_callback_threadsafe(self._publish_window)
 
     def _save_position(self) -> bool:
-        """Record the confirmed position now, in a round trip of its own. A relay with more
-        to read records it with that read instead (PostgreSQL): saved or not, a position
+        """Record the confirmed position now, in a round trip of its own (SQLite, or a relay
+        stopping). On PostgreSQL the next read records it in its round trip instead, busy
+        or idle (an idle relay reads at least every `listen_poll`): saved or not, a position
         lost in a crash only means a window published again (at least once)."""
         try:
             save_relay_position(self.engine, self.name, *self._unsaved)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import make_url, text
 
-from serviceloop.db import make_engine
+from serviceloop.db import make_engine, read_position
 from serviceloop.eventstore import EventStore, NewEvent, notify_channel
 from serviceloop.relay import Relay
 from serviceloop.services import IMPLEMENTED
@@ -126,3 +126,22 @@ def test_every_services_log_notifies_its_channel_once_per_commit(database_for, s
     finally:
         listener.invalidate()
         engine.dispose()
+
+
+def recorded(engine) -> int:  # noqa: ANN001
+    with engine.connect() as conn:
+        return read_position(conn, "relay_positions", "orders-relay")
+
+
+def test_an_idle_relay_records_its_position_with_its_next_read_and_when_it_stops(
+        orders_pg, published, quiet_relay):
+    append_customer(orders_pg, 1)
+    wait_until(lambda: published() == [1], timeout=30, message="the first event")
+    wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
+    assert recorded(orders_pg) == 0  # confirmed, not yet recorded: no round trip of its own
+    append_customer(orders_pg, 2)
+    wait_until(lambda: published() == [1, 2], timeout=PROMPTLY, message="the second event")
+    assert recorded(orders_pg) == 1  # recorded by the read that found the second
+    quiet_relay.stop()
+    wait_until(lambda: recorded(orders_pg) == 2, timeout=PROMPTLY,
+               message="the relay to record its last window as it stops")
