@@ -99,13 +99,15 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
 
     @consumes("dispatch", "order_completed")
     def on_order_completed(self, envelope: Envelope) -> None:
-        conn = self.db.conn
         task_id = envelope.event_id
-        if conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == task_id)).first():
+        # whether this completion has its task already, and the order's visits: one read
+        made, visits = self.db.conn.execute(select(
+            select(tasks.c.task_id).where(tasks.c.task_id == task_id).exists(),
+            select(func.count()).select_from(tasks).where(
+                tasks.c.order_id == envelope.payload["order_id"], tasks.c.review_of.is_(None))
+            .scalar_subquery())).one()
+        if made:
             return
-        visits = conn.execute(select(func.count()).select_from(tasks).where(
-            tasks.c.order_id == envelope.payload["order_id"], tasks.c.review_of.is_(None))
-        ).scalar_one()
         event = domain.task_for(envelope.payload, task_id, visits + 1, self.clock.now(),
                                 self.config.settings)
         self._append(task_id, 0, [event], envelope.payload["order_id"], "system",
@@ -147,18 +149,19 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         """PostgreSQL: the first free task no other agent is leasing at this moment, locked
         (SKIP LOCKED): agents asking at once each get their own task at once, instead of
         all waiting on the first one's row and then conflicting on its log, one by one."""
-        task_id = self.db.conn.execute(_free_tasks(isoformat(self.clock.now())).limit(1)
-                                       .with_for_update(skip_locked=True)).scalar()
-        if task_id is None:
+        row = self.db.conn.execute(_free_tasks(isoformat(self.clock.now()), *tasks.c)
+                                   .limit(1).with_for_update(skip_locked=True)).mappings().first()
+        if row is None:
             return None
-        return self._lease_in_transaction(task_id, agent_id)
+        return self._lease_in_transaction(row["task_id"], agent_id, dict(row))
 
     @transactional
     def _lease(self, task_id: str, agent_id: str) -> dict:
         return self._lease_in_transaction(task_id, agent_id)
 
-    def _lease_in_transaction(self, task_id: str, agent_id: str) -> dict:
-        task = self._task(task_id)
+    def _lease_in_transaction(self, task_id: str, agent_id: str, row: dict | None = None) -> dict:
+        """`row`: the task's, if the caller has just read (and locked) it."""
+        task = domain.Task.from_row(row) if row else self._task(task_id)
         event = domain.lease(task, agent_id, self.clock.now(), self.config.settings)
         self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}",
                      commit=True)
@@ -367,11 +370,11 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             project=projector.apply, commit=commit)
 
 
-def _free_tasks(stamp: str):  # noqa: ANN202 - a SQLAlchemy Select
+def _free_tasks(stamp: str, *columns):  # noqa: ANN002, ANN202 - a SQLAlchemy Select
     """Agents' tasks free to call at `stamp` (open and due, or their lease run out), in the
-    order agents take them."""
+    order agents take them: `columns` of them (their ids if none are named)."""
     c = tasks.c
-    return select(c.task_id).where(
+    return select(*(columns or (c.task_id,))).where(
         c.channel == "agent",
         or_((c.status == "open") & (c.next_attempt_at <= stamp),
             (c.status == "leased") & (c.lease_until < stamp)),

@@ -46,10 +46,11 @@ def record_callback(claim: dict, state: str, outcome: dict) -> None:
         claim["satisfaction"] = outcome["satisfaction"]
 
 
-def decide(conn: Connection, claim: dict, cause: str, max_checkin_km: float) -> NewEvent | None:
-    """Run the rules on `claim` with the evidence as it stands; the `claim_decided` event if
-    anything moved."""
-    decided = rules.decide(evidence.context(conn, claim, max_checkin_km))
+def decide(conn: Connection, claim: dict, cause: str, max_checkin_km: float,
+           facts: dict | None = None) -> NewEvent | None:
+    """Run the rules on `claim` with the evidence as it stands (`facts`: the order's, if
+    the caller has just read them); the `claim_decided` event if anything moved."""
+    decided = rules.decide(evidence.context(conn, claim, max_checkin_km, facts))
     lines = []
     for result, line in zip(decided, claim["lines"], strict=True):
         lines.append({**{k: line[k] for k in ("line_id", "kind", "part_code", "old_serial",

@@ -31,8 +31,10 @@ def sla_breach_recorded(envelope: Envelope) -> NewEvent:
         "partner_id": p["partner_id"], "kind": p["kind"], "due_at": p["due_at"]})
 
 
-def context(conn: Connection, claim: dict, max_checkin_km: float) -> rules.Claim:
-    facts = queries.facts(conn, claim["order_id"])
+def context(conn: Connection, claim: dict, max_checkin_km: float,
+            facts: dict | None = None) -> rules.Claim:
+    """`facts`: the order's, if the caller has just read them."""
+    facts = facts or queries.facts(conn, claim["order_id"])
     evidence = claim["evidence"]
     day = claim["completed_on"]
     (card_id, card), (list_id, price_list) = _cards(conn, claim)
@@ -98,11 +100,14 @@ def _cards(conn: Connection, claim: dict) -> tuple[tuple, tuple]:
     settled_already = claim["version"] and conn.execute(select(settled.c.claim_id).where(
         settled.c.claim_id == claim["claim_id"])).first()
     reasons = {r for line in claim["lines"] for r in line.get("reasons", ())}
+    in_force = None
     for key, kind, unpriced in (("rate_card_id", "rates", "no_rate_in_force"),
                                 ("price_list_id", "parts", "part_not_on_price_list")):
         kept = queries.card(conn, evidence[key]) if settled_already and evidence.get(key) \
             and unpriced not in reasons else (None, None)
-        cards.append(kept if kept[0] else queries.card_in_force(conn, kind, day))
+        if not kept[0] and in_force is None:
+            in_force = queries.cards_in_force(conn, day)
+        cards.append(kept if kept[0] else in_force[kind])
     return cards[0], cards[1]
 
 

@@ -6,6 +6,7 @@ import json
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
+from serviceloop.db import fetch_rows
 from services.settlement.projections import (
     claim_parts,
     claims,
@@ -161,14 +162,21 @@ def claims_to_settle(conn: Connection, partner_id: str, end: str) -> list[dict]:
 # -- cards and statements -----------------------------------------------------------------------
 
 
-def card_in_force(conn: Connection, kind: str, day: str) -> tuple[str | None, object]:
-    """(card id, body) of the card of `kind` in force on `day`: the latest effective date on
-    or before it, the later loaded of two with the same date."""
-    row = conn.execute(select(rate_cards.c.card_id, rate_cards.c.body).where(
-        rate_cards.c.kind == kind, rate_cards.c.effective_from <= day)
-        .order_by(rate_cards.c.effective_from.desc(), rate_cards.c.loaded_at.desc())
-        .limit(1)).first()
-    return (row[0], json.loads(row[1])) if row else (None, None)
+# the rate card and the price list in force on a day, in one round trip (every decision
+# prices with both)
+_CARDS_IN_FORCE = " UNION ALL ".join(
+    f"SELECT * FROM (SELECT kind, card_id, body FROM rate_cards WHERE kind = '{kind}'"
+    " AND effective_from <= ? ORDER BY effective_from DESC, loaded_at DESC LIMIT 1)"
+    f" AS {kind}" for kind in ("rates", "parts"))
+
+
+def cards_in_force(conn: Connection, day: str) -> dict[str, tuple[str | None, object]]:
+    """kind ("rates", "parts") -> (card id, body) of the card of that kind in force on
+    `day`: the latest effective date on or before it, the later loaded of two with the same
+    date; (None, None) if there is none."""
+    found = {kind: (card_id, json.loads(body))
+             for kind, card_id, body in fetch_rows(conn, _CARDS_IN_FORCE, (day, day))}
+    return {kind: found.get(kind, (None, None)) for kind in ("rates", "parts")}
 
 
 def card(conn: Connection, card_id: str) -> tuple[str | None, object]:

@@ -97,9 +97,10 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         conn = self.db.conn
         if queries.claim_opened(conn, envelope.event_id):
             return
-        if queries.facts(conn, p["order_id"]) is None:
+        facts = queries.facts(conn, p["order_id"])
+        if facts is None:
             raise RetryLater(f"order {p['order_id']} not known to settlement yet")
-        self._decide(conn, claims.opened(envelope), "completion", envelope.event_id)
+        self._decide(conn, claims.opened(envelope), "completion", envelope.event_id, facts)
 
     @consumes("callback", "order_verified")
     def on_order_verified(self, envelope: Envelope) -> None:
@@ -171,8 +172,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
     def current_rates(self, on: str | None = None) -> dict:
         day = on or self.clock.now().date().isoformat()
         with self.db.reader() as conn:
-            return {"on": day, "rates": queries.card_in_force(conn, "rates", day)[1],
-                    "parts": queries.card_in_force(conn, "parts", day)[1]}
+            cards = queries.cards_in_force(conn, day)
+        return {"on": day, "rates": cards["rates"][1], "parts": cards["parts"][1]}
 
     @rpc
     @transactional
@@ -276,9 +277,10 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
 
     # -- deciding and writing ------------------------------------------------------------------
 
-    def _decide(self, conn: Connection, claim: dict, cause: str, causation_id: str) -> None:
+    def _decide(self, conn: Connection, claim: dict, cause: str, causation_id: str,
+                facts: dict | None = None) -> None:
         """Decide `claim` again with the evidence as it stands; append if anything moved."""
-        decided = claims.decide(conn, claim, cause, self.settings.max_checkin_km)
+        decided = claims.decide(conn, claim, cause, self.settings.max_checkin_km, facts)
         if decided is not None:
             self._append(f"claim-{claim['claim_id']}", claim["version"], [decided],
                          claim["order_id"], causation_id)
