@@ -19,7 +19,11 @@ os.environ.setdefault(_NO_GREENDNS, "yes")
 
 import eventlet  # noqa: E402
 
-eventlet.monkey_patch()
+# `serviceloop relay` is pika's own ioloop on one thread (and its health server on another):
+# patched, pika would wait through eventlet's hub (a green select per wait, no epoll) and
+# the database driver through eventlet's wait callback, for no green thread to run meanwhile
+if sys.argv[1:2] != ["relay"]:
+    eventlet.monkey_patch()
 if not _greendns_refused:
     del os.environ[_NO_GREENDNS]
 
