@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serviceloop.db import Prepared, fetch_rows
-from services.dispatch.queries import ORDER_COLUMNS
+from services.dispatch.queries import ORDER_BY_ID, ORDER_COLUMNS
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -78,7 +78,6 @@ _ANSWERED = Prepared("SELECT request_hash, status, response FROM idempotency_key
 # a row only where the signature was new (RETURNING: SQLite 3.35 and later)
 _RECORD = Prepared("INSERT INTO seen_signatures (partner_id, signature, seen_at)"
                    " VALUES (?, ?, ?) ON CONFLICT (partner_id, signature) DO NOTHING RETURNING 1")
-_ORDER = Prepared(f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?")
 
 
 
@@ -111,7 +110,7 @@ class AdmissionSession:
         answered = self.rows(_ANSWERED, (partner_id, key)) if key is not None else []
         recorded = current and not answered and bool(
             self.rows(_RECORD, (partner_id, signature, seen_at)))
-        found = self.rows(_ORDER, (order_id,)) if order_id is not None else []
+        found = self.rows(ORDER_BY_ID, (order_id,)) if order_id is not None else []
         order = dict(zip(ORDER_COLUMNS, found[0], strict=True)) if found else None
         return Admission(current, recorded, tuple(answered[0]) if answered else None, order)
 

@@ -118,10 +118,13 @@ def _partner_view(row, load_today: int) -> dict:  # noqa: ANN001
 ORDER_COLUMNS = tuple(column.name for column in dispatch_orders.columns)
 
 
+# an order's row by its id: every delivery about an order reads it (prepared, driver rows)
+ORDER_BY_ID = Prepared(f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?")
+
+
 def order_record(conn: Connection, order_id: str) -> dict | None:
-    row = conn.execute(select(dispatch_orders).where(dispatch_orders.c.order_id == order_id)) \
-        .mappings().first()
-    return dict(row) if row else None
+    rows = fetch_rows(conn, ORDER_BY_ID.text(conn), (order_id,))
+    return dict(zip(ORDER_COLUMNS, rows[0], strict=True)) if rows else None
 
 
 def order(conn: Connection, order_id: str) -> DispatchOrder | None:
