@@ -33,7 +33,7 @@ from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
-from serviceloop.db import hold_writes
+from serviceloop.db import Prepared, fetch_rows, hold_writes
 from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
@@ -122,13 +122,10 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             raise ValidationFailed("agent_id must be 1..40 characters", {"agent_id": ["invalid"]})
         now = self.clock.now()
         stamp = isoformat(now)
-        c = tasks.c
         with self.db.reader() as conn:
-            held = conn.execute(select(tasks).where(
-                c.status == "leased", c.leased_by == agent_id, c.lease_until >= stamp)
-            ).mappings().first()
+            held = fetch_rows(conn, _HELD.text(conn), (agent_id, stamp))
             if held:
-                return _task_view(dict(held))
+                return _task_view(dict(zip(_TASK_COLUMNS, held[0], strict=True)))
             postgres = self.db.engine.dialect.name == "postgresql"
             if not postgres:
                 candidates = conn.execute(_free_tasks(stamp).limit(20)).scalars().all()
@@ -348,11 +345,11 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     # -- reading and writing -------------------------------------------------------------------
 
     def _row(self, task_id: str) -> dict:
-        row = self.db.conn.execute(select(tasks).where(tasks.c.task_id == task_id)) \
-            .mappings().first()
-        if row is None:
+        conn = self.db.conn
+        rows = fetch_rows(conn, _TASK.text(conn), (task_id,))
+        if not rows:
             raise NotFound(f"no task {task_id}", {"task_id": ["unknown"]}, code="task_not_found")
-        return dict(row)
+        return dict(zip(_TASK_COLUMNS, rows[0], strict=True))
 
     def _task(self, task_id: str) -> domain.Task:
         return domain.Task.from_row(self._row(task_id))
@@ -368,6 +365,14 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             occurred_at=self.clock.now(), correlation_id=order_id,
             causation_id=causation_id or f"cmd-{uuid.uuid4()}", actor=actor,
             project=projector.apply, commit=commit)
+
+
+# a task by its id, and the task an agent holds: read on every agent's command (prepared,
+# on the driver's cursor)
+_TASK_COLUMNS = tuple(column.name for column in tasks.columns)
+_TASK = Prepared(f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id = ?")
+_HELD = Prepared(f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE status = 'leased'"
+                 " AND leased_by = ? AND lease_until >= ? LIMIT 1")
 
 
 def _free_tasks(stamp: str, *columns):  # noqa: ANN002, ANN202 - a SQLAlchemy Select
