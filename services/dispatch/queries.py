@@ -195,7 +195,6 @@ def partner_order_view(row: dict) -> dict:
     }
 
 
-
 _HELD = ", ".join(f"'{status}'" for status in sorted(HELD))  # what a partner may list
 
 # a partner's page of orders and how many there are in all, in one round trip (partners
