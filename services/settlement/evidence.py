@@ -11,7 +11,7 @@ from sqlalchemy import Connection, ScalarSelect, Select, or_, select
 
 from serviceloop.eventstore import Envelope, NewEvent
 from services.settlement import queries, ratecard, rules
-from services.settlement.projections import claim_parts, claims, part_returns, settled
+from services.settlement.projections import claim_parts, claims, part_returns
 
 
 def order_facts_recorded(envelope: Envelope) -> NewEvent:
@@ -97,8 +97,7 @@ def _cards(conn: Connection, claim: dict) -> tuple[tuple, tuple]:
     card left a line unpriced (no rate, part not listed), the card now in force prices it."""
     day, evidence = claim["completed_on"], claim["evidence"]
     cards = []
-    settled_already = claim["version"] and conn.execute(select(settled.c.claim_id).where(
-        settled.c.claim_id == claim["claim_id"])).first()
+    settled_already = claim["version"] and queries.settled_before(conn, claim["claim_id"])
     reasons = {r for line in claim["lines"] for r in line.get("reasons", ())}
     in_force = None
     for key, kind, unpriced in (("rate_card_id", "rates", "no_rate_in_force"),

@@ -6,7 +6,7 @@ import json
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
-from serviceloop.db import fetch_rows
+from serviceloop.db import Prepared, fetch_rows
 from services.settlement.projections import (
     claim_parts,
     claims,
@@ -40,15 +40,21 @@ def decision_totals(conn: Connection) -> tuple[int, dict[str, int], dict[str, in
 # -- evidence recorded once ---------------------------------------------------------------------
 
 
+# read on every delivery of an order's events: prepared, on the driver's cursor
+_FACTS_COLUMNS = tuple(column.name for column in order_facts.columns)
+_FACTS = Prepared(f"SELECT {', '.join(_FACTS_COLUMNS)} FROM order_facts WHERE order_id = ?")
+_ORDER_KNOWN = Prepared("SELECT 1 FROM order_facts WHERE order_id = ?")
+_CLAIM_OPENED = Prepared("SELECT 1 FROM claims WHERE claim_id = ?")
+_SETTLED = Prepared("SELECT 1 FROM settled WHERE claim_id = ?")
+
+
 def facts(conn: Connection, order_id: str) -> dict | None:
-    row = conn.execute(select(order_facts).where(order_facts.c.order_id == order_id)) \
-        .mappings().first()
-    return dict(row) if row else None
+    rows = fetch_rows(conn, _FACTS.text(conn), (order_id,))
+    return dict(zip(_FACTS_COLUMNS, rows[0], strict=True)) if rows else None
 
 
 def order_known(conn: Connection, order_id: str) -> bool:
-    return conn.execute(select(order_facts.c.order_id)
-                        .where(order_facts.c.order_id == order_id)).first() is not None
+    return bool(fetch_rows(conn, _ORDER_KNOWN.text(conn), (order_id,)))
 
 
 def breach_recorded(conn: Connection, breach_id: str) -> bool:
@@ -75,8 +81,12 @@ def sla_breaches_by_partner(conn: Connection, start: str, end: str) -> dict[str,
 
 
 def claim_opened(conn: Connection, claim_id: str) -> bool:
-    return conn.execute(select(claims.c.claim_id)
-                        .where(claims.c.claim_id == claim_id)).first() is not None
+    return bool(fetch_rows(conn, _CLAIM_OPENED.text(conn), (claim_id,)))
+
+
+def settled_before(conn: Connection, claim_id: str) -> bool:
+    """Whether the claim is in a closed statement already."""
+    return bool(fetch_rows(conn, _SETTLED.text(conn), (claim_id,)))
 
 
 def claim(conn: Connection, claim_id: str) -> dict | None:
