@@ -33,11 +33,12 @@ from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
-from serviceloop.db import Prepared, fetch_rows, hold_writes
+from serviceloop.db import hold_writes
 from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
 from serviceloop.observability import Observable
+from serviceloop.projections import RowReader
 from services.callback import domain
 from services.callback.channel import ChannelError, SmsChannel, confirmation_text
 from services.callback.projections import metadata, projector, tasks
@@ -123,9 +124,9 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         now = self.clock.now()
         stamp = isoformat(now)
         with self.db.reader() as conn:
-            held = fetch_rows(conn, _HELD.text(conn), (agent_id, stamp))
+            held = _HELD.first(conn, (agent_id, stamp))
             if held:
-                return _task_view(dict(zip(_TASK_COLUMNS, held[0], strict=True)))
+                return _task_view(held)
             postgres = self.db.engine.dialect.name == "postgresql"
             if not postgres:
                 candidates = conn.execute(_free_tasks(stamp).limit(20)).scalars().all()
@@ -345,11 +346,10 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     # -- reading and writing -------------------------------------------------------------------
 
     def _row(self, task_id: str) -> dict:
-        conn = self.db.conn
-        rows = fetch_rows(conn, _TASK.text(conn), (task_id,))
-        if not rows:
+        row = _TASK.first(self.db.conn, (task_id,))
+        if row is None:
             raise NotFound(f"no task {task_id}", {"task_id": ["unknown"]}, code="task_not_found")
-        return dict(zip(_TASK_COLUMNS, rows[0], strict=True))
+        return row
 
     def _task(self, task_id: str) -> domain.Task:
         return domain.Task.from_row(self._row(task_id))
@@ -367,12 +367,9 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             project=projector.apply, commit=commit)
 
 
-# a task by its id, and the task an agent holds: read on every agent's command (prepared,
-# on the driver's cursor)
-_TASK_COLUMNS = tuple(column.name for column in tasks.columns)
-_TASK = Prepared(f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id = ?")
-_HELD = Prepared(f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE status = 'leased'"
-                 " AND leased_by = ? AND lease_until >= ? LIMIT 1")
+# a task by its id, and the task an agent holds: read on every agent's command
+_TASK = RowReader(tasks, "task_id = ?")
+_HELD = RowReader(tasks, "status = 'leased' AND leased_by = ? AND lease_until >= ? LIMIT 1")
 
 
 def _free_tasks(stamp: str, *columns):  # noqa: ANN002, ANN202 - a SQLAlchemy Select

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serviceloop.db import Prepared, fetch_rows
-from services.dispatch.queries import ORDER_BY_ID, ORDER_COLUMNS
+from services.dispatch.queries import ORDER_COLUMNS, ORDER_ROW
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -110,8 +110,7 @@ class AdmissionSession:
         answered = self.rows(_ANSWERED, (partner_id, key)) if key is not None else []
         recorded = current and not answered and bool(
             self.rows(_RECORD, (partner_id, signature, seen_at)))
-        found = self.rows(ORDER_BY_ID, (order_id,)) if order_id is not None else []
-        order = dict(zip(ORDER_COLUMNS, found[0], strict=True)) if found else None
+        order = ORDER_ROW.first(self.conn, (order_id,)) if order_id is not None else None
         return Admission(current, recorded, tuple(answered[0]) if answered else None, order)
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, func, select, text
 
 from contracts.errors import NotFound
 from serviceloop.db import Prepared, fetch_rows
+from serviceloop.projections import RowReader
 from services.dispatch.assignment import PartnerProfile
 from services.dispatch.domain import HELD, DispatchOrder
 from services.dispatch.projections import (
@@ -118,13 +119,11 @@ def _partner_view(row, load_today: int) -> dict:  # noqa: ANN001
 ORDER_COLUMNS = tuple(column.name for column in dispatch_orders.columns)
 
 
-# an order's row by its id: every delivery about an order reads it (prepared, driver rows)
-ORDER_BY_ID = Prepared(f"SELECT {', '.join(ORDER_COLUMNS)} FROM dispatch_orders WHERE order_id = ?")
+ORDER_ROW = RowReader(dispatch_orders, "order_id = ?")  # every delivery about an order
 
 
 def order_record(conn: Connection, order_id: str) -> dict | None:
-    rows = fetch_rows(conn, ORDER_BY_ID.text(conn), (order_id,))
-    return dict(zip(ORDER_COLUMNS, rows[0], strict=True)) if rows else None
+    return ORDER_ROW.first(conn, (order_id,))
 
 
 def order(conn: Connection, order_id: str) -> DispatchOrder | None:

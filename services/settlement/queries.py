@@ -7,6 +7,7 @@ import json
 from sqlalchemy import Connection, and_, case, func, or_, select
 
 from serviceloop.db import Prepared, fetch_rows
+from serviceloop.projections import RowReader
 from services.settlement.projections import (
     claim_parts,
     claims,
@@ -41,16 +42,14 @@ def decision_totals(conn: Connection) -> tuple[int, dict[str, int], dict[str, in
 
 
 # read on every delivery of an order's events: prepared, on the driver's cursor
-_FACTS_COLUMNS = tuple(column.name for column in order_facts.columns)
-_FACTS = Prepared(f"SELECT {', '.join(_FACTS_COLUMNS)} FROM order_facts WHERE order_id = ?")
+_FACTS = RowReader(order_facts, "order_id = ?")
 _ORDER_KNOWN = Prepared("SELECT 1 FROM order_facts WHERE order_id = ?")
 _CLAIM_OPENED = Prepared("SELECT 1 FROM claims WHERE claim_id = ?")
 _SETTLED = Prepared("SELECT 1 FROM settled WHERE claim_id = ?")
 
 
 def facts(conn: Connection, order_id: str) -> dict | None:
-    rows = fetch_rows(conn, _FACTS.text(conn), (order_id,))
-    return dict(zip(_FACTS_COLUMNS, rows[0], strict=True)) if rows else None
+    return _FACTS.first(conn, (order_id,))
 
 
 def order_known(conn: Connection, order_id: str) -> bool:
