@@ -102,6 +102,5 @@ def _error(error: dict, exit_code: int) -> int:
     return exit_code
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

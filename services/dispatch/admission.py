@@ -80,8 +80,6 @@ _RECORD = Prepared("INSERT INTO seen_signatures (partner_id, signature, seen_at)
                    " VALUES (?, ?, ?) ON CONFLICT (partner_id, signature) DO NOTHING RETURNING 1")
 
 
-
-
 class AdmissionSession:
     """The statements admitting one request, on one connection (see `admission_session`)."""
 

@@ -48,12 +48,17 @@ _CLAIM_OPENED = Prepared("SELECT 1 FROM claims WHERE claim_id = ?")
 _SETTLED = Prepared("SELECT 1 FROM settled WHERE claim_id = ?")
 
 
+def _found(conn: Connection, statement: Prepared, key: str) -> bool:
+    """Whether `statement` (one of the `SELECT 1 … WHERE key = ?` above) finds a row."""
+    return bool(fetch_rows(conn, statement.text(conn), (key,)))
+
+
 def facts(conn: Connection, order_id: str) -> dict | None:
     return _FACTS.first(conn, (order_id,))
 
 
 def order_known(conn: Connection, order_id: str) -> bool:
-    return bool(fetch_rows(conn, _ORDER_KNOWN.text(conn), (order_id,)))
+    return _found(conn, _ORDER_KNOWN, order_id)
 
 
 def breach_recorded(conn: Connection, breach_id: str) -> bool:
@@ -80,12 +85,12 @@ def sla_breaches_by_partner(conn: Connection, start: str, end: str) -> dict[str,
 
 
 def claim_opened(conn: Connection, claim_id: str) -> bool:
-    return bool(fetch_rows(conn, _CLAIM_OPENED.text(conn), (claim_id,)))
+    return _found(conn, _CLAIM_OPENED, claim_id)
 
 
 def settled_before(conn: Connection, claim_id: str) -> bool:
     """Whether the claim is in a closed statement already."""
-    return bool(fetch_rows(conn, _SETTLED.text(conn), (claim_id,)))
+    return _found(conn, _SETTLED, claim_id)
 
 
 def claim(conn: Connection, claim_id: str) -> dict | None:
