@@ -40,14 +40,18 @@ class RowReader:
     statement prepared once per PostgreSQL connection, on the driver's cursor: for the reads
     every delivery or command makes, where SQLAlchemy's select cost more than the read."""
 
-    def __init__(self, table: Table, where: str) -> None:
-        """`where`: which rows, with `?` markers."""
+    def __init__(self, table: Table, where: str, for_update: bool = False) -> None:
+        """`where`: which rows, with `?` markers. `for_update`: locked to the end of the
+        transaction on PostgreSQL (SQLite's writers take turns already, and it has no
+        FOR UPDATE)."""
         self.columns = tuple(column.name for column in table.columns)
-        self.statement = Prepared(f"SELECT {', '.join(self.columns)} FROM {table.name} "
-                                  f"WHERE {where}")
+        read = f"SELECT {', '.join(self.columns)} FROM {table.name} WHERE {where}"
+        self.statement = Prepared(read)
+        self.locking = Prepared(f"{read} FOR UPDATE") if for_update else self.statement
 
     def first(self, conn: Connection, params: tuple) -> dict | None:
-        rows = fetch_rows(conn, self.statement.text(conn), params)
+        statement = self.locking if conn.dialect.name == "postgresql" else self.statement
+        rows = fetch_rows(conn, statement.text(conn), params)
         return dict(zip(self.columns, rows[0], strict=True)) if rows else None
 
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Request, Response
 
@@ -33,7 +33,7 @@ from serviceloop.answers import AnswersKept, answered_once
 from serviceloop.catchup import CatchUp
 from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, consumes
-from serviceloop.db import hold_writes
+from serviceloop.db import Prepared, fetch_rows, hold_writes
 from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
@@ -102,11 +102,9 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     def on_order_completed(self, envelope: Envelope) -> None:
         task_id = envelope.event_id
         # whether this completion has its task already, and the order's visits: one read
-        made, visits = self.db.conn.execute(select(
-            select(tasks.c.task_id).where(tasks.c.task_id == task_id).exists(),
-            select(func.count()).select_from(tasks).where(
-                tasks.c.order_id == envelope.payload["order_id"], tasks.c.review_of.is_(None))
-            .scalar_subquery())).one()
+        conn = self.db.conn
+        made, visits = fetch_rows(conn, _MADE_AND_VISITS.text(conn),
+                                  (task_id, envelope.payload["order_id"]))[0]
         if made:
             return
         event = domain.task_for(envelope.payload, task_id, visits + 1, self.clock.now(),
@@ -129,7 +127,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                 return _task_view(held)
             postgres = self.db.engine.dialect.name == "postgresql"
             if not postgres:
-                candidates = conn.execute(_free_tasks(stamp).limit(20)).scalars().all()
+                candidates = [row[0] for row in fetch_rows(conn, _FREE_IDS.text(conn),
+                                                           (stamp, stamp))]
         if postgres:
             try:
                 return self._lease_first_free(agent_id)
@@ -147,8 +146,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         """PostgreSQL: the first free task no other agent is leasing at this moment, locked
         (SKIP LOCKED): agents asking at once each get their own task at once, instead of
         all waiting on the first one's row and then conflicting on its log, one by one."""
-        row = self.db.conn.execute(_free_tasks(isoformat(self.clock.now()), *tasks.c)
-                                   .limit(1).with_for_update(skip_locked=True)).mappings().first()
+        stamp = isoformat(self.clock.now())
+        row = _FIRST_FREE.first(self.db.conn, (stamp, stamp))
         if row is None:
             return None
         return self._lease_in_transaction(row["task_id"], agent_id, dict(row))
@@ -367,20 +366,22 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
             project=projector.apply, commit=commit)
 
 
-# a task by its id, and the task an agent holds: read on every agent's command
+# read on every completion, and on every agent's command: prepared on PostgreSQL
+# a task by its id, and the task an agent holds
 _TASK = RowReader(tasks, "task_id = ?")
 _HELD = RowReader(tasks, "status = 'leased' AND leased_by = ? AND lease_until >= ? LIMIT 1")
-
-
-def _free_tasks(stamp: str, *columns):  # noqa: ANN002, ANN202 - a SQLAlchemy Select
-    """Agents' tasks free to call at `stamp` (open and due, or their lease run out), in the
-    order agents take them: `columns` of them (their ids if none are named)."""
-    c = tasks.c
-    return select(*(columns or (c.task_id,))).where(
-        c.channel == "agent",
-        or_((c.status == "open") & (c.next_attempt_at <= stamp),
-            (c.status == "leased") & (c.lease_until < stamp)),
-    ).order_by(c.priority, c.due_at, c.task_id)
+# whether a completion has its task already, and how many visits its order has had
+_MADE_AND_VISITS = Prepared(
+    "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = ?),"
+    " (SELECT count(*) FROM tasks WHERE order_id = ? AND review_of IS NULL)")
+# agents' tasks free to call at a moment (open and due, or their lease run out), in the
+# order agents take them
+_FREE = ("channel = 'agent' AND (status = 'open' AND next_attempt_at <= ?"
+         " OR status = 'leased' AND lease_until < ?) ORDER BY priority, due_at, task_id")
+# PostgreSQL: the first of them no other agent is leasing at this moment, locked
+_FIRST_FREE = RowReader(tasks, f"{_FREE} LIMIT 1 FOR UPDATE SKIP LOCKED")
+# SQLite: the first of them, to try in turn
+_FREE_IDS = Prepared(f"SELECT task_id FROM tasks WHERE {_FREE} LIMIT 20")
 
 
 def _task_view(row: dict) -> dict:

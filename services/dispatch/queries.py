@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from sqlalchemy import Connection, func, select, text
@@ -33,7 +34,7 @@ def lock_assignments(conn: Connection) -> None:
 _PROFILE_COLUMNS = ("partner_id", "name", "regions", "categories", "daily_capacity", "rating",
                     "active")
 # every partner with its active assignments counting against the day's capacity
-_PLACEMENT_FACTS = (
+_PLACEMENT_FACTS = Prepared(
     f"SELECT {', '.join(f'p.{c}' for c in _PROFILE_COLUMNS)}, COALESCE(l.active, 0) "
     "FROM partners AS p LEFT JOIN partner_loads AS l "
     "ON l.partner_id = p.partner_id AND l.day = ?")
@@ -44,12 +45,19 @@ def placement_facts(conn: Connection, day: str) -> tuple[list[PartnerProfile], d
     (`load_on`), under the assignment lock (held to the end of the transaction). On
     PostgreSQL the lock and the read are one round trip, so the lock is held for the choice
     and the commit, not for three round trips before them."""
-    statement = _PLACEMENT_FACTS
+    statement = _PLACEMENT_FACTS.text(conn)
     if conn.dialect.name == "postgresql":
         statement = f"{_LOCK_ASSIGNMENTS}; {statement}"
     rows = fetch_rows(conn, statement, (day,))
-    profiles = [_profile(dict(zip(_PROFILE_COLUMNS, row, strict=False))) for row in rows]
-    return profiles, {row[0]: row[-1] for row in rows if row[-1]}
+    return [_profile_of(tuple(row[:-1])) for row in rows], \
+        {row[0]: row[-1] for row in rows if row[-1]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _profile_of(row: tuple) -> PartnerProfile:
+    """A partner's profile from its row (_PROFILE_COLUMNS): every placement reads every
+    partner, and a row seen before is not decoded again (a profile is immutable)."""
+    return _profile(dict(zip(_PROFILE_COLUMNS, row, strict=True)))
 
 
 # -- partners -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from serviceloop.eventstore import Envelope, NewEvent
-from services.settlement import evidence, rules
+from services.settlement import evidence, queries, rules
 
 
 def opened(envelope: Envelope) -> dict:
@@ -47,10 +47,10 @@ def record_callback(claim: dict, state: str, outcome: dict) -> None:
 
 
 def decide(conn: Connection, claim: dict, cause: str, max_checkin_km: float,
-           facts: dict | None = None) -> NewEvent | None:
-    """Run the rules on `claim` with the evidence as it stands (`facts`: the order's, if
-    the caller has just read them); the `claim_decided` event if anything moved."""
-    decided = rules.decide(evidence.context(conn, claim, max_checkin_km, facts))
+           found: queries.Evidence) -> NewEvent | None:
+    """Run the rules on `claim` with the evidence as it stands (`found`: as
+    queries.evidence read it); the `claim_decided` event if anything moved."""
+    decided = rules.decide(evidence.context(conn, claim, max_checkin_km, found))
     lines = []
     for result, line in zip(decided, claim["lines"], strict=True):
         lines.append({**{k: line[k] for k in ("line_id", "kind", "part_code", "old_serial",

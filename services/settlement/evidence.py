@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from sqlalchemy import Connection, ScalarSelect, Select, or_, select
+from sqlalchemy import Connection
 
 from serviceloop.eventstore import Envelope, NewEvent
 from services.settlement import queries, ratecard, rules
-from services.settlement.projections import claim_parts, claims, part_returns
 
 
 def order_facts_recorded(envelope: Envelope) -> NewEvent:
@@ -32,23 +31,16 @@ def sla_breach_recorded(envelope: Envelope) -> NewEvent:
 
 
 def context(conn: Connection, claim: dict, max_checkin_km: float,
-            facts: dict | None = None) -> rules.Claim:
-    """`facts`: the order's, if the caller has just read them."""
-    facts = facts or queries.facts(conn, claim["order_id"])
+            found: queries.Evidence) -> rules.Claim:
+    """`found`: what the read models hold for `claim` (queries.evidence), its facts known."""
+    facts, others = found.facts, found.others
     evidence = claim["evidence"]
     day = claim["completed_on"]
-    (card_id, card), (list_id, price_list) = _cards(conn, claim)
+    (card_id, card), (list_id, price_list) = _cards(conn, claim, found)
     # the decision says which cards priced it: a settled claim keeps them
     evidence["rate_card_id"], evidence["price_list_id"] = card_id, list_id
     prices = {p["part_code"]: p["cents"] for p in (price_list or [])}
     region = facts["province"]
-    others = _other_claims(conn, claim)
-    new_serials = [line["new_serial"] for line in claim["lines"] if line.get("new_serial")]
-    serials = set(conn.execute(_earlier_serials(claim, new_serials)).scalars()) \
-        if new_serials else set()
-    old_serials = [line["old_serial"] for line in claim["lines"] if line.get("old_serial")]
-    returned = set(conn.execute(select(part_returns.c.serial).where(
-        part_returns.c.serial.in_(old_serials))).scalars()) if old_serials else set()
     repeat = [(date.fromisoformat(day) - date.fromisoformat(o["completed_on"])).days
               for o in others if o["serial"] == claim["serial"]
               and o["partner_id"] == claim["partner_id"] and o["order_type"] == "repair"
@@ -79,63 +71,28 @@ def context(conn: Connection, claim: dict, max_checkin_km: float,
         part_prices=prices, customer_paid_cents=claim["customer_paid_cents"],
         customer_paid_confirmed=claim["customer_paid_confirmed"], checkin_km=checkin,
         max_checkin_km=max_checkin_km,
-        serials_claimed_elsewhere=frozenset(serials),
+        serials_claimed_elsewhere=found.serials,
         barcodes_claimed_elsewhere=frozenset(o["installation_barcode"] for o in others
                                              if o["installation_barcode"]),
         # a re-visit after a dispute is a new claim for the same order, not a duplicate
         order_paid_elsewhere=any(o["order_id"] == claim["order_id"]
                                  and o["callback"] != "disputed" for o in others),
         same_partner_repair_days_ago=min(repeat) if repeat else None,
-        returned_serials=frozenset(returned))
+        returned_serials=found.returned)
 
 
-def _cards(conn: Connection, claim: dict) -> tuple[tuple, tuple]:
+def _cards(conn: Connection, claim: dict, found: queries.Evidence) -> tuple[tuple, tuple]:
     """The rate card and price list that price `claim`: those in force on its completion
     day, except for a claim already in a closed statement, which keeps the ones it was
     priced with then (a card loaded or back-dated later does not reprice a closed period;
     evidence arriving later is paid at the same rates, as an adjustment). Where the kept
     card left a line unpriced (no rate, part not listed), the card now in force prices it."""
-    day, evidence = claim["completed_on"], claim["evidence"]
-    cards = []
-    settled_already = claim["version"] and queries.settled_before(conn, claim["claim_id"])
+    evidence = claim["evidence"]
     reasons = {r for line in claim["lines"] for r in line.get("reasons", ())}
-    in_force = None
+    cards = []
     for key, kind, unpriced in (("rate_card_id", "rates", "no_rate_in_force"),
                                 ("price_list_id", "parts", "part_not_on_price_list")):
-        kept = queries.card(conn, evidence[key]) if settled_already and evidence.get(key) \
+        kept = queries.card(conn, evidence[key]) if found.settled and evidence.get(key) \
             and unpriced not in reasons else (None, None)
-        if not kept[0] and in_force is None:
-            in_force = queries.cards_in_force(conn, day)
-        cards.append(kept if kept[0] else in_force[kind])
+        cards.append(kept if kept[0] else found.in_force[kind])
     return cards[0], cards[1]
-
-
-def _other_claims(conn: Connection, claim: dict) -> list[dict]:
-    """The claims that arrived before this one (a duplicate is the later of two) and
-    share its order, product serial or installation barcode: the only ones a rule
-    compares with, found through indexes, so deciding does not grow with the log."""
-    c = claims.c
-    related = [c.order_id == claim["order_id"], c.serial == claim["serial"]]
-    if claim["installation_barcode"]:
-        related.append(c.installation_barcode == claim["installation_barcode"])
-    query = select(c.claim_id, c.order_id, c.partner_id, c.serial, c.order_type,
-                   c.completed_on, c.callback, c.installation_barcode).where(
-        or_(*related), c.claim_id != claim["claim_id"])
-    if claim["version"]:
-        query = query.where(c.opened_position < _position(claim))
-    return [dict(r) for r in conn.execute(query).mappings()]
-
-
-def _earlier_serials(claim: dict, serials: list[str]) -> Select:
-    """Which of `serials` an earlier claim already claimed (through the serial's index)."""
-    query = select(claim_parts.c.new_serial).join(
-        claims, claims.c.claim_id == claim_parts.c.claim_id).where(
-        claim_parts.c.new_serial.in_(serials), claims.c.claim_id != claim["claim_id"])
-    if claim["version"]:
-        query = query.where(claims.c.opened_position < _position(claim))
-    return query
-
-
-def _position(claim: dict) -> ScalarSelect:
-    return select(claims.c.opened_position).where(
-        claims.c.claim_id == claim["claim_id"]).scalar_subquery()

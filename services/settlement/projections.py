@@ -18,7 +18,7 @@ from sqlalchemy import (
     select,
 )
 
-from serviceloop.db import sql
+from serviceloop.db import Prepared, sql
 from serviceloop.eventstore import APPEND_LOCK_KEY, Envelope, define_log_tables
 from serviceloop.projections import Projector, insert, update
 
@@ -170,7 +170,9 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
         **claim_totals(p["lines"]))
     if e.stream_version == 1:
         row = {"claim_id": p["claim_id"], "order_id": p["order_id"], **values}
-        sql(conn, _opening(conn.dialect.name, tuple(row)), tuple(row.values()))
+        if conn.dialect.name == "postgresql":
+            sql(conn, f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+        sql(conn, _opening(tuple(row)), tuple(row.values()))
         for line in p["lines"]:
             if line["kind"] == "part":
                 insert(conn, claim_parts, dict(
@@ -181,19 +183,16 @@ def _claim_decided(conn: Connection, e: Envelope) -> None:
 
 
 @functools.cache
-def _opening(dialect: str, columns: tuple[str, ...]) -> str:
+def _opening(columns: tuple[str, ...]) -> Prepared:
     """A claim's row, one place after the last claim opened (`opened_position`: the order of
     arrival that tells which of two duplicates came first). Two workers opening claims at
     once must not both take the same place: on PostgreSQL the log's append lock is taken
-    first, in the same statements (so the position is read after the previous holder's
+    first, in the same round trip (so the position is read after the previous holder's
     commit, and the lock, taken again by the append, is held for the append's round trip
     only: the insert goes with it); SQLite writers are serialised already."""
-    opening = (f"INSERT INTO claims ({', '.join(columns)}, opened_position) SELECT "
-               f"{', '.join(['?'] * len(columns))}, COALESCE(MAX(opened_position), 0) + 1 "
-               "FROM claims")
-    if dialect == "postgresql":
-        return f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {opening}"
-    return opening
+    return Prepared(f"INSERT INTO claims ({', '.join(columns)}, opened_position) SELECT "
+                    f"{', '.join(['?'] * len(columns))}, COALESCE(MAX(opened_position), 0) + 1 "
+                    "FROM claims")
 
 
 def _part_return(conn: Connection, e: Envelope) -> None:

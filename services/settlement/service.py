@@ -93,14 +93,10 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
 
     @consumes("dispatch", "order_completed")
     def on_order_completed(self, envelope: Envelope) -> None:
-        p = envelope.payload
         conn = self.db.conn
         if queries.claim_opened(conn, envelope.event_id):
             return
-        facts = queries.facts(conn, p["order_id"])
-        if facts is None:
-            raise RetryLater(f"order {p['order_id']} not known to settlement yet")
-        self._decide(conn, claims.opened(envelope), "completion", envelope.event_id, facts)
+        self._decide(conn, claims.opened(envelope), "completion", envelope.event_id)
 
     @consumes("callback", "order_verified")
     def on_order_verified(self, envelope: Envelope) -> None:
@@ -277,10 +273,13 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
 
     # -- deciding and writing ------------------------------------------------------------------
 
-    def _decide(self, conn: Connection, claim: dict, cause: str, causation_id: str,
-                facts: dict | None = None) -> None:
-        """Decide `claim` again with the evidence as it stands; append if anything moved."""
-        decided = claims.decide(conn, claim, cause, self.settings.max_checkin_km, facts)
+    def _decide(self, conn: Connection, claim: dict, cause: str, causation_id: str) -> None:
+        """Decide `claim` again with the evidence as it stands; append if anything moved.
+        Not before settlement has its order's facts (a completion can come first)."""
+        found = queries.evidence(conn, claim)
+        if found.facts is None:
+            raise RetryLater(f"order {claim['order_id']} not known to settlement yet")
+        decided = claims.decide(conn, claim, cause, self.settings.max_checkin_km, found)
         if decided is not None:
             self._append(f"claim-{claim['claim_id']}", claim["version"], [decided],
                          claim["order_id"], causation_id)
