@@ -123,6 +123,13 @@ class PartnerClient:
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=connections)
             for scheme in ("http://", "https://"):
                 self.session.mount(scheme, adapter)
+            # the environment's proxy (HTTP(S)_PROXY, NO_PROXY) and CA bundle for the
+            # gateway, read once: requests would scan os.environ on every request again
+            found = self.session.merge_environment_settings(self.base_url, {}, None, None,
+                                                            None)
+            self.session.proxies.update(found["proxies"])
+            self.session.verify = found["verify"]
+            self.session.trust_env = False
 
     # -- construction ---------------------------------------------------------------------
 
@@ -252,8 +259,11 @@ class PartnerClient:
         while True:
             if attempt and method != "GET":
                 self._await_new_timestamp()
+            params = query
+            if method == "GET":  # a fresh one each attempt, in the URL as it is first built
+                params = {**(query or {}), NONCE_PARAMETER: uuid.uuid4().hex}
             try:
-                response = self.session.request(method, url, params=query, data=data,
+                response = self.session.request(method, url, params=params, data=data,
                                                 headers=headers, auth=self.auth,
                                                 timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as error:

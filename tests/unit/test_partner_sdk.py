@@ -129,6 +129,55 @@ def test_identical_gets_carry_distinct_nonces_so_neither_is_a_replay(gateway, cl
     assert first["query"]["nonce"] != second["query"]["nonce"]
 
 
+def test_a_get_retried_after_503_carries_a_fresh_nonce_and_is_not_a_replay(gateway,
+                                                                          client) -> None:
+    gateway.script.append((503, {"Retry-After": "1"}, _json(
+        {"error": {"code": "unavailable", "message": "retry", "fields": {}}})))
+    assert client.get_order("o-1")["path"] == "/api/v1/orders/o-1"
+    first, retry = gateway.requests
+    assert "refused" not in first and "refused" not in retry
+    assert first["query"]["nonce"] != retry["query"]["nonce"]
+
+
+def test_the_environments_proxy_settings_are_read_when_the_client_is_made(monkeypatch) -> None:
+    """HTTP_PROXY and NO_PROXY as requests reads them, once, not on every request."""
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            answer = _json({"proxied": True})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    gateway = "http://gateway.invalid:8080"
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    with serving(Proxy) as proxy:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy)
+        with PartnerClient(gateway, PARTNER_ID, SECRET, timeout=5, retries=0) as partner:
+            for name in ("HTTP_PROXY", "http_proxy"):  # read already: no effect now
+                monkeypatch.delenv(name)
+            assert partner.get_order("o-1") == {"proxied": True}
+        assert seen[0].startswith(f"{gateway}/api/v1/orders/o-1?nonce=")
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "gateway.invalid")
+        with PartnerClient(gateway, PARTNER_ID, SECRET, timeout=5, retries=0) as partner, \
+                pytest.raises(GatewayError) as refused:
+            partner.get_order("o-1")
+    assert refused.value.code == "gateway_unreachable"
+    assert len(seen) == 1
+
+
 def test_a_post_retried_after_503_reuses_key_and_body_and_is_signed_afresh(gateway,
                                                                            client) -> None:
     gateway.script.append((503, {"Retry-After": "1"}, _json(
