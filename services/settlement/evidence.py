@@ -1,5 +1,6 @@
 """The evidence a claim is decided on: facts recorded from the other services' events, and
-everything the rules compare a claim with, gathered from the read models into a `rules.Claim`.
+everything the rules compare a claim with (read from the read models by queries.evidence),
+put together into a `rules.Claim`.
 """
 
 from __future__ import annotations

@@ -66,13 +66,7 @@ def gateway():
             body = self.rfile.read(length) if length else b""
             status, headers, answer = fake.answer(self.command, self.path,
                                                   dict(self.headers.items()), body)
-            self.send_response(status)
-            headers = {"Content-Type": "application/json", **headers}
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            send_json(self, answer, status, headers)
 
         do_GET = do_POST = _serve
 
@@ -82,6 +76,17 @@ def gateway():
     with serving(Handler) as base_url:
         fake.base_url = base_url
         yield fake
+
+
+def send_json(handler: BaseHTTPRequestHandler, answer: bytes, status: int = 200,
+              headers: dict | None = None) -> None:
+    """Answer `handler`'s request with the JSON bytes `answer` (and `headers`)."""
+    handler.send_response(status)
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(answer)))
+    handler.end_headers()
+    handler.wfile.write(answer)
 
 
 @contextmanager
@@ -146,12 +151,7 @@ def test_the_environments_proxy_settings_are_read_when_the_client_is_made(monkey
     class Proxy(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             seen.append(self.path)
-            answer = _json({"proxied": True})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            send_json(self, _json({"proxied": True}))
 
         def log_message(self, *args: object) -> None:
             pass
@@ -317,12 +317,7 @@ def _ports_used(connections: int, at_once: int = 12, each: int = 5) -> int:
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             ports.add(self.client_address[1])
             round_in.wait(timeout=10)  # the round's other requests are in flight too
-            answer = _json({"order_id": "o-1"})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            send_json(self, _json({"order_id": "o-1"}))
 
         def log_message(self, *args: object) -> None:
             pass
