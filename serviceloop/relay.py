@@ -7,6 +7,12 @@ loses nothing: the unconfirmed window is published again (at least once, in orde
 and consumers are idempotent. Messages are ordinary nameko events: exchange
 `<service>.events`, routing key = event type, JSON body = the whole envelope.
 
+Messages are transient (delivery mode 1): the broker is transport, not the ledger, so it
+does not write them to disk and its confirm waits for no fsync. One the broker loses (its
+restart, a purged queue) is still in the log, and the consumer's catch-up brings it
+(serviceloop/catchup.py, every CATCH_UP_INTERVAL). Quorum queues (deploy/k8s) keep every
+message on disk whatever its mode.
+
 On PostgreSQL the log notifies each commit of an append (eventstore.append_notify_sql) and
 the relay LISTENs on a connection of its own, watched by pika's ioloop: an idle relay reads
 only when told, with a slow poll as the fallback; while that connection is down it polls as
@@ -53,7 +59,7 @@ def message_properties(envelope: dict) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type="application/json",
         content_encoding="utf-8",
-        delivery_mode=2,
+        delivery_mode=1,  # transient: see above
         message_id=envelope["event_id"],
         correlation_id=envelope["correlation_id"],
         headers={"nameko.correlation_id": envelope["correlation_id"]},
