@@ -357,6 +357,11 @@ def bench_loop(*, in_flight: int, warmup_s: float, measure_s: float, sample_s: f
                 log(f"  t={samples[-1]['t']:.0f} s: {samples[-1]['verified']} verified in "
                     f"the window, queues {samples[-1]['queued']}, "
                     f"RSS {samples[-1]['rss_mib']:.0f} MiB")
+                before = samples[-2]["verified"] if len(samples) > 1 else 0
+                stalled = samples[-1]["verified"] == before
+                if stalled and world.problems:  # what the simulated people last ran into
+                    log(f"    no loop closed since the last sample; {len(world.problems)} "
+                        f"problems, the last: {world.problems[-1]}")
             last = watch.sample()
             window_end = time.monotonic()
             intake.running = False

@@ -150,8 +150,9 @@ def _row(r: dict) -> list[str]:
     elif r["bench"] == "loop":
         name = (f"whole loop (intake RPC → dispatch → gateway → callback RPC → settlement), "
                 f"{r['in_flight']} orders in flight, {r['window_s']:.0f} s")
-        measured = (f"{r['value']:.1f} loops/s verified, create_order → verified p50 "
-                    f"{r['p50_ms'] / 1000:.1f} s, p99 {r['p99_ms'] / 1000:.1f} s")
+        measured = f"{r['value']:.1f} loops/s verified, create_order → verified " + (
+            f"p50 {r['p50_ms'] / 1000:.1f} s, p99 {r['p99_ms'] / 1000:.1f} s"
+            if r["p50_ms"] is not None else "none in the window (the loop stalled)")
         raw = r["raw"]
         baseline = (f"one no-op RPC {_num(raw['rpc']['per_s'])}/s "
                     f"({raw['rpc']['process_cpu_ms_per_call']:.2f} ms CPU); one event delivery "
