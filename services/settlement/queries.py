@@ -285,7 +285,8 @@ def _evidence_by_statements(conn: Connection, claim: dict, barcode: str | None,
         [dict(r) for r in conn.execute(others).mappings()],
         frozenset(conn.execute(serials).scalars()) if new_serials else frozenset(),
         frozenset(conn.execute(returned).scalars()) if old_serials else frozenset(),
-        cards_in_force(conn, claim["completed_on"]), settled_before(conn, claim["claim_id"]))
+        cards_in_force(conn, claim["completed_on"]),
+        bool(claim["version"]) and settled_before(conn, claim["claim_id"]))
 
 
 def _position(claim: dict) -> ScalarSelect:

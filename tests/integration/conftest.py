@@ -40,6 +40,8 @@ def tap(broker_uri):
                 return received
             assert properties.content_type == "application/json"
             received.append(json.loads(body))
+            drain.delivery_modes.append(properties.delivery_mode)
 
+    drain.delivery_modes = []  # each message's, in the same order
     yield drain
     connection.close()

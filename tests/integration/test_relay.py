@@ -8,7 +8,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import pika
 import pytest
 
 from serviceloop.db import make_engine
@@ -86,26 +85,12 @@ def test_a_relay_killed_mid_window_publishes_everything_after_restart(orders_url
     assert len(seen) - 3000 < 200  # at most the unconfirmed windows again
 
 
-def test_events_go_out_transient_the_log_is_what_keeps_them(orders_url, broker_uri,
-                                                            relay_process):
+def test_events_go_out_transient_the_log_is_what_keeps_them(orders_url, tap, relay_process):
     """The broker is transport: it is not asked to write events to disk (a consumer's
     catch-up brings from the log any event the broker loses)."""
-    connection = pika.BlockingConnection(pika.URLParameters(broker_uri))
-    channel = connection.channel()
-    channel.exchange_declare("orders.events", exchange_type="topic", durable=True)
-    queue = channel.queue_declare("", exclusive=True).method.queue
-    channel.queue_bind(queue, "orders.events", routing_key="#")
-    modes: list[int] = []
-
-    def three_received() -> bool:
-        while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
-            modes.append(message[1].delivery_mode)
-        return len(modes) >= 3
-
     append_customers(orders_url, 3)
     relay = relay_process()
-    wait_until(three_received, message="3 events")
-    assert modes == [1, 1, 1]
+    wait_until(lambda: len(tap()) >= 3, message="3 events")
+    assert tap.delivery_modes == [1, 1, 1]
     relay.send_signal(signal.SIGTERM)
     assert relay.wait(20) == 0
-    connection.close()
