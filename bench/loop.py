@@ -307,6 +307,11 @@ class Intake:
         self.opened = 0
 
     def run(self) -> None:
+        """Opens orders until stopped or out of products. A call that fails (refused, timed
+        out, a lost connection) is reported in the world's problems and the call centre goes
+        on with the next product after a pause, as the simulated people do: one failure
+        must not stop the load. (An order whose answer was lost still runs its loop; the
+        partners and agents treat it as ordinary.)"""
         from serviceloop.client import cluster
         from serviceloop.simulation import NORMAL, open_order
 
@@ -315,7 +320,14 @@ class Intake:
                 if self.opened - self.world.finished >= self.in_flight:
                     eventlet.sleep(0.01)
                     continue
-                if open_order(rpc, self.world, self.pool.pop(), NORMAL):
+                try:
+                    opened = open_order(rpc, self.world, self.pool.pop(), NORMAL)
+                except Exception as error:  # noqa: BLE001 - reported; on with the next
+                    self.world.problems.append(
+                        f"intake: {type(error).__name__}: {error}"[:300])
+                    eventlet.sleep(1.0)
+                    continue
+                if opened:
                     self.opened += 1
 
 
@@ -359,9 +371,12 @@ def bench_loop(*, in_flight: int, warmup_s: float, measure_s: float, sample_s: f
                     f"RSS {samples[-1]['rss_mib']:.0f} MiB")
                 before = samples[-2]["verified"] if len(samples) > 1 else 0
                 stalled = samples[-1]["verified"] == before
-                if stalled and world.problems:  # what the simulated people last ran into
-                    log(f"    no loop closed since the last sample; {len(world.problems)} "
-                        f"problems, the last: {world.problems[-1]}")
+                if stalled:  # what the call centre and the simulated people last ran into
+                    log(f"    no loop closed since the last sample: {intake.opened} orders "
+                        f"opened, {world.finished} finished, {len(intake.pool)} products "
+                        f"left, intake {'dead' if feeder.dead else 'running'}; "
+                        f"{len(world.problems)} problems"
+                        + (f", the last: {world.problems[-1]}" if world.problems else ""))
             last = watch.sample()
             window_end = time.monotonic()
             intake.running = False

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from amqp.abstract_channel import IGNORED_METHOD_DURING_CHANNEL_CLOSE
-from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.constants import NON_PERSISTENT
+from nameko.rpc import ServiceProxy
+from nameko.standalone.rpc import ClusterProxy, ClusterRpcProxy
 
 from serviceloop.config import nameko_config
 
@@ -21,14 +23,37 @@ def rpc_timeout() -> float:
     return float(os.environ.get("SERVICELOOP_RPC_TIMEOUT") or DEFAULT_TIMEOUT)
 
 
+class TransientRequests(ClusterProxy):
+    """nameko's cluster proxy, its service proxies publishing requests transient."""
+
+    def __getattr__(self, name: str) -> ServiceProxy:
+        if name not in self._proxies:
+            self._proxies[name] = ServiceProxy(self._worker_ctx, name, self._reply_listener,
+                                               delivery_mode=NON_PERSISTENT)
+        return self._proxies[name]
+
+
+class TransientRpcProxy(ClusterRpcProxy):
+    """ClusterRpcProxy with TransientRequests (nameko's passes no options to a publisher)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - nameko's
+        super().__init__(*args, **kwargs)
+        self._proxy = TransientRequests(self._worker_ctx, self._reply_listener)
+
+
 @contextmanager
-def cluster(timeout: float | None = None) -> Iterator[ClusterRpcProxy]:
+def cluster(timeout: float | None = None) -> Iterator[TransientRequests]:
     """A proxy to every service, waiting `timeout` seconds (else `rpc_timeout()`) for an
-    answer. Not to be shared between green threads: one per caller."""
+    answer. Not to be shared between green threads: one per caller.
+
+    Requests go out transient: a request the broker loses in a restart would have lost its
+    answer too (the caller's reply queue goes with its connection), so the caller times out
+    and retries either way, and a retry with the same request id has one effect. The
+    publisher confirm stays: nameko needs it to tell an unknown service."""
     # who is calling, for the services' log lines (`SERVICELOOP_ACTOR`, else the user)
     actor = os.environ.get("SERVICELOOP_ACTOR") or f"cli:{getpass.getuser()}"
-    with ClusterRpcProxy(nameko_config(), timeout=rpc_timeout() if timeout is None else timeout,
-                         context_data={"actor": actor}) as proxy:
+    with TransientRpcProxy(nameko_config(), timeout=rpc_timeout() if timeout is None else timeout,
+                           context_data={"actor": actor}) as proxy:
         yield proxy
 
 
