@@ -57,61 +57,59 @@ def _task_created(conn: Connection, e: Envelope) -> None:
         created_at=e.occurred_at, updated_at=e.occurred_at, version=e.stream_version))
 
 
-def _leased(conn: Connection, e: Envelope) -> None:
-    _update(conn, e, status="leased", leased_by=e.payload["agent_id"],
-            lease_until=e.payload["lease_until"])
+# Every other event changes the task's row: what each sets, beside `updated_at` and `version`.
+# The projection writes these; an agent's command answers with them (`task_after`), so it
+# need not read the row back after its commit.
+
+def _leased(e: Envelope) -> dict:
+    return dict(status="leased", leased_by=e.payload["agent_id"],
+                lease_until=e.payload["lease_until"])
 
 
-def _send_started(conn: Connection, e: Envelope) -> None:
-    _update(conn, e, status="sending", send_key=e.payload["idempotency_key"],
-            next_attempt_at=e.payload["retry_at"])
+def _send_started(e: Envelope) -> dict:
+    return dict(status="sending", send_key=e.payload["idempotency_key"],
+                next_attempt_at=e.payload["retry_at"])
 
 
-def _confirmation_requested(conn: Connection, e: Envelope) -> None:
-    _update(conn, e, status="awaiting_reply", provider_message_id=e.payload["provider_message_id"],
-            reply_by=e.payload["reply_by"], send_key=None, next_attempt_at=None)
+def _confirmation_requested(e: Envelope) -> dict:
+    return dict(status="awaiting_reply", provider_message_id=e.payload["provider_message_id"],
+                reply_by=e.payload["reply_by"], send_key=None, next_attempt_at=None)
 
 
-def _problem_reported(conn: Connection, e: Envelope) -> None:
+def _problem_reported(e: Envelope) -> dict:
     # a person calls now: the agents' attempts are counted afresh
-    _update(conn, e, status="open", channel="agent", priority=e.payload["priority"],
-            attempts=0, next_attempt_at=e.occurred_at, reply_by=None)
+    return dict(status="open", channel="agent", priority=e.payload["priority"],
+                attempts=0, next_attempt_at=e.occurred_at, reply_by=None)
 
 
-def _unanswered(conn: Connection, e: Envelope) -> None:
+def _unanswered(e: Envelope) -> dict:
     p = e.payload
-    _update(conn, e, status="open", attempts=p["attempt"], next_attempt_at=p["next_attempt_at"],
-            leased_by=None, lease_until=None, reply_by=None)
+    return dict(status="open", attempts=p["attempt"], next_attempt_at=p["next_attempt_at"],
+                leased_by=None, lease_until=None, reply_by=None)
 
 
 def _outcome(status: str):  # noqa: ANN202
-    def apply(conn: Connection, e: Envelope) -> None:
+    def changes(e: Envelope) -> dict:
         p = e.payload
         detail = {k: p[k] for k in ("reasons", "satisfaction", "notes", "customer_paid_cents",
                                     "complaint_requested", "attempts") if k in p}
-        _update(conn, e, status=status, outcome=status, leased_by=None, lease_until=None,
-                reply_by=None, next_attempt_at=None,
-                outcome_detail=json.dumps(detail, sort_keys=True, ensure_ascii=False))
+        return dict(status=status, outcome=status, leased_by=None, lease_until=None,
+                    reply_by=None, next_attempt_at=None,
+                    outcome_detail=json.dumps(detail, sort_keys=True, ensure_ascii=False))
 
-    return apply
-
-
-def _closed(conn: Connection, e: Envelope) -> None:
-    _update(conn, e, status="closed")
+    return changes
 
 
-def _returned(conn: Connection, e: Envelope) -> None:
-    _update(conn, e, status="open", attempts=0, next_attempt_at=e.occurred_at,
-            due_at=e.payload["due_at"], outcome=None)
+def _closed(e: Envelope) -> dict:
+    return dict(status="closed")
 
 
-def _update(conn: Connection, e: Envelope, **values: object) -> None:
-    update(conn, tasks, "task_id", e.payload["task_id"], updated_at=e.occurred_at,
-           version=e.stream_version, **values)
+def _returned(e: Envelope) -> dict:
+    return dict(status="open", attempts=0, next_attempt_at=e.occurred_at,
+                due_at=e.payload["due_at"], outcome=None)
 
 
-projector = Projector(READ_MODELS, {
-    "verification_task_created": _task_created,
+_CHANGES = {
     "task_leased": _leased,
     "confirmation_send_started": _send_started,
     "confirmation_requested": _confirmation_requested,
@@ -122,4 +120,27 @@ projector = Projector(READ_MODELS, {
     "order_unverified": _outcome("unverified"),
     "unverified_closed": _closed,
     "task_returned": _returned,
+}
+
+
+def _changes(e: Envelope) -> dict:
+    return {"updated_at": e.occurred_at, "version": e.stream_version,
+            **_CHANGES[e.event_type](e)}
+
+
+def _update(conn: Connection, e: Envelope) -> None:
+    update(conn, tasks, "task_id", e.payload["task_id"], **_changes(e))
+
+
+def task_after(row: dict, envelopes: list[Envelope]) -> dict:
+    """The task's row (as read, column -> value) as the projection leaves it after
+    `envelopes`, events of that task's stream that change it."""
+    for envelope in envelopes:
+        row = {**row, **_changes(envelope)}
+    return row
+
+
+projector = Projector(READ_MODELS, {
+    "verification_task_created": _task_created,
+    **{event_type: _update for event_type in _CHANGES},
 })

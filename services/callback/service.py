@@ -41,7 +41,7 @@ from serviceloop.observability import Observable
 from serviceloop.projections import RowReader
 from services.callback import domain
 from services.callback.channel import ChannelError, SmsChannel, confirmation_text
-from services.callback.projections import metadata, projector, tasks
+from services.callback.projections import metadata, projector, task_after, tasks
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +119,24 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         """The task this agent should call now (the one it holds, else the first free one)."""
         if not isinstance(agent_id, str) or not 1 <= len(agent_id) <= 40:
             raise ValidationFailed("agent_id must be 1..40 characters", {"agent_id": ["invalid"]})
-        now = self.clock.now()
-        stamp = isoformat(now)
+        stamp = isoformat(self.clock.now())
+        postgres = self.db.engine.dialect.name == "postgresql"
         with self.db.reader() as conn:
-            held = _HELD.first(conn, (agent_id, stamp))
-            if held:
-                return _task_view(held)
-            postgres = self.db.engine.dialect.name == "postgresql"
-            if not postgres:
-                candidates = [row[0] for row in fetch_rows(conn, _FREE_IDS.text(conn),
-                                                           (stamp, stamp))]
+            if postgres:  # one read: the task held, else whether any is free
+                rows = fetch_rows(conn, _HELD_OR_FREE.text(conn),
+                                  (agent_id, stamp, stamp, stamp))
+                held = next((dict(zip(_HELD.columns, row[1:], strict=True))
+                             for row in rows if row[0]), None)
+                free = any(not row[0] for row in rows)
+            else:
+                held = _HELD.first(conn, (agent_id, stamp))
+                candidates = [] if held else [
+                    row[0] for row in fetch_rows(conn, _FREE_IDS.text(conn), (stamp, stamp))]
+        if held:
+            return _task_view(held)
         if postgres:
+            if not free:  # an agent asking when there is nothing to call: one round trip
+                return None
             try:
                 return self._lease_first_free(agent_id)
             except Conflict:  # finished meanwhile by its holder: the agent asks again
@@ -158,11 +165,12 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
 
     def _lease_in_transaction(self, task_id: str, agent_id: str, row: dict | None = None) -> dict:
         """`row`: the task's, if the caller has just read (and locked) it."""
-        task = domain.Task.from_row(row) if row else self._task(task_id)
+        row = row or self._row(task_id)
+        task = domain.Task.from_row(row)
         event = domain.lease(task, agent_id, self.clock.now(), self.config.settings)
-        self._append(task_id, task.version, [event], task.order_id, f"agent:{agent_id}",
-                     commit=True)
-        return _task_view(self._row(task_id))
+        envelopes = self._append(task_id, task.version, [event], task.order_id,
+                                 f"agent:{agent_id}", commit=True)
+        return _task_view(task_after(row, envelopes))
 
     @rpc
     def get_task(self, task_id: str) -> dict:
@@ -178,12 +186,13 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     @answered_once
     def record_outcome(self, payload: dict) -> dict:
         data = load(_RECORD, payload)
-        task = self._task(data["task_id"])
+        row = self._row(data["task_id"])
+        task = domain.Task.from_row(row)
         now = self.clock.now()
         events = domain.record(task, data, now, self.config.settings)
-        self._append(task.task_id, task.version, events, task.order_id,
-                     f"agent:{data['agent_id']}", commit=True)
-        return _task_view(self._row(task.task_id))
+        envelopes = self._append(task.task_id, task.version, events, task.order_id,
+                                 f"agent:{data['agent_id']}", commit=True)
+        return _task_view(task_after(row, envelopes))
 
     @rpc
     def tasks_for_order(self, order_id: str) -> list[dict]:
@@ -369,7 +378,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
 # read on every completion, and on every agent's command: prepared on PostgreSQL
 # a task by its id, and the task an agent holds
 _TASK = RowReader(tasks, "task_id = ?")
-_HELD = RowReader(tasks, "status = 'leased' AND leased_by = ? AND lease_until >= ? LIMIT 1")
+_HELD_BY = "status = 'leased' AND leased_by = ? AND lease_until >= ?"
+_HELD = RowReader(tasks, f"{_HELD_BY} LIMIT 1")
 # whether a completion has its task already, and how many visits its order has had
 _MADE_AND_VISITS = Prepared(
     "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = ?),"
@@ -382,6 +392,12 @@ _FREE = ("channel = 'agent' AND (status = 'open' AND next_attempt_at <= ?"
 _FIRST_FREE = RowReader(tasks, f"{_FREE} LIMIT 1 FOR UPDATE SKIP LOCKED")
 # SQLite: the first of them, to try in turn
 _FREE_IDS = Prepared(f"SELECT task_id FROM tasks WHERE {_FREE} LIMIT 20")
+# PostgreSQL: the task an agent holds (first column true), and the first free one (false),
+# in one read: an agent asking when it holds none and none is free costs one round trip
+_HELD_OR_FREE = Prepared(
+    f"SELECT * FROM (SELECT true, {', '.join(_HELD.columns)} FROM tasks WHERE {_HELD_BY}"
+    f" LIMIT 1) AS held UNION ALL SELECT * FROM (SELECT false, {', '.join(_HELD.columns)}"
+    f" FROM tasks WHERE {_FREE} LIMIT 1) AS free")
 
 
 def _task_view(row: dict) -> dict:

@@ -151,6 +151,31 @@ def test_an_outcome_asked_again_with_its_request_id_is_recorded_once(loop):
     assert len(verified) == 1
 
 
+def test_an_agents_answers_are_the_task_as_stored(loop):
+    """A lease and an outcome answer with the task as their events left it (computed from
+    the row read before and the events appended, not read back after the commit)."""
+    partner = loop.register_partner()
+    order_id = loop.repair("13700000031")
+    complete_visit(loop, partner, order_id)
+    task = one_task(loop, order_id)
+    leased = loop.callback.next_task("a1")
+    assert leased == loop.callback.get_task(task["task_id"])
+    assert (leased["status"], leased["leased_by"], leased["version"]) == \
+        ("leased", "a1", task["version"] + 1)
+    unanswered = loop.callback.record_outcome({"task_id": task["task_id"], "agent_id": "a1",
+                                               "outcome": "no_answer"})
+    assert unanswered == loop.callback.get_task(task["task_id"])
+    assert (unanswered["status"], unanswered["attempts"], unanswered["leased_by"]) == \
+        ("open", 1, None)
+    loop.clock.advance(minutes=61)  # the next attempt is due
+    assert loop.callback.next_task("a2") == loop.callback.get_task(task["task_id"])
+    verified = loop.callback.record_outcome({"task_id": task["task_id"], "agent_id": "a2",
+                                             "outcome": "verified", "satisfaction": 4,
+                                             "notes": "好"})
+    assert verified == loop.callback.get_task(task["task_id"])
+    assert (verified["status"], verified["outcome_detail"]["satisfaction"]) == ("verified", 4)
+
+
 def test_tasks_are_due_in_48_hours_and_handed_out_repairs_with_parts_first(loop):
     partner = loop.register_partner(capacity=20)
     maintenance = loop.orders.create_order({
