@@ -222,11 +222,12 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     @answered_once
     def supervise(self, payload: dict) -> dict:
         data = load(_SUPERVISE, payload)
-        task = self._task(data["task_id"])
+        row = self._row(data["task_id"])
+        task = domain.Task.from_row(row)
         event = domain.supervise(task, data, self.clock.now(), self.config.settings)
-        self._append(task.task_id, task.version, [event], task.order_id,
-                     f"supervisor:{data['supervisor_id']}", commit=True)
-        return _task_view(self._row(task.task_id))
+        envelopes = self._append(task.task_id, task.version, [event], task.order_id,
+                                 f"supervisor:{data['supervisor_id']}", commit=True)
+        return _task_view(task_after(row, envelopes))
 
     # -- the automatic channel -----------------------------------------------------------------
 
@@ -349,7 +350,7 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         if review is not None:
             self._append(review.payload["task_id"], 0, [review], task.order_id, "system",
                          envelopes[0].event_id, commit=True)
-        return _task_view(self._row(task_id))
+        return _task_view(task_after(row, envelopes))
 
     # -- reading and writing -------------------------------------------------------------------
 
@@ -365,9 +366,10 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     def _append(self, task_id: str, expected_version: int, events: list[NewEvent],
                 order_id: str, actor: str, causation_id: str | None = None,
                 commit: bool = False) -> list[Envelope]:
-        """`commit`: the command ends with this append, and only reads the task after it; on
-        PostgreSQL its COMMIT goes in the append's round trip, so the log's lock is not held
-        while the worker waits its turn to read (the read then sees what was committed)."""
+        """`commit`: the command ends with this append (it answers with the task as its
+        events leave it, `task_after`, without reading it again); on PostgreSQL its COMMIT
+        goes in the append's round trip, so the log's lock is not held while the worker
+        answers."""
         return self.db.append(
             f"task-{task_id}", expected_version, events,
             occurred_at=self.clock.now(), correlation_id=order_id,
