@@ -130,15 +130,16 @@ def record_handled_and_commit(db, consumer: str, source: str, envelope: Envelope
 
 
 def park(db, consumer: str, source: str, body: dict, error: str, attempts: int,  # noqa: ANN001
-         now: str, waiting_for: str | None = None) -> None:
-    """`waiting_for` (a RetryLater's): the order whose next handled event hands it back."""
+         now: str, waiting_for: str | None = None) -> int:
+    """`waiting_for` (a RetryLater's): the order whose next handled event hands it back.
+    Returns the parked message's id."""
     correlation_id = body.get("correlation_id") if waiting_for is not None else None
     with db.transaction() as conn:
-        conn.execute(
+        return conn.execute(
             text(
                 "INSERT INTO parked_messages (consumer, event_id, source, event_type, envelope, "
                 "error, attempts, parked_at, correlation_id, waiting_for) "
-                "VALUES (:c, :e, :s, :t, :b, :err, :a, :p, :o, :w)"
+                "VALUES (:c, :e, :s, :t, :b, :err, :a, :p, :o, :w) RETURNING id"
             ),
             {
                 "c": consumer, "e": str(body.get("event_id", "?"))[:36], "s": source,
@@ -147,7 +148,7 @@ def park(db, consumer: str, source: str, body: dict, error: str, attempts: int, 
                 "err": error[:4000], "a": attempts, "p": now,
                 "o": correlation_id, "w": waiting_for,
             },
-        )
+        ).scalar_one()
 
 
 def deliver(service, handler, consumer: str, source: str, body: object, *,  # noqa: ANN001
@@ -213,9 +214,14 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     waiting_for = None
     if isinstance(failure, RetryLater):
         waiting_for = failure.waiting_for or envelope.correlation_id
-    park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}",
-         failed + raced, isoformat(service.clock.now()), waiting_for)
+    parked = park(service.db, consumer, source, body, f"{type(failure).__name__}: {failure}",
+                  failed + raced, isoformat(service.clock.now()), waiting_for)
     log.error("%s parked %s after %d attempts", consumer, envelope.event_id, failed + raced)
+    # the event it waits for may have been handled after its last try and before it was
+    # parked: that event's look for waiting messages found none. One more look now that it
+    # is parked closes the gap (an event handled from here on finds it parked)
+    if waiting_for is not None and parked in hand_back_waiting(service, waiting_for):
+        return "handled"
     return "parked"
 
 
@@ -234,14 +240,15 @@ def is_lost_race(error: BaseException) -> bool:
     return isinstance(error, IntegrityError) and refused_by_the_log(error)
 
 
-def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
+def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN001
     """Messages parked because they came before the event they depend on (RetryLater), for
     the same order or waiting for it, delivered again now that one of its events was handled:
-    the catch-up has already moved past them, and nothing else would ever bring them back."""
+    the catch-up has already moved past them, and nothing else would ever bring them back.
+    Returns the ids of those no longer waiting (handled, or found handled already)."""
     with service.db.reader() as conn:
         rows = sql(conn, f"SELECT id, consumer, source, envelope FROM parked_messages "
                          f"WHERE {_WAITS_ON} ORDER BY id", (correlation_id, correlation_id)).all()
-    handed_back = 0
+    handed_back = []
     for row in rows:
         body = json.loads(row.envelope)
         method = getattr(type(service), row.consumer.split(".", 1)[1])
@@ -251,9 +258,9 @@ def hand_back_waiting(service, correlation_id: str) -> int:  # noqa: ANN001
         with service.db.transaction() as conn:
             conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
                          {"t": isoformat(service.clock.now()), "i": row.id})
-        handed_back += 1
+        handed_back.append(row.id)
     if handed_back:
-        log.info("%d parked messages of %s handed back", handed_back, correlation_id)
+        log.info("%d parked messages of %s handed back", len(handed_back), correlation_id)
     return handed_back
 
 
