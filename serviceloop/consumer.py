@@ -219,9 +219,15 @@ def deliver(service, handler, consumer: str, source: str, body: object, *,  # no
     log.error("%s parked %s after %d attempts", consumer, envelope.event_id, failed + raced)
     # the event it waits for may have been handled after its last try and before it was
     # parked: that event's look for waiting messages found none. One more look now that it
-    # is parked closes the gap (an event handled from here on finds it parked)
-    if waiting_for is not None and parked in hand_back_waiting(service, waiting_for):
-        return "handled"
+    # is parked closes the gap (an event handled from here on finds it parked). If the look
+    # fails (the database went away), the message stays parked: the broker's copy is done
+    if waiting_for is not None:
+        try:
+            if parked in hand_back_waiting(service, waiting_for):
+                return "handled"
+        except Exception:  # noqa: BLE001 - parked is the answer, as before the look
+            service.db.rollback()
+            log.exception("%s could not look again at parked %s", consumer, envelope.event_id)
     return "parked"
 
 

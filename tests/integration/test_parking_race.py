@@ -121,3 +121,17 @@ def test_a_message_still_waiting_after_it_was_parked_stays_parked(engine, databa
     assert [(p.waiting_for, p.replayed_at) for p in parked] == [(ORDER, None)]
     assert inbox == 0
     assert cancelling.tries == ATTEMPTS + 1  # the one look after parking found it still waiting
+
+
+def test_a_failed_look_after_parking_leaves_the_message_parked(engine, database_for):
+    # the look hands the message to its consumer by name; one that no longer exists (renamed
+    # since) makes the look fail, as a database gone away would
+    _, cancelled = _envelopes(database_for)
+    cancelling = Register(engine, ManualClock())
+    outcome = deliver(cancelling, Register.needs_customer.handler, "register.renamed_since",
+                      "orders", cancelled, attempts=ATTEMPTS, backoff=0.001)
+    assert outcome == "parked"
+    with engine.connect() as conn:
+        parked = conn.execute(text("SELECT consumer, replayed_at FROM parked_messages")).all()
+    assert [(p.consumer, p.replayed_at) for p in parked] == [("register.renamed_since", None)]
+    assert not cancelling.db.active  # nothing of the failed look is left open
