@@ -38,18 +38,42 @@ class OffsetFileClock:
 
     Lets a test move the time of services running in other processes
     (`SERVICELOOP_CLOCK=file:/path`); a missing or empty file means no offset.
+
+    The offset is read again only when the file's identity, size or modification time
+    changed (one `stat` instead of opening and reading it on every call). A file modified
+    within SETTLED seconds of the read is read again the next time too: file times come
+    from a coarse clock, and a second write of the same size in the same tick would
+    otherwise go unseen.
     """
+
+    SETTLED = 0.5  # seconds; far coarser than any file system's time stamps
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._seen: tuple | None = None  # (inode, size, mtime_ns) of a settled read
+        self._offset = timedelta(0)
 
     def now(self) -> datetime:
+        return datetime.now(UTC) + self._current_offset()
+
+    def _current_offset(self) -> timedelta:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            self._seen = None
+            return timedelta(0)
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if seen == self._seen:
+            return self._offset
         try:
             with open(self.path) as handle:
-                offset = float(handle.read().strip() or 0)
+                offset = timedelta(seconds=float(handle.read().strip() or 0))
         except FileNotFoundError:
-            offset = 0.0
-        return datetime.now(UTC) + timedelta(seconds=offset)
+            self._seen = None
+            return timedelta(0)
+        settled = datetime.now(UTC).timestamp() - stat.st_mtime_ns / 1e9 > self.SETTLED
+        self._seen, self._offset = (seen if settled else None), offset
+        return offset
 
 
 def clock_from_setting(setting: object) -> Clock:
