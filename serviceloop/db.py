@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -42,11 +43,14 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
         # the most recently returned connection first: under light load the same few
         # circulate and the rest lie idle, for IdleConnections to close
         pool_use_lifo=True,
-        # No pre-ping (a round trip per checkout): a connection found dead is invalidated
-        # by SQLAlchemy, and `transactional` runs the entrypoint again on a fresh one.
+        # No pre-ping (a round trip per checkout): a connection the database dropped while
+        # it lay in the pool is found at checkout without one (`_dropped_while_pooled`); one
+        # dropped while in use is invalidated by SQLAlchemy, and `transactional` runs the
+        # entrypoint again on a fresh one.
         pool_recycle=1800,
         connect_args=connect_args or {},
     )
+    event.listen(engine, "checkout", _dropped_while_pooled)
 
     @event.listens_for(engine, "before_cursor_execute", retval=True)
     def _begin_with_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
@@ -70,6 +74,52 @@ def make_engine(url: str, *, pool_size: int = 12, connect_args: dict | None = No
         return statement, parameters
 
     return engine
+
+
+@functools.cache
+def _plain_select_module():  # noqa: ANN202 - the `select` module
+    """`select` as the system has it: where eventlet is loaded (the services), its original,
+    since the green one switches to the hub even with no wait (and removes `poll`); elsewhere
+    (the relays run without eventlet) the standard library's, without loading eventlet."""
+    if "eventlet" in sys.modules:
+        from eventlet.patcher import original
+
+        return original("select")
+    import select
+
+    return select
+
+
+def _has_unread(fd: int) -> bool:
+    """Whether the socket has something to read (or its end): `poll` with no wait (`select`
+    would refuse a descriptor over 1023, which a busy service may well have)."""
+    select = _plain_select_module()
+    looking = select.poll()
+    looking.register(fd, select.POLLIN)
+    return bool(looking.poll(0))
+
+
+def _dropped_while_pooled(dbapi_connection, _record, _proxy) -> None:  # noqa: ANN001
+    """At checkout: a pooled connection the server has written to while it lay idle was
+    most likely dropped (`pg_terminate_backend`, a restart: the server's last words and the
+    end of the stream are waiting on its socket). Only then is it asked a round trip (any
+    other unread bytes would be harmless); if that fails, every connection pooled before
+    now is replaced (SQLAlchemy's InvalidatePoolError), so no caller meets a dead one.
+    A healthy idle connection has nothing to read: the look costs one `poll`, no round
+    trip."""
+    try:
+        unread = _has_unread(dbapi_connection.fileno())
+    except Exception as error:  # noqa: BLE001 - its socket is already closed
+        raise InvalidatePoolError(f"a pooled connection is closed: {error}") from error
+    if not unread:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        if not dbapi_connection.autocommit:
+            dbapi_connection.rollback()  # the driver opened a transaction for the look
+    except Exception as error:  # noqa: BLE001 - whatever the driver says, it is gone
+        raise InvalidatePoolError(f"a pooled connection was dropped: {error}") from error
 
 
 class IdleConnections:

@@ -1,4 +1,5 @@
-"""A read on a connection PostgreSQL dropped says "try again" as a typed error, once."""
+"""Connections PostgreSQL dropped: one that lay in the pool is replaced at checkout, without a
+round trip while it is healthy; one dropped in use says "try again" as a typed error, once."""
 
 from __future__ import annotations
 
@@ -6,28 +7,70 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from contracts.errors import ServiceUnavailable
-from serviceloop.db import make_engine
-from serviceloop.unit_of_work import read_only
+from serviceloop.db import fetch_rows, make_engine
+from serviceloop.unit_of_work import UnitOfWork, read_only
 from tests.conftest import POSTGRES_ADMIN_URL
 
 
-def test_a_read_on_a_dropped_connection_is_unavailable_once_then_reads_again(database_for):
-    url = database_for("orders", "postgres")
-    engine = make_engine(url, pool_size=2)
-    with read_only(engine) as conn:  # a pooled connection, then the database drops it
-        assert conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 0
+def terminate_backends(url: str) -> int:
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         dropped = conn.execute(text("SELECT COUNT(pg_terminate_backend(pid)) FROM "
                                     "pg_stat_activity WHERE datname = :d"),
                                {"d": url.rsplit("/", 1)[1]}).scalar()
     admin.dispose()
-    assert dropped >= 1
+    return dropped
+
+
+def backend_pids(engine) -> set[int]:  # noqa: ANN001
+    with read_only(engine) as conn:
+        return {conn.execute(text("SELECT pg_backend_pid()")).scalar()}
+
+
+@pytest.fixture
+def url(database_for) -> str:
+    return database_for("orders", "postgres")
+
+
+def test_connections_dropped_in_the_pool_are_replaced_before_anyone_uses_them(url):
+    engine = make_engine(url, pool_size=4)
+    pooled = [engine.connect() for _ in range(4)]  # four pooled connections, all used once
+    for conn in pooled:
+        conn.execute(text("SELECT 1"))
+    for conn in pooled:
+        conn.close()
+    before = backend_pids(engine)
+    assert terminate_backends(url) == 4
+    # every kind of use after it works at once: a read, a driver-level read, a unit of work
+    with read_only(engine) as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 0
+    with read_only(engine) as conn:
+        assert fetch_rows(conn, "SELECT COUNT(*) FROM events") == [(0,)]
+    unit = UnitOfWork(engine)
+    assert unit.conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 0
+    unit.commit()
+    assert backend_pids(engine).isdisjoint(before)  # on new connections
+    engine.dispose()
+
+
+def test_a_connection_dropped_in_use_is_unavailable_once_then_reads_again(url):
+    engine = make_engine(url, pool_size=2)
     with pytest.raises(ServiceUnavailable) as unavailable:
-        with read_only(engine) as conn:
+        with read_only(engine) as conn:  # checked out alive, then the database drops it
+            conn.execute(text("SELECT 1"))
+            assert terminate_backends(url) == 1
             conn.execute(text("SELECT COUNT(*) FROM events"))
     assert unavailable.value.code == "unavailable"
     assert "terminat" not in str(unavailable.value)  # not the driver's text
     with read_only(engine) as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM events")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_healthy_pooled_connection_is_handed_out_as_it_is(url):
+    engine = make_engine(url, pool_size=1)
+    first = backend_pids(engine)
+    with read_only(engine) as conn:  # a transaction left open would show as one here
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert backend_pids(engine) == first  # the same connection: nothing made it look dead
     engine.dispose()
