@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -59,19 +60,15 @@ class OffsetFileClock:
     def _current_offset(self) -> timedelta:
         try:
             stat = os.stat(self.path)
-        except FileNotFoundError:
-            self._seen = None
-            return timedelta(0)
-        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if seen == self._seen:
-            return self._offset
-        try:
+            seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if seen == self._seen:
+                return self._offset
             with open(self.path) as handle:
                 offset = timedelta(seconds=float(handle.read().strip() or 0))
         except FileNotFoundError:
             self._seen = None
             return timedelta(0)
-        settled = datetime.now(UTC).timestamp() - stat.st_mtime_ns / 1e9 > self.SETTLED
+        settled = time.time() - stat.st_mtime_ns / 1e9 > self.SETTLED
         self._seen, self._offset = (seen if settled else None), offset
         return offset
 

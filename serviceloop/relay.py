@@ -180,6 +180,7 @@ class Relay:
     def run_forever(self) -> None:
         """Publish until `stop()`; reconnect with back-off on broker or database trouble."""
         delay = 0.5
+        send_frames_together()  # for every connection this relay opens
         with relay_lease(self.engine, self.service):
             log.info("relay %s holds the lease", self.name)
             self.holds_lease = True
@@ -213,7 +214,6 @@ class Relay:
 
     def _run_connection(self) -> None:
         self._reset_window()
-        send_frames_together()
         params = pika.URLParameters(self.amqp_uri)
         params.heartbeat = 30
         params.blocked_connection_timeout = 60

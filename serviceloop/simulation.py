@@ -53,10 +53,7 @@ class MovableClock(OffsetFileClock):
         super().__init__(str(path or clock_offset_path()))
 
     def offset(self) -> float:
-        try:
-            return float(Path(self.path).read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0.0
+        return self._current_offset().total_seconds()
 
     def advance(self, minutes: float) -> None:
         offset = round(self.offset() + minutes * 60)
