@@ -13,9 +13,11 @@ from tests.conftest import POSTGRES_ADMIN_URL
 
 
 def terminate_backends(url: str) -> int:
+    """Terminate every backend of the database, each waited for until it has exited (and its
+    last words are on the client's socket): a bare pg_terminate_backend only signals it."""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        dropped = conn.execute(text("SELECT COUNT(pg_terminate_backend(pid)) FROM "
+        dropped = conn.execute(text("SELECT COUNT(pg_terminate_backend(pid, 10000)) FROM "
                                     "pg_stat_activity WHERE datname = :d"),
                                {"d": url.rsplit("/", 1)[1]}).scalar()
     admin.dispose()
