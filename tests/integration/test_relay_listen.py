@@ -44,16 +44,28 @@ def published(tap):
 
 
 @pytest.fixture
-def quiet_relay(orders_pg, broker_uri):
-    """An orders relay whose polls (listening or not) never come round within a test."""
-    relay = Relay("orders", orders_pg, EventStore(events), broker_uri, idle_poll=NEVER,
-                  listen_poll=NEVER)
-    thread = threading.Thread(target=relay.run_forever, daemon=True)
-    thread.start()
-    yield relay
-    relay.stop()
-    thread.join(20)
-    assert not thread.is_alive()
+def start_quiet_relay(orders_pg, broker_uri):
+    """Starts an orders relay whose polls (listening or not) never come round within a test."""
+    running = []
+
+    def start() -> Relay:
+        relay = Relay("orders", orders_pg, EventStore(events), broker_uri, idle_poll=NEVER,
+                      listen_poll=NEVER)
+        thread = threading.Thread(target=relay.run_forever, daemon=True)
+        thread.start()
+        running.append((relay, thread))
+        return relay
+
+    yield start
+    for relay, thread in running:
+        relay.stop()
+        thread.join(20)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def quiet_relay(start_quiet_relay):
+    return start_quiet_relay()
 
 
 def listening_backends(engine) -> list[int]:  # noqa: ANN001
@@ -134,8 +146,10 @@ def recorded(engine) -> int:  # noqa: ANN001
 
 
 def test_an_idle_relay_records_its_position_with_its_next_read_and_when_it_stops(
-        orders_pg, published, quiet_relay):
+        orders_pg, published, start_quiet_relay):
+    # appended before the relay LISTENs: no notification of it can wake a second read
     append_customer(orders_pg, 1)
+    quiet_relay = start_quiet_relay()
     wait_until(lambda: published() == [1], timeout=30, message="the first event")
     wait_until(lambda: listening_backends(orders_pg), message="the relay to LISTEN")
     assert recorded(orders_pg) == 0  # confirmed, not yet recorded: no round trip of its own
