@@ -47,6 +47,7 @@ from serviceloop.db import (
 )
 from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, refused_by_the_log
+from serviceloop.nameko_deps import retried_read
 from serviceloop.observability import log_context
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,8 @@ class ParkedMessagesRpc:
     """What an operator sees of a service's parked messages, and how they replay one."""
 
     @rpc
+
+    @retried_read
     def parked_messages(self, include_replayed: bool = False) -> list[dict]:
         query = "SELECT id, consumer, event_id, source, event_type, error, attempts, parked_at, " \
                 "replayed_at FROM parked_messages"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from weakref import WeakKeyDictionary
 
@@ -11,7 +12,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.exc import DBAPIError
 
-from contracts.errors import ValidationFailed
+from contracts.errors import ServiceUnavailable, ValidationFailed
 from serviceloop.audit.wire import collector_paused, pack_page, page_from_text
 from serviceloop.clock import Clock, clock_from_setting
 from serviceloop.config import database_url
@@ -169,6 +170,38 @@ def transactional(method):  # noqa: ANN001, ANN201
     return wrapper
 
 
+def retried_read(method):  # noqa: ANN001, ANN201
+    """For an entrypoint that only reads (through `db.reader()`): when PostgreSQL dropped its
+    connection while it was in use (a restart, `pg_terminate_backend`), it runs again on a
+    fresh one, up to RUNS times in all, instead of answering `unavailable`. A read changes
+    nothing, so running it again is always safe; the pool renews every connection it had
+    handed out before the drop was found. A database that cannot be reached at all is not
+    a dropped connection: that answers at once. Never for a method that writes: a write
+    runs again only through `transactional`, which knows whether its commit was made."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        for run in range(1, RUNS + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except ServiceUnavailable as error:
+                if run == RUNS or not _dropped_in_use(error):
+                    raise
+                log.warning("%s: its database connection was dropped while reading; reading "
+                            "again (run %d of %d)", method.__name__, run + 1, RUNS)
+        raise AssertionError("unreachable")
+
+    # the entrypoint checks a call's arguments against the method's own signature
+    wrapper.__signature__ = inspect.signature(method)
+    return wrapper
+
+
+def _dropped_in_use(error: ServiceUnavailable) -> bool:
+    """`read_only`'s answer to a connection the database dropped while it was in use."""
+    cause = error.__cause__
+    return isinstance(cause, DBAPIError) and cause.connection_invalidated
+
+
 class ClockProvider(DependencyProvider):
     """The service's clock: `CLOCK` in config is 'system', 'file:PATH' or a clock object."""
 
@@ -183,6 +216,8 @@ class EventLogRpc:
     """The auditor's read access every service offers (mix into the service class)."""
 
     @rpc
+
+    @retried_read
     def events_since(self, position: int, limit: int = 1000, raw: bool = False,
                      packed: bool = False, event_types: list[str] | None = None
                      ) -> list[dict] | dict:
@@ -224,6 +259,8 @@ class EventLogRpc:
             return page_from_text(*built)
 
     @rpc
+
+    @retried_read
     def stream(self, stream_id: str) -> list[dict]:
         if not isinstance(stream_id, str) or not stream_id:
             raise ValidationFailed("stream_id must be a string", {"stream_id": ["invalid"]})
@@ -231,6 +268,8 @@ class EventLogRpc:
             return [e.to_dict() for e in self.db.store.stream(conn, stream_id)]
 
     @rpc
+
+    @retried_read
     def events_for(self, correlation_id: str) -> list[dict]:
         """Every event of one order (its correlation id) in this log, in log order."""
         if not isinstance(correlation_id, str) or not correlation_id:
@@ -264,6 +303,8 @@ class EventLogRpc:
         return rebuild_progress(self.name)
 
     @rpc
+
+    @retried_read
     def log_head(self) -> dict:
         with self.db.reader() as conn:
             position, digest = self.db.store.head(conn)

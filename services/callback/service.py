@@ -36,7 +36,13 @@ from serviceloop.consumer import ParkedMessagesRpc, consumes
 from serviceloop.db import Prepared, fetch_rows, hold_writes
 from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
-from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.nameko_deps import (
+    ClockProvider,
+    Database,
+    EventLogRpc,
+    retried_read,
+    transactional,
+)
 from serviceloop.observability import Observable
 from serviceloop.projections import RowReader
 from services.callback import domain
@@ -173,6 +179,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return _task_view(task_after(row, envelopes))
 
     @rpc
+
+    @retried_read
     def get_task(self, task_id: str) -> dict:
         with self.db.reader() as conn:
             row = conn.execute(select(tasks).where(tasks.c.task_id == str(task_id))) \
@@ -195,6 +203,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return _task_view(task_after(row, envelopes))
 
     @rpc
+
+    @retried_read
     def tasks_for_order(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
             rows = conn.execute(select(tasks).where(tasks.c.order_id == str(order_id))
@@ -204,6 +214,8 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     # -- supervisors ---------------------------------------------------------------------------
 
     @rpc
+
+    @retried_read
     def supervisor_view(self) -> dict:
         """Overdue open tasks and unverified ones waiting for a decision."""
         stamp = isoformat(self.clock.now())

@@ -30,7 +30,13 @@ from serviceloop.clock import isoformat
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.entrypoints import http, rpc
 from serviceloop.eventstore import Envelope, NewEvent
-from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.nameko_deps import (
+    ClockProvider,
+    Database,
+    EventLogRpc,
+    retried_read,
+    transactional,
+)
 from serviceloop.observability import Observable
 from services.dispatch import domain, gateway, idempotency, queries
 from services.dispatch.assignment import choose_partner
@@ -203,12 +209,16 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                 "secret_fingerprint": fingerprint}
 
     @rpc
+
+    @retried_read
     def get_partner(self, partner_id: str) -> dict:
         with self.db.reader() as conn:
             return queries.partner_view(conn, str(partner_id),
                                         self.clock.now().date().isoformat())
 
     @rpc
+
+    @retried_read
     def list_partners(self) -> list[dict]:
         with self.db.reader() as conn:
             return queries.partner_views(conn, self.clock.now().date().isoformat())
@@ -234,6 +244,8 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return queries.support_view(queries.order_record(conn, order.order_id))
 
     @rpc
+
+    @retried_read
     def get_order(self, order_id: str) -> dict:
         with self.db.reader() as conn:
             row = queries.order_record(conn, str(order_id))
@@ -243,6 +255,8 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return queries.support_view(row)
 
     @rpc
+
+    @retried_read
     def list_orders(self, filters: dict | None = None) -> dict:
         data = load(_LIST, filters or {})
         with self.db.reader() as conn:
@@ -250,11 +264,15 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                                         data["page_size"])
 
     @rpc
+
+    @retried_read
     def escalations(self) -> list[dict]:
         with self.db.reader() as conn:
             return queries.list_support(conn, "escalated", None, 1, 500)["items"]
 
     @rpc
+
+    @retried_read
     def order_history(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
             return [e.to_dict() for e in self.db.store.stream(conn, f"order-{order_id}")]

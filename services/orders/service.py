@@ -20,7 +20,13 @@ from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, already_handled, consumes
 from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, NewEvent
-from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.nameko_deps import (
+    ClockProvider,
+    Database,
+    EventLogRpc,
+    retried_read,
+    transactional,
+)
 from serviceloop.observability import Observable
 from services.orders import domain, queries
 from services.orders.catalog import CATALOG, catalog_as_dict
@@ -98,6 +104,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
         return queries.product_view(queries.product(self.db.conn, product_id), today)
 
     @rpc
+
+    @retried_read
     def lookup(self, phone: str) -> dict:
         """The caller in one answer: customer, address, products with warranty, orders."""
         normalised = domain.normalise_phone(phone if isinstance(phone, str) else "")
@@ -196,11 +204,15 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
         return queries.order_row(self.db.conn, view["order_id"])
 
     @rpc
+
+    @retried_read
     def get_order(self, order_id: str) -> dict:
         with self.db.reader() as conn:
             return queries.order_row(conn, str(order_id))
 
     @rpc
+
+    @retried_read
     def list_orders(self, filters: dict | None = None) -> dict:
         data = load(_LIST_ORDERS, filters or {})
         if data["phone"]:
@@ -209,6 +221,8 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
             return queries.list_orders(conn, data)
 
     @rpc
+
+    @retried_read
     def order_history(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
             queries.order_row(conn, str(order_id))

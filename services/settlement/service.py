@@ -24,7 +24,13 @@ from serviceloop.catchup import CatchUp
 from serviceloop.consumer import ParkedMessagesRpc, RetryLater, consumes
 from serviceloop.entrypoints import rpc
 from serviceloop.eventstore import Envelope, NewEvent
-from serviceloop.nameko_deps import ClockProvider, Database, EventLogRpc, transactional
+from serviceloop.nameko_deps import (
+    ClockProvider,
+    Database,
+    EventLogRpc,
+    retried_read,
+    transactional,
+)
 from serviceloop.observability import Observable
 from services.settlement import claims, csvfiles, evidence, periods, queries, reports
 from services.settlement.projections import metadata, projector
@@ -165,6 +171,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
                 + len(data.get("travel", []))}
 
     @rpc
+
+    @retried_read
     def current_rates(self, on: str | None = None) -> dict:
         day = on or self.clock.now().date().isoformat()
         with self.db.reader() as conn:
@@ -196,11 +204,15 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
                 "claims": claim_ids}
 
     @rpc
+
+    @retried_read
     def claims_for_order(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
             return queries.claims_of_order(conn, str(order_id))
 
     @rpc
+
+    @retried_read
     def partners_to_close(self, period: str) -> list[str]:
         """The partners `run(period)` closes: every one with a claim up to the period's end."""
         _, end = periods.month(period)
@@ -233,6 +245,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return periods.as_sent(body)
 
     @rpc
+
+    @retried_read
     def preview(self, period: str, partner_id: str) -> dict:
         """The statement `run(period, partner_id)` would close now, closing nothing (a closed
         period answers its closed statement)."""
@@ -242,6 +256,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return periods.as_sent(body)
 
     @rpc
+
+    @retried_read
     def statement(self, period: str, partner_id: str) -> dict:
         periods.month(period)
         with self.db.reader() as conn:
@@ -253,6 +269,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return body
 
     @rpc
+
+    @retried_read
     def reconcile(self, period: str, partner_id: str, csv_text: str) -> dict:
         """Match a partner's own statement (CSV: order_id,line_id,claimed_cents) with ours."""
         start, end = periods.month(period)
@@ -262,6 +280,8 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return reports.reconcile(period, partner_id, start, end, rows, theirs)
 
     @rpc
+
+    @retried_read
     def scorecard(self, period: str) -> list[dict]:
         """Per partner: completed, first-visit fix rate, repeat repairs, disputes,
         satisfaction, SLA breaches and the share of claimed value rejected."""

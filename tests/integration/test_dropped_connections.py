@@ -1,14 +1,20 @@
 """Connections PostgreSQL dropped: one that lay in the pool is replaced at checkout, without a
-round trip while it is healthy; one dropped in use says "try again" as a typed error, once."""
+round trip while it is healthy; one dropped in use says "try again" as a typed error, once,
+and an entrypoint that only reads (`retried_read`) runs again instead."""
 
 from __future__ import annotations
 
 import pytest
+from nameko.exceptions import IncorrectSignature
+from nameko.standalone.rpc import ServiceRpcProxy
 from sqlalchemy import create_engine, text
 
 from contracts.errors import ServiceUnavailable
 from serviceloop.db import fetch_rows, make_engine
+from serviceloop.entrypoints import rpc
+from serviceloop.nameko_deps import RUNS, Database, retried_read
 from serviceloop.unit_of_work import UnitOfWork, read_only
+from services.orders.projections import metadata
 from tests.conftest import POSTGRES_ADMIN_URL
 
 
@@ -76,3 +82,76 @@ def test_a_healthy_pooled_connection_is_handed_out_as_it_is(url):
         assert conn.execute(text("SELECT 1")).scalar() == 1
     assert backend_pids(engine) == first  # the same connection: nothing made it look dead
     engine.dispose()
+
+
+class Reader:
+    """Counts the orders log's events; its database drops the connection of each of the
+    first `drops` runs while the run holds it (the backends of each run it recorded)."""
+
+    name = "dropped_reader"
+    db = Database("orders", metadata)
+    drops = 0
+    runs: list[int] = []
+
+    def _count(self) -> int:
+        with self.db.reader() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            type(self).runs.append(backend)
+            if len(self.runs) <= self.drops:
+                assert terminate_backend(backend)
+            return conn.execute(text("SELECT COUNT(*) FROM events")).scalar()
+
+    @rpc
+    @retried_read
+    def count_again(self) -> int:
+        return self._count()
+
+    @rpc
+    def count_once(self) -> int:
+        return self._count()
+
+
+def terminate_backend(pid: int) -> bool:
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        ended = conn.execute(text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid}).scalar()
+    admin.dispose()
+    return ended
+
+
+@pytest.fixture
+def reader(container_factory, service_config, url):
+    def start(drops: int) -> ServiceRpcProxy:
+        Reader.drops, Reader.runs = drops, []
+        container = container_factory(Reader, service_config(orders=url))
+        container.start()
+        return ServiceRpcProxy(Reader.name, container.config, timeout=20)
+
+    return start
+
+
+def test_a_read_whose_connection_is_dropped_in_use_runs_again_on_a_fresh_one(reader):
+    with reader(drops=1) as proxy:
+        assert proxy.count_again() == 0
+    first, second = Reader.runs
+    assert first != second  # the second run read on a new backend
+
+
+def test_its_arguments_are_still_checked_against_the_method(reader):
+    with reader(drops=0) as proxy, pytest.raises(IncorrectSignature):
+        proxy.count_again(1)
+    assert Reader.runs == []
+
+
+def test_a_read_dropped_on_every_run_answers_unavailable_after_the_last(reader):
+    with reader(drops=RUNS) as proxy, pytest.raises(ServiceUnavailable) as unavailable:
+        proxy.count_again()
+    assert unavailable.value.code == "unavailable"
+    assert len(Reader.runs) == RUNS == len(set(Reader.runs))
+
+
+def test_without_it_a_dropped_read_answers_unavailable_at_once(reader):
+    with reader(drops=1) as proxy, pytest.raises(ServiceUnavailable) as unavailable:
+        proxy.count_once()
+    assert unavailable.value.code == "unavailable"
+    assert len(Reader.runs) == 1
