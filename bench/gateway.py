@@ -105,7 +105,7 @@ def free_port() -> int:
 @contextmanager
 def running_services(config: dict) -> Iterator[tuple[str, str]]:
     """Dispatch and the bare service, each on its own port; yields their base URLs."""
-    from serviceloop.catchup import subscribed_handlers
+    from serviceloop.consumer import subscribed_handlers
     from services.dispatch.service import DispatchService
 
     bare_config = {**config, "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}

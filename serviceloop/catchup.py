@@ -27,7 +27,7 @@ from nameko.timer import Timer
 
 from serviceloop.client import quiet_returned_publish_acks
 from serviceloop.clock import isoformat
-from serviceloop.consumer import deliver, handled_among
+from serviceloop.consumer import deliver, handled_among, subscribed_handlers
 from serviceloop.db import read_position, save_position
 from serviceloop.observability import log_context
 
@@ -38,17 +38,6 @@ PAGE = 500
 # a producer answers a page well within this; a stopped one is given up on after it
 CATCH_UP_RPC_TIMEOUT = float(os.environ.get("CATCH_UP_RPC_TIMEOUT", "3.0"))
 BROKER = "its producers through the broker"  # a pass that could not even ask
-
-
-def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
-    """{source: {event_type: [(method name, handler)]}} from the `consumes` decorators."""
-    found: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for name in dir(service_class):
-        consumed = getattr(getattr(service_class, name), "consumed", None)
-        if consumed:
-            source, event_type = consumed
-            found[source][event_type].append((name, getattr(service_class, name).handler))
-    return found
 
 
 class ProducerTrouble:

@@ -26,6 +26,8 @@ import json
 import logging
 import os
 import random
+from collections import defaultdict
+from collections.abc import Callable
 
 import eventlet
 from nameko.events import EventHandler
@@ -33,7 +35,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from contracts.envelope import ENVELOPE
-from contracts.errors import ConcurrencyConflict, NotFound
+from contracts.errors import ConcurrencyConflict, Conflict, NotFound
 from contracts.registry import validate_event
 from serviceloop.clock import isoformat
 from serviceloop.crashpoints import crash_point
@@ -258,8 +260,13 @@ def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN00
     handed_back = []
     for row in rows:
         body = json.loads(row.envelope)
-        method = getattr(type(service), row.consumer.split(".", 1)[1])
-        if deliver(service, method.handler, row.consumer, row.source, body, attempts=1,
+        found = parked_consumer(service, row.consumer, row.source, body.get("event_type"))
+        if found is None:  # nothing here consumes it any more: it stays for an operator
+            log.warning("parked message %d: %s has no consumer of its event now; left parked",
+                        row.id, service.name)
+            continue
+        consumer, handler = found
+        if deliver(service, handler, consumer, row.source, body, attempts=1,
                    park_on_failure=False) == "waiting":
             continue
         with service.db.transaction() as conn:
@@ -269,6 +276,30 @@ def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN00
     if handed_back:
         log.info("%d parked messages of %s handed back", len(handed_back), correlation_id)
     return handed_back
+
+
+def parked_consumer(service, consumer: str, source: str,  # noqa: ANN001
+                    event_type: str | None) -> tuple[str, Callable] | None:
+    """Where a message parked by `consumer` goes back to: that consumer and its handler, or,
+    if the service no longer has it (its method renamed), the service's consumer of the same
+    `source` and event type under its current name; None if there is none."""
+    method = getattr(type(service), consumer.split(".", 1)[-1], None)
+    if getattr(method, "consumed", None) == (source, event_type):
+        return consumer, method.handler
+    for _name, handler in subscribed_handlers(type(service)).get(source, {}).get(event_type, []):
+        return f"{service.name}.{handler.__name__}", handler
+    return None
+
+
+def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
+    """{source: {event_type: [(method name, handler)]}} from the `consumes` decorators."""
+    found: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for name in dir(service_class):
+        consumed = getattr(getattr(service_class, name), "consumed", None)
+        if consumed:
+            source, event_type = consumed
+            found[source][event_type].append((name, getattr(service_class, name).handler))
+    return found
 
 
 def _is_inbox_duplicate(error: IntegrityError) -> bool:
@@ -347,8 +378,13 @@ class ParkedMessagesRpc:
             ).first()
         if row is None or row.replayed_at is not None:
             raise NotFound(f"no parked message {parked_id} waiting", {"parked_id": ["unknown"]})
-        method = getattr(type(self), row.consumer.split(".", 1)[1])
-        outcome = deliver(self, method.handler, row.consumer, row.source, json.loads(row.envelope))
+        body = json.loads(row.envelope)
+        found = parked_consumer(self, row.consumer, row.source, body.get("event_type"))
+        if found is None:
+            raise Conflict(f"{self.name} no longer consumes what parked message {parked_id} "
+                           "holds", {"parked_id": ["no consumer of its event"]},
+                           code="no_consumer")
+        outcome = deliver(self, found[1], found[0], row.source, body)
         with self.db.transaction() as conn:
             conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
                          {"t": isoformat(self.clock.now()), "i": parked_id})

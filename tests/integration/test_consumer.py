@@ -11,12 +11,14 @@ import pytest
 from nameko.standalone.rpc import ServiceRpcProxy
 from sqlalchemy import func, select, text
 
+from contracts.errors import Conflict
 from serviceloop.catchup import CatchUp
-from serviceloop.consumer import ParkedMessagesRpc, consumes
+from serviceloop.consumer import ParkedMessagesRpc, consumes, park
 from serviceloop.db import make_engine
 from serviceloop.eventstore import EventStore, NewEvent
 from serviceloop.nameko_deps import ClockProvider, Database
 from serviceloop.relay import event_exchange, message_properties
+from serviceloop.unit_of_work import UnitOfWork
 from services.orders.projections import customers, events, metadata
 from tests.helpers import wait_until
 
@@ -115,6 +117,29 @@ def test_a_handler_that_keeps_failing_is_parked_and_can_be_replayed(ledger, brok
     assert proxy.replay_parked(parked[0]["id"]) == "parked"
     assert [p["id"] for p in proxy.parked_messages()] != [parked[0]["id"]]
     assert len(proxy.parked_messages(True)) == 2
+
+
+def test_a_message_parked_under_a_consumers_old_name_is_replayed_to_its_consumer_now(
+        ledger, database_for):
+    proxy, engine = ledger
+    registered = envelopes_from_a_log(database_for, [NewEvent("customer_registered", {
+        "customer_id": "c1", "name": "孙八", "phone": "13900000004", "address": ADDRESS})])[0]
+    unit = UnitOfWork(engine)
+    # parked by an earlier release, whose consumer of customer_registered had another name
+    renamed = park(unit, "ledger.copy_customer_v1", "orders", registered, "RuntimeError: then",
+                   3, "2026-11-02T00:00:00Z")
+    # and one of an event the ledger does not consume (any more)
+    stray = park(unit, "ledger.copy_customer_v1", "callback", registered, "RuntimeError: then",
+                 3, "2026-11-02T00:00:00Z")
+    assert proxy.replay_parked(renamed) == "handled"
+    with engine.connect() as conn:
+        handled = conn.execute(text("SELECT consumer FROM inbox")).scalars().all()
+    assert handled == ["ledger.copy_customer"]  # under its name now
+    assert count_rows(engine, customers) == 1
+    with pytest.raises(Conflict) as refused:
+        proxy.replay_parked(stray)
+    assert refused.value.code == "no_consumer"
+    assert [p["id"] for p in proxy.parked_messages()] == [stray]  # still there for an operator
 
 
 def test_a_malformed_message_is_parked_at_once(ledger, broker_uri):

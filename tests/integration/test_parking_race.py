@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
+from serviceloop import consumer as consumer_module
 from serviceloop.clock import ManualClock
 from serviceloop.consumer import RetryLater, consumes, deliver
 from serviceloop.db import make_engine
@@ -123,15 +125,39 @@ def test_a_message_still_waiting_after_it_was_parked_stays_parked(engine, databa
     assert cancelling.tries == ATTEMPTS + 1  # the one look after parking found it still waiting
 
 
-def test_a_failed_look_after_parking_leaves_the_message_parked(engine, database_for):
-    # the look hands the message to its consumer by name; one that no longer exists (renamed
-    # since) makes the look fail, as a database gone away would
+def test_a_failed_look_after_parking_leaves_the_message_parked(engine, database_for,
+                                                               monkeypatch):
+    # the look fails as a database gone away would make it
+    def database_away(*_args):  # noqa: ANN002, ANN202
+        raise OperationalError("SELECT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(consumer_module, "parked_consumer", database_away)
     _, cancelled = _envelopes(database_for)
     cancelling = Register(engine, ManualClock())
-    outcome = deliver(cancelling, Register.needs_customer.handler, "register.renamed_since",
+    outcome = deliver(cancelling, Register.needs_customer.handler, "register.needs_customer",
                       "orders", cancelled, attempts=ATTEMPTS, backoff=0.001)
     assert outcome == "parked"
     with engine.connect() as conn:
         parked = conn.execute(text("SELECT consumer, replayed_at FROM parked_messages")).all()
-    assert [(p.consumer, p.replayed_at) for p in parked] == [("register.renamed_since", None)]
+    assert [(p.consumer, p.replayed_at) for p in parked] == [("register.needs_customer", None)]
     assert not cancelling.db.active  # nothing of the failed look is left open
+
+
+def test_a_message_parked_by_a_consumer_renamed_since_goes_back_to_its_new_name(engine,
+                                                                             database_for):
+    registered, cancelled = _envelopes(database_for)
+    cancelling, registering = Register(engine, ManualClock()), Register(engine, ManualClock())
+    # parked by a consumer of order_cancelled that was called something else then
+    outcome = deliver(cancelling, Register.needs_customer.handler, "register.renamed_since",
+                      "orders", cancelled, attempts=ATTEMPTS, backoff=0.001)
+    assert outcome == "parked"
+    assert deliver(registering, Register.add_customer.handler, "register.add_customer",
+                   "orders", registered) == "handled"
+    with engine.connect() as conn:
+        parked = conn.execute(text("SELECT consumer, replayed_at FROM parked_messages")).all()
+        handled = {row[0] for row in conn.execute(text("SELECT consumer FROM inbox"))}
+        names = conn.execute(select(customers.c.name)).scalars().all()
+    assert [p.consumer for p in parked] == ["register.renamed_since"]
+    assert parked[0].replayed_at is not None
+    assert handled == {"register.add_customer", "register.needs_customer"}  # its name now
+    assert names == ["cancelled"]
