@@ -358,7 +358,6 @@ class ParkedMessagesRpc:
     """What an operator sees of a service's parked messages, and how they replay one."""
 
     @rpc
-
     @retried_read
     def parked_messages(self, include_replayed: bool = False) -> list[dict]:
         query = "SELECT id, consumer, event_id, source, event_type, error, attempts, parked_at, " \

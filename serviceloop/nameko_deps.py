@@ -216,7 +216,6 @@ class EventLogRpc:
     """The auditor's read access every service offers (mix into the service class)."""
 
     @rpc
-
     @retried_read
     def events_since(self, position: int, limit: int = 1000, raw: bool = False,
                      packed: bool = False, event_types: list[str] | None = None
@@ -259,7 +258,6 @@ class EventLogRpc:
             return page_from_text(*built)
 
     @rpc
-
     @retried_read
     def stream(self, stream_id: str) -> list[dict]:
         if not isinstance(stream_id, str) or not stream_id:
@@ -268,7 +266,6 @@ class EventLogRpc:
             return [e.to_dict() for e in self.db.store.stream(conn, stream_id)]
 
     @rpc
-
     @retried_read
     def events_for(self, correlation_id: str) -> list[dict]:
         """Every event of one order (its correlation id) in this log, in log order."""
@@ -303,7 +300,6 @@ class EventLogRpc:
         return rebuild_progress(self.name)
 
     @rpc
-
     @retried_read
     def log_head(self) -> dict:
         with self.db.reader() as conn:

@@ -179,7 +179,6 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return _task_view(task_after(row, envelopes))
 
     @rpc
-
     @retried_read
     def get_task(self, task_id: str) -> dict:
         with self.db.reader() as conn:
@@ -203,7 +202,6 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return _task_view(task_after(row, envelopes))
 
     @rpc
-
     @retried_read
     def tasks_for_order(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
@@ -214,7 +212,6 @@ class CallbackService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
     # -- supervisors ---------------------------------------------------------------------------
 
     @rpc
-
     @retried_read
     def supervisor_view(self) -> dict:
         """Overdue open tasks and unverified ones waiting for a decision."""

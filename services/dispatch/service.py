@@ -209,7 +209,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                 "secret_fingerprint": fingerprint}
 
     @rpc
-
     @retried_read
     def get_partner(self, partner_id: str) -> dict:
         with self.db.reader() as conn:
@@ -217,7 +216,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                                         self.clock.now().date().isoformat())
 
     @rpc
-
     @retried_read
     def list_partners(self) -> list[dict]:
         with self.db.reader() as conn:
@@ -244,7 +242,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return queries.support_view(queries.order_record(conn, order.order_id))
 
     @rpc
-
     @retried_read
     def get_order(self, order_id: str) -> dict:
         with self.db.reader() as conn:
@@ -255,7 +252,6 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
         return queries.support_view(row)
 
     @rpc
-
     @retried_read
     def list_orders(self, filters: dict | None = None) -> dict:
         data = load(_LIST, filters or {})
@@ -264,14 +260,12 @@ class DispatchService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Obse
                                         data["page_size"])
 
     @rpc
-
     @retried_read
     def escalations(self) -> list[dict]:
         with self.db.reader() as conn:
             return queries.list_support(conn, "escalated", None, 1, 500)["items"]
 
     @rpc
-
     @retried_read
     def order_history(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:

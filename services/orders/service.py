@@ -104,7 +104,6 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
         return queries.product_view(queries.product(self.db.conn, product_id), today)
 
     @rpc
-
     @retried_read
     def lookup(self, phone: str) -> dict:
         """The caller in one answer: customer, address, products with warranty, orders."""
@@ -204,14 +203,12 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
         return queries.order_row(self.db.conn, view["order_id"])
 
     @rpc
-
     @retried_read
     def get_order(self, order_id: str) -> dict:
         with self.db.reader() as conn:
             return queries.order_row(conn, str(order_id))
 
     @rpc
-
     @retried_read
     def list_orders(self, filters: dict | None = None) -> dict:
         data = load(_LIST_ORDERS, filters or {})
@@ -221,7 +218,6 @@ class OrdersService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Observ
             return queries.list_orders(conn, data)
 
     @rpc
-
     @retried_read
     def order_history(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:

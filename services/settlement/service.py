@@ -171,7 +171,6 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
                 + len(data.get("travel", []))}
 
     @rpc
-
     @retried_read
     def current_rates(self, on: str | None = None) -> dict:
         day = on or self.clock.now().date().isoformat()
@@ -204,14 +203,12 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
                 "claims": claim_ids}
 
     @rpc
-
     @retried_read
     def claims_for_order(self, order_id: str) -> list[dict]:
         with self.db.reader() as conn:
             return queries.claims_of_order(conn, str(order_id))
 
     @rpc
-
     @retried_read
     def partners_to_close(self, period: str) -> list[str]:
         """The partners `run(period)` closes: every one with a claim up to the period's end."""
@@ -245,7 +242,6 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return periods.as_sent(body)
 
     @rpc
-
     @retried_read
     def preview(self, period: str, partner_id: str) -> dict:
         """The statement `run(period, partner_id)` would close now, closing nothing (a closed
@@ -256,7 +252,6 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return periods.as_sent(body)
 
     @rpc
-
     @retried_read
     def statement(self, period: str, partner_id: str) -> dict:
         periods.month(period)
@@ -269,7 +264,6 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return body
 
     @rpc
-
     @retried_read
     def reconcile(self, period: str, partner_id: str, csv_text: str) -> dict:
         """Match a partner's own statement (CSV: order_id,line_id,claimed_cents) with ours."""
@@ -280,7 +274,6 @@ class SettlementService(EventLogRpc, ParkedMessagesRpc, CatchUp, AnswersKept, Ob
         return reports.reconcile(period, partner_id, start, end, rows, theirs)
 
     @rpc
-
     @retried_read
     def scorecard(self, period: str) -> list[dict]:
         """Per partner: completed, first-visit fix rate, repeat repairs, disputes,
