@@ -261,9 +261,9 @@ def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN00
     for row in rows:
         body = json.loads(row.envelope)
         found = parked_consumer(service, row.consumer, row.source, body.get("event_type"))
-        if found is None:  # nothing here consumes it any more: it stays for an operator
-            log.warning("parked message %d: %s has no consumer of its event now; left parked",
-                        row.id, service.name)
+        if found is None:  # no one consumer of it here now: it stays for an operator
+            log.warning("parked message %d: %s has no one consumer of its event now; left "
+                        "parked", row.id, service.name)
             continue
         consumer, handler = found
         if deliver(service, handler, consumer, row.source, body, attempts=1,
@@ -281,14 +281,17 @@ def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN00
 def parked_consumer(service, consumer: str, source: str,  # noqa: ANN001
                     event_type: str | None) -> tuple[str, Callable] | None:
     """Where a message parked by `consumer` goes back to: that consumer and its handler, or,
-    if the service no longer has it (its method renamed), the service's consumer of the same
-    `source` and event type under its current name; None if there is none."""
+    if the service no longer has it (its method renamed), the service's one consumer of the
+    same `source` and event type under its current name; None if there is none, or more than
+    one to choose from (an operator decides)."""
     method = getattr(type(service), consumer.split(".", 1)[-1], None)
     if getattr(method, "consumed", None) == (source, event_type):
         return consumer, method.handler
-    for _name, handler in subscribed_handlers(type(service)).get(source, {}).get(event_type, []):
-        return f"{service.name}.{handler.__name__}", handler
-    return None
+    candidates = subscribed_handlers(type(service)).get(source, {}).get(event_type, [])
+    if len(candidates) != 1:
+        return None
+    handler = candidates[0][1]
+    return f"{service.name}.{handler.__name__}", handler
 
 
 def subscribed_handlers(service_class: type) -> dict[str, dict[str, list]]:
@@ -380,8 +383,8 @@ class ParkedMessagesRpc:
         body = json.loads(row.envelope)
         found = parked_consumer(self, row.consumer, row.source, body.get("event_type"))
         if found is None:
-            raise Conflict(f"{self.name} no longer consumes what parked message {parked_id} "
-                           "holds", {"parked_id": ["no consumer of its event"]},
+            raise Conflict(f"{self.name} has no one consumer of what parked message "
+                           f"{parked_id} holds", {"parked_id": ["no one consumer of its event"]},
                            code="no_consumer")
         outcome = deliver(self, found[1], found[0], row.source, body)
         with self.db.transaction() as conn:
