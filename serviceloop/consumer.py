@@ -269,13 +269,17 @@ def hand_back_waiting(service, correlation_id: str) -> list[int]:  # noqa: ANN00
         if deliver(service, handler, consumer, row.source, body, attempts=1,
                    park_on_failure=False) == "waiting":
             continue
-        with service.db.transaction() as conn:
-            conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
-                         {"t": isoformat(service.clock.now()), "i": row.id})
+        _mark_replayed(service, row.id)
         handed_back.append(row.id)
     if handed_back:
         log.info("%d parked messages of %s handed back", len(handed_back), correlation_id)
     return handed_back
+
+
+def _mark_replayed(service, parked_id: int) -> None:  # noqa: ANN001
+    with service.db.transaction() as conn:
+        conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
+                     {"t": isoformat(service.clock.now()), "i": parked_id})
 
 
 def parked_consumer(service, consumer: str, source: str,  # noqa: ANN001
@@ -387,7 +391,5 @@ class ParkedMessagesRpc:
                            f"{parked_id} holds", {"parked_id": ["no one consumer of its event"]},
                            code="no_consumer")
         outcome = deliver(self, found[1], found[0], row.source, body)
-        with self.db.transaction() as conn:
-            conn.execute(text("UPDATE parked_messages SET replayed_at = :t WHERE id = :i"),
-                         {"t": isoformat(self.clock.now()), "i": parked_id})
+        _mark_replayed(self, parked_id)
         return outcome

@@ -18,14 +18,16 @@ from services.orders.projections import metadata
 from tests.conftest import POSTGRES_ADMIN_URL
 
 
-def terminate_backends(url: str) -> int:
-    """Terminate every backend of the database, each waited for until it has exited (and its
-    last words are on the client's socket): a bare pg_terminate_backend only signals it."""
+def terminate_backends(url: str, pid: int | None = None) -> int:
+    """Terminate every backend of the database (or only `pid`), each waited for until it has
+    exited (and its last words are on the client's socket): a bare pg_terminate_backend only
+    signals it. Returns how many were terminated."""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         dropped = conn.execute(text("SELECT COUNT(pg_terminate_backend(pid, 10000)) FROM "
-                                    "pg_stat_activity WHERE datname = :d"),
-                               {"d": url.rsplit("/", 1)[1]}).scalar()
+                                    "pg_stat_activity WHERE datname = :d "
+                                    "AND (CAST(:p AS integer) IS NULL OR pid = :p)"),
+                               {"d": url.rsplit("/", 1)[1], "p": pid}).scalar()
     admin.dispose()
     return dropped
 
@@ -98,7 +100,7 @@ class Reader:
             backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
             type(self).runs.append(backend)
             if len(self.runs) <= self.drops:
-                assert terminate_backend(backend)
+                assert terminate_backends(str(self.db.engine.url), backend) == 1
             return conn.execute(text("SELECT COUNT(*) FROM events")).scalar()
 
     @rpc
@@ -109,14 +111,6 @@ class Reader:
     @rpc
     def count_once(self) -> int:
         return self._count()
-
-
-def terminate_backend(pid: int) -> bool:
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        ended = conn.execute(text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid}).scalar()
-    admin.dispose()
-    return ended
 
 
 @pytest.fixture
