@@ -1,5 +1,11 @@
 # serviceloop: `make run` and `make test` set everything up from nothing.
-PYTHON ?= python3
+# The virtualenv's interpreter: the distribution's own Python 3.11+ where it can make one
+# (Debian's is built with profile-guided and link-time optimisation into one static binary,
+# as the official python:3.11 images behind the Dockerfile are; a default pyenv or source
+# build is not, and cost the whole loop's Python processes about 12 % more CPU: see
+# bench/HISTORY.md, fifteenth session), else the python3 on PATH. `make PYTHON=...` chooses.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import ensurepip, sys, venv; \
+  sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SL := $(VENV)/bin/serviceloop
